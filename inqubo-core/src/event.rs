@@ -1,0 +1,264 @@
+//! Lifecycle events: what runners publish about every run and step, and their JSON bodies.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    name::{RunId, StepName, WorkflowName},
+    protocol::RoutingKey,
+};
+
+/// The kind of a lifecycle event; the last word of its routing key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A run was requested (`<workflow>.run.triggered`).
+    RunTriggered,
+    /// A step attempt began.
+    Started,
+    /// A step produced its output (the body is the output).
+    Succeeded,
+    /// A step attempt failed and another is scheduled.
+    Retrying,
+    /// A step failed for good; its input was parked.
+    Failed,
+}
+
+impl EventKind {
+    /// The word used in routing keys (`triggered` for [`EventKind::RunTriggered`]).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::RunTriggered => "triggered",
+            EventKind::Started => "started",
+            EventKind::Succeeded => "succeeded",
+            EventKind::Retrying => "retrying",
+            EventKind::Failed => "failed",
+        }
+    }
+
+    /// Parses the last word of a step event's routing key.
+    pub fn from_step_event(word: &str) -> Option<Self> {
+        match word {
+            "started" => Some(EventKind::Started),
+            "succeeded" => Some(EventKind::Succeeded),
+            "retrying" => Some(EventKind::Retrying),
+            "failed" => Some(EventKind::Failed),
+            _ => None,
+        }
+    }
+
+    /// Whether no further event follows for this step in this run.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, EventKind::Succeeded | EventKind::Failed)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Body of a `started` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartedBody {
+    /// The attempt that began, from 1.
+    pub attempt: u32,
+}
+
+/// Body of a `retrying` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryingBody {
+    /// What went wrong.
+    pub error: String,
+    /// The attempt that failed.
+    pub attempt: u32,
+    /// The attempt that will run next.
+    pub next_attempt: u32,
+    /// How long until it runs, in milliseconds.
+    pub delay_ms: u64,
+}
+
+/// Body of a `failed` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedBody {
+    /// What went wrong.
+    pub error: String,
+    /// The attempt that failed (0 when the input could not be read at all).
+    pub attempt: u32,
+    /// Why the failure is final.
+    pub reason: FailureReason,
+}
+
+/// Why a step failed for good (also the `parked-reason` header of the parked message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FailureReason {
+    /// The retry policy gave up.
+    RetriesExhausted,
+    /// The step returned a fatal error.
+    Fatal,
+    /// The message could not be decoded: bad JSON, wrong shape, or missing `run-id`.
+    Undecodable,
+    /// The step's outcome could not be routed anywhere (no queue bound for it).
+    Unroutable,
+}
+
+impl FailureReason {
+    /// The snake_case word used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::RetriesExhausted => "retries_exhausted",
+            FailureReason::Fatal => "fatal",
+            FailureReason::Undecodable => "undecodable",
+            FailureReason::Unroutable => "unroutable",
+        }
+    }
+}
+
+impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A lifecycle event as a subscriber sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LifecycleEvent {
+    /// The workflow it concerns.
+    pub workflow: WorkflowName,
+    /// The step it concerns, for step events.
+    pub step: Option<StepName>,
+    /// What happened.
+    pub kind: EventKind,
+    /// The run it belongs to.
+    pub run_id: RunId,
+    /// The attempt, for step events.
+    pub attempt: Option<u32>,
+    /// The JSON body: the run input, the step output, or one of the bodies above.
+    pub body: serde_json::Value,
+}
+
+/// Why a message from the events exchange is not a lifecycle event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EventDecodeError {
+    /// The routing key is not one of the documented shapes.
+    #[error("routing key `{0}` is not an inqubo event")]
+    RoutingKey(String),
+    /// The `run-id` header is missing or invalid.
+    #[error("event `{0}` has no valid run-id header")]
+    RunId(String),
+    /// The body is not JSON.
+    #[error("event `{key}` has a body that is not JSON: {reason}")]
+    Body {
+        /// The event's routing key.
+        key: String,
+        /// What the JSON parser said.
+        reason: String,
+    },
+}
+
+impl LifecycleEvent {
+    /// Reads an event from its routing key, `run-id` and `attempt` headers, and body.
+    pub fn from_wire(
+        routing_key: &str,
+        run_id: Option<&str>,
+        attempt: Option<u32>,
+        body: &[u8],
+    ) -> Result<Self, EventDecodeError> {
+        let (workflow, step, kind) = RoutingKey::from_wire(routing_key)
+            .parse()
+            .ok_or_else(|| EventDecodeError::RoutingKey(routing_key.to_owned()))?;
+        let run_id = run_id
+            .and_then(|id| RunId::new(id).ok())
+            .ok_or_else(|| EventDecodeError::RunId(routing_key.to_owned()))?;
+        let body = serde_json::from_slice(body).map_err(|e| EventDecodeError::Body {
+            key: routing_key.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            workflow,
+            step,
+            kind,
+            run_id,
+            attempt,
+            body,
+        })
+    }
+
+    /// The event's routing key.
+    pub fn routing_key(&self) -> RoutingKey {
+        match &self.step {
+            Some(step) => RoutingKey::step_event(&self.workflow, step, self.kind),
+            None => RoutingKey::run_triggered(&self.workflow),
+        }
+    }
+}
+
+impl fmt::Display for LifecycleEvent {
+    /// One line: `run <id> <routing key> [attempt n] <body>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "run {} {}", self.run_id, self.routing_key())?;
+        if let Some(attempt) = self.attempt {
+            write!(f, " attempt {attempt}")?;
+        }
+        write!(f, " {}", self.body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_reasons_use_their_wire_words() {
+        for reason in [
+            FailureReason::RetriesExhausted,
+            FailureReason::Fatal,
+            FailureReason::Undecodable,
+            FailureReason::Unroutable,
+        ] {
+            let json = serde_json::to_value(reason).unwrap();
+            assert_eq!(json, serde_json::Value::String(reason.as_str().into()));
+        }
+    }
+
+    #[test]
+    fn events_decode_from_key_headers_and_body() {
+        let event = LifecycleEvent::from_wire(
+            "simple.step.process_data.retrying",
+            Some("run-1"),
+            Some(1),
+            br#"{"error":"x","attempt":1,"next_attempt":2,"delay_ms":1000}"#,
+        )
+        .unwrap();
+        assert_eq!(event.kind, EventKind::Retrying);
+        assert_eq!(event.step.as_ref().unwrap().as_str(), "process_data");
+        assert_eq!(
+            event.routing_key().as_str(),
+            "simple.step.process_data.retrying"
+        );
+        let body: RetryingBody = serde_json::from_value(event.body).unwrap();
+        assert_eq!(body.next_attempt, 2);
+    }
+
+    #[test]
+    fn events_without_run_id_or_json_are_refused() {
+        assert!(matches!(
+            LifecycleEvent::from_wire("simple.run.triggered", None, None, b"{}"),
+            Err(EventDecodeError::RunId(_))
+        ));
+        assert!(matches!(
+            LifecycleEvent::from_wire("simple.run.triggered", Some("r"), None, b"{"),
+            Err(EventDecodeError::Body { .. })
+        ));
+        assert!(matches!(
+            LifecycleEvent::from_wire("elsewhere", Some("r"), None, b"{}"),
+            Err(EventDecodeError::RoutingKey(_))
+        ));
+    }
+}

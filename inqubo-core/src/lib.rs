@@ -1,0 +1,61 @@
+//! The broker-independent core of Inqubo.
+//!
+//! It defines what a workflow *is* — a validated graph of typed async [`Step`]s with
+//! [`RetryPolicy`]s — and what one attempt of a step *does* ([`run_attempt`]), without
+//! knowing anything about RabbitMQ. The AMQP runtime in `inqubo-amqp` moves messages; this
+//! crate decides what the messages mean.
+//!
+//! Most users depend on the `inqubo` facade crate instead, which re-exports everything here.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | `name` | [`WorkflowName`], [`StepName`], [`RunId`]: validated identifiers |
+//! | `step` | [`Step`], [`StepFn`], [`StepContext`], [`StepError`] |
+//! | `retry` | [`RetryPolicy`] and the built-in strategies |
+//! | `workflow` | [`Workflow`] and its typed builder |
+//! | `event` | [`LifecycleEvent`] and the JSON bodies of events |
+//! | `protocol` | routing keys and header names of the wire protocol |
+//! | `attempt` | [`run_attempt`]: one attempt of a step, and what must follow |
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo)
+)]
+
+mod attempt;
+mod event;
+mod name;
+pub mod protocol;
+mod retry;
+mod step;
+mod workflow;
+
+pub use attempt::{AttemptOutcome, run_attempt};
+pub use event::{
+    EventDecodeError, EventKind, FailedBody, FailureReason, LifecycleEvent, RetryingBody,
+    StartedBody,
+};
+pub use name::{
+    MAX_NAME_LEN, MAX_RUN_ID_LEN, NameError, RESERVED_STEP_NAMES, RunId, StepName, WorkflowName,
+};
+pub use protocol::RoutingKey;
+pub use retry::{
+    ExponentialBackoff, LimitedRetries, NoRetries, RetryPolicy, RetrySpec, RetryStrategy,
+};
+pub use step::{DEFAULT_STEP_TIMEOUT, DecodeError, Step, StepContext, StepError, StepFn};
+pub use workflow::{
+    Chain, Edge, NotStarted, Stage, StageSpec, StepDefinition, StepNode, Workflow, WorkflowBuilder,
+    WorkflowDefinition, WorkflowError,
+};
+
+/// Any error of this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A workflow could not be built.
+    #[error(transparent)]
+    Workflow(#[from] WorkflowError),
+    /// A name or run id was refused.
+    #[error(transparent)]
+    Name(#[from] NameError),
+}

@@ -1,0 +1,174 @@
+//! The broker-independent half of the wire protocol: routing keys and header names.
+//!
+//! `docs/protocol.md` is the contract; this module is its single source in code. Everything
+//! that names a routing key or a header goes through here, so the names cannot drift.
+
+use std::fmt;
+
+use crate::{
+    event::EventKind,
+    name::{StepName, WorkflowName},
+};
+
+/// The default prefix: the name of the topic exchange and the first word of every queue name.
+pub const DEFAULT_PREFIX: &str = "inqubo";
+
+/// Names of the AMQP headers Inqubo reads and writes.
+pub mod header {
+    /// The run a message belongs to (string). Required on triggers and on every event.
+    pub const RUN_ID: &str = "run-id";
+    /// The attempt that produced an event (integer, from 1).
+    pub const ATTEMPT: &str = "attempt";
+    /// On a retry message only: the attempt it starts (integer, from 2).
+    pub const RETRY_ATTEMPT: &str = "retry-attempt";
+    /// On a parked message: why it was parked (a [`FailureReason`](crate::FailureReason)).
+    pub const PARKED_REASON: &str = "parked-reason";
+    /// On a parked message: the error text.
+    pub const PARKED_ERROR: &str = "parked-error";
+    /// On a parked message: the step whose input it was.
+    pub const PARKED_STEP: &str = "parked-step";
+    /// On a parked message: the routing key it arrived with.
+    pub const PARKED_ROUTING_KEY: &str = "parked-routing-key";
+    /// On a parked message: the attempt that failed (integer).
+    pub const PARKED_ATTEMPT: &str = "parked-attempt";
+}
+
+/// The content type of every Inqubo message body.
+pub const CONTENT_TYPE: &str = "application/json";
+
+/// An AMQP routing key built from workflow, step and event names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RoutingKey(String);
+
+impl RoutingKey {
+    /// `<workflow>.run.triggered`: starts a run.
+    pub fn run_triggered(workflow: &WorkflowName) -> Self {
+        Self(format!("{workflow}.run.triggered"))
+    }
+
+    /// `<workflow>.step.<step>.<event>`: a step's lifecycle event.
+    pub fn step_event(workflow: &WorkflowName, step: &StepName, kind: EventKind) -> Self {
+        Self(format!("{workflow}.step.{step}.{}", kind.as_str()))
+    }
+
+    /// The key a step's queue is bound to: its parent's `succeeded` event, or the trigger for
+    /// a first step.
+    pub fn step_input(workflow: &WorkflowName, parent: Option<&StepName>) -> Self {
+        match parent {
+            Some(parent) => Self::step_event(workflow, parent, EventKind::Succeeded),
+            None => Self::run_triggered(workflow),
+        }
+    }
+
+    /// A binding pattern matching every event of `workflow`, or of every workflow.
+    pub fn all_events(workflow: Option<&WorkflowName>) -> Self {
+        match workflow {
+            Some(workflow) => Self(format!("{workflow}.#")),
+            None => Self("#".to_owned()),
+        }
+    }
+
+    /// Wraps a key received from the broker.
+    pub fn from_wire(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// The key as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Splits a key into workflow, step (for step events) and event kind.
+    ///
+    /// ```
+    /// use inqubo_core::{EventKind, RoutingKey};
+    /// let (wf, step, kind) = RoutingKey::from_wire("simple.step.get_data.succeeded").parse().unwrap();
+    /// assert_eq!((wf.as_str(), step.unwrap().as_str(), kind), ("simple", "get_data", EventKind::Succeeded));
+    /// ```
+    pub fn parse(&self) -> Option<(WorkflowName, Option<StepName>, EventKind)> {
+        let words: Vec<&str> = self.0.split('.').collect();
+        match words.as_slice() {
+            [workflow, "run", "triggered"] => Some((
+                WorkflowName::new(*workflow).ok()?,
+                None,
+                EventKind::RunTriggered,
+            )),
+            [workflow, "step", step, event] => {
+                let kind = EventKind::from_step_event(event)?;
+                Some((
+                    WorkflowName::new(*workflow).ok()?,
+                    Some(StepName::new(*step).ok()?),
+                    kind,
+                ))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for RoutingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wf() -> WorkflowName {
+        WorkflowName::new("simple").unwrap()
+    }
+    fn step(name: &str) -> StepName {
+        StepName::new(name).unwrap()
+    }
+
+    #[test]
+    fn keys_follow_the_documented_shapes() {
+        assert_eq!(
+            RoutingKey::run_triggered(&wf()).as_str(),
+            "simple.run.triggered"
+        );
+        for (kind, word) in [
+            (EventKind::Started, "started"),
+            (EventKind::Succeeded, "succeeded"),
+            (EventKind::Retrying, "retrying"),
+            (EventKind::Failed, "failed"),
+        ] {
+            assert_eq!(
+                RoutingKey::step_event(&wf(), &step("get_data"), kind).as_str(),
+                format!("simple.step.get_data.{word}")
+            );
+        }
+        assert_eq!(
+            RoutingKey::step_input(&wf(), None).as_str(),
+            "simple.run.triggered"
+        );
+        assert_eq!(
+            RoutingKey::step_input(&wf(), Some(&step("a"))).as_str(),
+            "simple.step.a.succeeded"
+        );
+        assert_eq!(RoutingKey::all_events(Some(&wf())).as_str(), "simple.#");
+    }
+
+    #[test]
+    fn parse_round_trips_and_refuses_foreign_keys() {
+        let key = RoutingKey::step_event(&wf(), &step("x"), EventKind::Retrying);
+        assert_eq!(
+            key.parse(),
+            Some((wf(), Some(step("x")), EventKind::Retrying))
+        );
+        assert_eq!(
+            RoutingKey::run_triggered(&wf()).parse(),
+            Some((wf(), None, EventKind::RunTriggered))
+        );
+        for foreign in [
+            "simple",
+            "simple.step.x.exploded",
+            "a.b.c.d.e",
+            "simple.run.started",
+        ] {
+            assert_eq!(RoutingKey::from_wire(foreign).parse(), None, "{foreign}");
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! Steps: the atomic units of a workflow.
+//!
+//! A step is a plain `async fn(input, StepContext) -> Result<Output, StepError>` where the input
+//! deserialises from JSON and the output serialises to JSON. [`Step::new`] names it and gives it
+//! a retry policy; the workflow builder checks that each step's input type is its parent's
+//! output type.
+
+use std::{
+    error::Error as StdError, fmt, future::Future, marker::PhantomData, pin::Pin, sync::Arc,
+    time::Duration,
+};
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    name::{RunId, StepName, WorkflowName},
+    retry::RetryPolicy,
+};
+
+/// How long a step attempt may run before it counts as failed, unless the step sets its own.
+///
+/// Well below RabbitMQ's default consumer timeout of 30 minutes, after which the broker would
+/// close the channel holding the unacknowledged input.
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// The error a step returns.
+///
+/// `?` on any error makes a *retryable* error, which goes through the step's retry policy.
+/// [`StepError::fatal`] makes an error that fails the step at once, without retries.
+///
+/// ```
+/// use inqubo_core::StepError;
+///
+/// fn parse(input: &str) -> Result<u32, StepError> {
+///     let n: u32 = input.parse()?; // retryable
+///     if n == 0 {
+///         return Err(StepError::fatal("zero is never valid")); // no retry
+///     }
+///     Ok(n)
+/// }
+/// assert!(!parse("x").unwrap_err().is_fatal());
+/// assert!(parse("0").unwrap_err().is_fatal());
+/// ```
+pub struct StepError {
+    fatal: bool,
+    error: Box<dyn StdError + Send + Sync>,
+}
+
+impl StepError {
+    /// A failure worth retrying.
+    pub fn retryable(error: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        Self {
+            fatal: false,
+            error: error.into(),
+        }
+    }
+
+    /// A failure that no retry can fix: the step fails at once and its input is parked.
+    pub fn fatal(error: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        Self {
+            fatal: true,
+            error: error.into(),
+        }
+    }
+
+    /// Whether the error skips the retry policy.
+    pub fn is_fatal(&self) -> bool {
+        self.fatal
+    }
+
+    /// The error and its chain of sources, joined by `: `.
+    pub fn message(&self) -> String {
+        let mut message = self.error.to_string();
+        let mut source = self.error.source();
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        message
+    }
+
+    /// The underlying error.
+    pub fn inner(&self) -> &(dyn StdError + Send + Sync + 'static) {
+        &*self.error
+    }
+}
+
+impl<E> From<E> for StepError
+where
+    E: Into<Box<dyn StdError + Send + Sync>>,
+{
+    fn from(error: E) -> Self {
+        Self::retryable(error)
+    }
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl fmt::Debug for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StepError")
+            .field("fatal", &self.fatal)
+            .field("message", &self.message())
+            .finish()
+    }
+}
+
+/// What a step knows about the attempt it is running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepContext {
+    /// The run this attempt belongs to.
+    pub run_id: RunId,
+    /// The workflow being run.
+    pub workflow: WorkflowName,
+    /// The step being run.
+    pub step: StepName,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+}
+
+impl StepContext {
+    /// A key that is the same for every attempt and redelivery of this step in this run.
+    ///
+    /// Pass it to external systems that deduplicate requests, so that an at-least-once
+    /// redelivery does not do the work twice.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}:{}:{}", self.workflow, self.step, self.run_id)
+    }
+}
+
+/// A boxed, sendable future, as returned by type-erased steps.
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// An async function usable as a step: `async fn(I, StepContext) -> Result<O, StepError>`.
+///
+/// Implemented for every such function and closure; you never implement it yourself.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a step function",
+    label = "expected `async fn(input: {I}, ctx: StepContext) -> Result<{O}, StepError>`",
+    note = "a step takes its input (a `serde::de::DeserializeOwned` type) and a `StepContext`, \
+            and returns a `Send` future of `Result<Output, StepError>` where the output is \
+            `serde::Serialize`"
+)]
+pub trait StepFn<I, O>: Send + Sync + 'static {
+    /// The future of one attempt.
+    type Future: Future<Output = Result<O, StepError>> + Send + 'static;
+
+    /// Starts one attempt.
+    fn call(&self, input: I, ctx: StepContext) -> Self::Future;
+}
+
+impl<F, Fut, I, O> StepFn<I, O> for F
+where
+    F: Fn(I, StepContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, StepError>> + Send + 'static,
+{
+    type Future = Fut;
+
+    fn call(&self, input: I, ctx: StepContext) -> Fut {
+        self(input, ctx)
+    }
+}
+
+/// Why a step could not start: its input did not decode to the step's input type.
+#[derive(Debug, thiserror::Error)]
+#[error("input does not decode as {expected}: {source}")]
+pub struct DecodeError {
+    /// The Rust type the step expects.
+    pub expected: &'static str,
+    /// What serde said.
+    #[source]
+    pub source: serde_json::Error,
+}
+
+/// A step with its types erased: JSON bytes in, JSON bytes out.
+pub(crate) trait ErasedStep: Send + Sync + 'static {
+    /// Decodes `input` and starts one attempt.
+    fn start(
+        &self,
+        input: &[u8],
+        ctx: StepContext,
+    ) -> Result<BoxFuture<Result<Vec<u8>, StepError>>, DecodeError>;
+}
+
+struct AsyncStep<F, I, O> {
+    function: F,
+    _types: PhantomData<fn(I) -> O>,
+}
+
+impl<F, I, O> ErasedStep for AsyncStep<F, I, O>
+where
+    F: StepFn<I, O>,
+    I: DeserializeOwned + 'static,
+    O: Serialize + 'static,
+{
+    fn start(
+        &self,
+        input: &[u8],
+        ctx: StepContext,
+    ) -> Result<BoxFuture<Result<Vec<u8>, StepError>>, DecodeError> {
+        let input: I = serde_json::from_slice(input).map_err(|source| DecodeError {
+            expected: std::any::type_name::<I>(),
+            source,
+        })?;
+        let attempt = self.function.call(input, ctx);
+        Ok(Box::pin(async move { encode_output(&attempt.await?) }))
+    }
+}
+
+struct BlockingStep<F, I, O> {
+    function: Arc<F>,
+    _types: PhantomData<fn(I) -> O>,
+}
+
+impl<F, I, O> ErasedStep for BlockingStep<F, I, O>
+where
+    F: Fn(I, StepContext) -> Result<O, StepError> + Send + Sync + 'static,
+    I: DeserializeOwned + Send + 'static,
+    O: Serialize + Send + 'static,
+{
+    fn start(
+        &self,
+        input: &[u8],
+        ctx: StepContext,
+    ) -> Result<BoxFuture<Result<Vec<u8>, StepError>>, DecodeError> {
+        let input: I = serde_json::from_slice(input).map_err(|source| DecodeError {
+            expected: std::any::type_name::<I>(),
+            source,
+        })?;
+        let function = Arc::clone(&self.function);
+        Ok(Box::pin(async move {
+            let output = tokio::task::spawn_blocking(move || function(input, ctx))
+                .await
+                .map_err(|join| StepError::retryable(format!("blocking step failed: {join}")))??;
+            encode_output(&output)
+        }))
+    }
+}
+
+fn encode_output<O: Serialize>(output: &O) -> Result<Vec<u8>, StepError> {
+    serde_json::to_vec(output)
+        .map_err(|e| StepError::fatal(format!("step output does not encode as JSON: {e}")))
+}
+
+/// The untyped parts of a step, kept by the workflow graph.
+#[derive(Clone)]
+pub(crate) struct StepSpec {
+    pub(crate) name: String,
+    pub(crate) handler: Arc<dyn ErasedStep>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) timeout: Duration,
+    pub(crate) input_type: &'static str,
+    pub(crate) output_type: &'static str,
+}
+
+/// A named step taking `I` and producing `O`, ready to be placed in a workflow.
+///
+/// ```
+/// use std::time::Duration;
+/// use inqubo_core::{RetryPolicy, Step, StepContext, StepError};
+///
+/// async fn double(n: u64, _ctx: StepContext) -> Result<u64, StepError> {
+///     Ok(n * 2)
+/// }
+///
+/// let step = Step::new("double", double)
+///     .retry(RetryPolicy::limited(5, Duration::from_secs(2)))
+///     .timeout(Duration::from_secs(30));
+/// assert_eq!(step.name(), "double");
+/// ```
+pub struct Step<I, O> {
+    pub(crate) spec: StepSpec,
+    _types: PhantomData<fn(I) -> O>,
+}
+
+impl<I, O> Clone for Step<I, O> {
+    fn clone(&self) -> Self {
+        Self {
+            spec: self.spec.clone(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<I, O> fmt::Debug for Step<I, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Step")
+            .field("name", &self.spec.name)
+            .field("input", &self.spec.input_type)
+            .field("output", &self.spec.output_type)
+            .field("retry", &self.spec.retry.spec())
+            .field("timeout", &self.spec.timeout)
+            .finish()
+    }
+}
+
+impl<I, O> Step<I, O>
+where
+    I: DeserializeOwned + Send + 'static,
+    O: Serialize + Send + 'static,
+{
+    /// A step named `name` running the async function `function`.
+    ///
+    /// The name is checked when the workflow is built: ASCII letters, digits, `_` and `-`,
+    /// starting with a letter, at most 64 characters.
+    pub fn new<F>(name: impl Into<String>, function: F) -> Self
+    where
+        F: StepFn<I, O>,
+    {
+        Self::from_handler(
+            name.into(),
+            Arc::new(AsyncStep {
+                function,
+                _types: PhantomData,
+            }),
+        )
+    }
+
+    /// A step running a synchronous function on tokio's blocking thread pool, so that
+    /// CPU-heavy or blocking work does not stall the runner.
+    pub fn blocking<F>(name: impl Into<String>, function: F) -> Self
+    where
+        F: Fn(I, StepContext) -> Result<O, StepError> + Send + Sync + 'static,
+    {
+        Self::from_handler(
+            name.into(),
+            Arc::new(BlockingStep {
+                function: Arc::new(function),
+                _types: PhantomData,
+            }),
+        )
+    }
+
+    fn from_handler(name: String, handler: Arc<dyn ErasedStep>) -> Self {
+        Self {
+            spec: StepSpec {
+                name,
+                handler,
+                retry: RetryPolicy::default(),
+                timeout: DEFAULT_STEP_TIMEOUT,
+                input_type: std::any::type_name::<I>(),
+                output_type: std::any::type_name::<O>(),
+            },
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<I, O> Step<I, O> {
+    /// Sets the retry policy (default: 3 retries, 1 second apart).
+    #[must_use]
+    pub fn retry(mut self, policy: impl Into<RetryPolicy>) -> Self {
+        self.spec.retry = policy.into();
+        self
+    }
+
+    /// Sets how long one attempt may run before it counts as a retryable failure
+    /// (default: [`DEFAULT_STEP_TIMEOUT`]).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.spec.timeout = timeout;
+        self
+    }
+
+    /// The step's name, as given.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> StepContext {
+        StepContext {
+            run_id: RunId::new("r1").unwrap(),
+            workflow: WorkflowName::new("wf").unwrap(),
+            step: StepName::new("s").unwrap(),
+            attempt: 1,
+        }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn question_mark_makes_retryable_errors_with_their_sources() {
+        fn fails() -> Result<(), StepError> {
+            Err(Outer(std::io::Error::other("inner")))?;
+            Ok(())
+        }
+        let error = fails().unwrap_err();
+        assert!(!error.is_fatal());
+        assert_eq!(error.message(), "outer: inner");
+        assert!(StepError::fatal("no").is_fatal());
+    }
+
+    #[test]
+    fn idempotency_key_ignores_the_attempt() {
+        let mut second = ctx();
+        second.attempt = 2;
+        assert_eq!(ctx().idempotency_key(), second.idempotency_key());
+        assert_eq!(ctx().idempotency_key(), "wf:s:r1");
+    }
+
+    #[tokio::test]
+    async fn erased_step_decodes_runs_and_encodes() {
+        async fn add_one(n: i64, _: StepContext) -> Result<i64, StepError> {
+            Ok(n + 1)
+        }
+        let step = Step::new("add_one", add_one);
+        let output = step
+            .spec
+            .handler
+            .start(b"41", ctx())
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(output, b"42");
+        let error = step.spec.handler.start(b"\"text\"", ctx()).err().unwrap();
+        assert_eq!(error.expected, "i64");
+    }
+
+    #[tokio::test]
+    async fn blocking_steps_run_off_the_async_threads() {
+        let step = Step::blocking("sum", |v: Vec<u32>, _ctx| {
+            Ok::<_, StepError>(v.iter().sum::<u32>())
+        });
+        let output = step
+            .spec
+            .handler
+            .start(b"[1,2,3]", ctx())
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(output, b"6");
+    }
+}
