@@ -1,1 +1,29 @@
-//! placeholder
+//! The RabbitMQ runtime of Inqubo, built on lapin.
+//!
+//! - [`Topology`] names and declares every exchange, queue and binding.
+//! - [`Runner`] consumes a workflow's step queues and runs its steps.
+//! - [`Client`] triggers runs and follows their lifecycle events.
+//!
+//! The path of one message — trigger → step queue → step → outcome events → ack — reads in
+//! `client.rs` (trigger), `consumer.rs` (the loop), `message.rs` (what is published) and
+//! `publisher.rs` (confirms). `docs/protocol.md` describes the same path on the wire.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo)
+)]
+
+mod client;
+mod consumer;
+mod error;
+mod message;
+mod publisher;
+mod runner;
+mod topology;
+
+pub use client::{Client, DEFAULT_AMQP_URL, EventStream};
+pub use error::{Error, Result};
+pub use runner::{Runner, RunnerBuilder};
+pub use topology::{
+    DELAY_TICK, DELAY_TIERS, DelayRoute, MAX_DELAY, QueueName, QueueType, Topology,
+};

@@ -1,0 +1,232 @@
+//! A connection that triggers runs and follows their events, without running any step.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures_util::Stream;
+use inqubo_core::{LifecycleEvent, RoutingKey, RunId, WorkflowName, protocol::header};
+use lapin::{
+    Channel, Connection, ConnectionProperties, Consumer,
+    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use serde::Serialize;
+use tracing::{info, instrument, warn};
+
+use crate::{
+    error::{Error, Result, redact_url},
+    message::{self, integer_value, string_value},
+    publisher::Publisher,
+    topology::Topology,
+};
+
+/// The broker address used when none is given: the local RabbitMQ with its default user.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+struct ClientInner {
+    connection: Connection,
+    publisher: Publisher,
+    topology: Topology,
+}
+
+/// Triggers runs and subscribes to lifecycle events. Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), inqubo_amqp::Error> {
+/// use futures_util::StreamExt;
+/// use inqubo_amqp::{Client, DEFAULT_AMQP_URL};
+///
+/// let client = Client::connect(DEFAULT_AMQP_URL).await?;
+/// let mut events = client.subscribe(Some(&"simple".parse()?)).await?;
+/// let run_id = client.trigger("simple", "run-42", &serde_json::json!({})).await?;
+/// while let Some(event) = events.next().await {
+///     println!("{}", event?);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<ClientInner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("topology", &self.inner.topology)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to `url` with the default topology (prefix `inqubo`, quorum queues).
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, Topology::default()).await
+    }
+
+    /// Connects to `url` using `topology`'s names.
+    ///
+    /// `amqps://` URLs use TLS. The password never appears in errors or logs.
+    #[instrument(skip_all, fields(url = %redact_url(url), prefix = topology.prefix()))]
+    pub async fn connect_with(url: &str, topology: Topology) -> Result<Self> {
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .map_err(|source| Error::Connect {
+                url: redact_url(url),
+                source,
+            })?;
+        let publisher = Publisher::new(connection.create_channel().await?).await?;
+        info!("connected");
+        Ok(Self {
+            inner: Arc::new(ClientInner {
+                connection,
+                publisher,
+                topology,
+            }),
+        })
+    }
+
+    /// The names this client uses.
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    pub(crate) fn publisher(&self) -> &Publisher {
+        &self.inner.publisher
+    }
+
+    /// Opens a new channel on this client's connection.
+    pub(crate) async fn channel(&self) -> Result<Channel> {
+        Ok(self.inner.connection.create_channel().await?)
+    }
+
+    /// Starts a run of `workflow` named `run_id` with `input`, and returns once the broker has
+    /// confirmed the trigger.
+    ///
+    /// Fails with [`Error::Unroutable`] when no queue listens for the workflow's trigger, that
+    /// is when no runner ever declared the workflow under this prefix.
+    pub async fn trigger(
+        &self,
+        workflow: &str,
+        run_id: impl Into<String>,
+        input: &impl Serialize,
+    ) -> Result<RunId> {
+        let body = serde_json::to_vec(input).map_err(Error::Encode)?;
+        self.trigger_json(workflow, run_id, body).await
+    }
+
+    /// Like [`Client::trigger`], with the input already encoded as JSON.
+    #[instrument(skip_all, fields(workflow, run_id = tracing::field::Empty))]
+    pub async fn trigger_json(
+        &self,
+        workflow: &str,
+        run_id: impl Into<String>,
+        input: Vec<u8>,
+    ) -> Result<RunId> {
+        let workflow = WorkflowName::new(workflow)?;
+        let run_id = RunId::new(run_id)?;
+        tracing::Span::current().record("run_id", tracing::field::display(&run_id));
+        let trigger = message::trigger(&self.inner.topology, &workflow, &run_id, input);
+        self.inner.publisher.send(trigger).await?.wait().await?;
+        Ok(run_id)
+    }
+
+    /// Follows the lifecycle events of `workflow` (or of every workflow) from now on.
+    ///
+    /// The subscription is a server-named, exclusive queue that the broker deletes when the
+    /// stream is dropped; it is bound before this returns, so a run triggered afterwards is
+    /// seen from its first event.
+    pub async fn subscribe(&self, workflow: Option<&WorkflowName>) -> Result<EventStream> {
+        let channel = self.channel().await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                self.inner.topology.exchange().into(),
+                RoutingKey::all_events(workflow).as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(EventStream {
+            consumer,
+            _channel: channel,
+        })
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) -> Result<()> {
+        self.inner.connection.close(200, "bye".into()).await?;
+        Ok(())
+    }
+}
+
+/// A live stream of lifecycle events; see [`Client::subscribe`].
+///
+/// Messages on the exchange that are not Inqubo events are skipped with a warning.
+pub struct EventStream {
+    consumer: Consumer,
+    _channel: Channel,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream")
+            .field("queue", &self.consumer.queue())
+            .finish()
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Result<LifecycleEvent>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            let delivery = match Pin::new(&mut self.consumer).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error.into()))),
+                Poll::Ready(Some(Ok(delivery))) => delivery,
+            };
+            let headers = delivery.properties.headers().as_ref();
+            let get = |name: &str| headers.and_then(|h| h.inner().get(name));
+            let run_id = get(header::RUN_ID).and_then(string_value);
+            let attempt = get(header::ATTEMPT)
+                .and_then(integer_value)
+                .and_then(|n| u32::try_from(n).ok());
+            match LifecycleEvent::from_wire(
+                delivery.routing_key.as_str(),
+                run_id.as_deref(),
+                attempt,
+                &delivery.data,
+            ) {
+                Ok(event) => return Poll::Ready(Some(Ok(event))),
+                Err(error) => warn!(%error, "skipped a message that is not an inqubo event"),
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The path of one message: step queue → step → outcome events → ack.
+//!
+//! For every delivery on a step's queue the runner
+//!
+//! 1. reads the `run-id` and `retry-attempt` headers (a message without a usable `run-id` is
+//!    parked at once, never requeued),
+//! 2. publishes `started`,
+//! 3. runs the attempt ([`run_attempt`]: decode, call, timeout, catch panics, ask the retry
+//!    policy),
+//! 4. publishes what the outcome calls for — `succeeded` with the output; or `retrying` plus
+//!    the input into the delay tiers; or `failed` plus the input into the parked queue,
+//! 5. waits until the broker has confirmed every one of those messages,
+//! 6. and only then acknowledges the delivery.
+//!
+//! If any publish fails, the delivery is not acknowledged but returned to the queue, so the
+//! attempt runs again: at-least-once, never lost.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+use inqubo_core::{
+    AttemptOutcome, EventKind, FailedBody, FailureReason, StartedBody, StepContext, StepNode,
+    WorkflowName, run_attempt,
+};
+use lapin::{
+    Channel, Consumer,
+    message::Delivery,
+    options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions},
+};
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::{
+    error::{Error, Result},
+    message::{self, AttemptId, Received},
+    publisher::Publisher,
+    topology::Topology,
+};
+
+/// How long to wait before returning a delivery whose outcome could not be published, so that
+/// a broken broker does not turn the runner into a busy loop.
+const REQUEUE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Everything needed to run one step's deliveries.
+#[derive(Debug)]
+pub(crate) struct StepWorker {
+    pub(crate) topology: Topology,
+    pub(crate) workflow: WorkflowName,
+    pub(crate) node: StepNode,
+    pub(crate) publisher: Publisher,
+}
+
+impl StepWorker {
+    /// Handles one delivery from start to acknowledgement.
+    pub(crate) async fn handle(&self, delivery: Delivery) {
+        let received = Received::from_delivery(&delivery);
+        match self.process(&received).await {
+            Ok(()) => {
+                if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+                    warn!(step = %self.node.name(), %error, "ack failed; the broker will redeliver");
+                }
+            }
+            Err(error) => {
+                warn!(
+                    step = %self.node.name(),
+                    error = %error,
+                    "outcome not confirmed; returning the input to its queue"
+                );
+                tokio::time::sleep(REQUEUE_BACKOFF).await;
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                if let Err(error) = delivery.nack(requeue).await {
+                    warn!(step = %self.node.name(), %error, "nack failed; the broker will redeliver");
+                }
+            }
+        }
+    }
+
+    /// Runs the attempt and publishes its outcome; `Ok` means the delivery may be acked.
+    async fn process(&self, received: &Received<'_>) -> Result<()> {
+        let (run_id, attempt) = match (received.run_id(), received.attempt()) {
+            (Ok(run_id), Ok(attempt)) => (run_id, attempt),
+            (Err(error), _) | (_, Err(error)) => {
+                return self.park(received, message::undecodable(error)).await;
+            }
+        };
+        let id = AttemptId {
+            topology: &self.topology,
+            workflow: &self.workflow,
+            step: self.node.name(),
+            run_id: &run_id,
+            attempt,
+        };
+        let span = info_span!(
+            "step",
+            run_id = %run_id,
+            workflow = %self.workflow,
+            step = %self.node.name(),
+            attempt
+        );
+        async {
+            let started = self
+                .publisher
+                .send(id.notice(EventKind::Started, &StartedBody { attempt }))
+                .await?;
+            let ctx = StepContext {
+                run_id: run_id.clone(),
+                workflow: self.workflow.clone(),
+                step: self.node.name().clone(),
+                attempt,
+            };
+            let outcome = run_attempt(&self.node, ctx, received.body).await;
+            let published = self.publish_outcome(&id, received, outcome).await;
+            started.wait().await?;
+            match published {
+                Err(Error::Unroutable { routing_key, .. }) => {
+                    let failure = FailedBody {
+                        error: format!("no queue is bound to `{routing_key}`"),
+                        attempt,
+                        reason: FailureReason::Unroutable,
+                    };
+                    self.publisher
+                        .send_all(vec![id.notice(EventKind::Failed, &failure)])
+                        .await?;
+                    self.park(received, failure).await
+                }
+                other => other,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn publish_outcome(
+        &self,
+        id: &AttemptId<'_>,
+        received: &Received<'_>,
+        outcome: AttemptOutcome,
+    ) -> Result<()> {
+        let attempt = id.attempt;
+        let messages = match outcome {
+            AttemptOutcome::Succeeded { output } => {
+                debug!("succeeded");
+                let has_children = !self.node.children().is_empty();
+                vec![id.event(EventKind::Succeeded, output, has_children)]
+            }
+            retry @ AttemptOutcome::Retry { .. } => {
+                let Some(mut body) = retry.retrying_body(attempt) else {
+                    return Ok(());
+                };
+                let delay = Duration::from_millis(body.delay_ms);
+                let route = self.topology.delay_route(delay, &self.workflow, self.node.name());
+                body.delay_ms = u64::try_from(route.delay.as_millis()).unwrap_or(u64::MAX);
+                debug!(error = %body.error, delay_ms = body.delay_ms, "retrying");
+                vec![
+                    id.notice(EventKind::Retrying, &body),
+                    id.retry(&route, received.body.to_vec()),
+                ]
+            }
+            failed => {
+                let Some(body) = failed.failed_body(attempt) else {
+                    return Ok(());
+                };
+                warn!(error = %body.error, reason = %body.reason, "step failed; input parked");
+                vec![
+                    id.notice(EventKind::Failed, &body),
+                    message::parked(&self.topology, &self.workflow, self.node.name(), received, &body),
+                ]
+            }
+        };
+        self.publisher.send_all(messages).await
+    }
+
+    /// Parks `received` with `failure`, announcing `failed` when the run id is known.
+    async fn park(&self, received: &Received<'_>, failure: FailedBody) -> Result<()> {
+        let parked = message::parked(&self.topology, &self.workflow, self.node.name(), received, &failure);
+        let mut messages = vec![parked];
+        match received.run_id_if_valid() {
+            Some(run_id) => {
+                let id = AttemptId {
+                    topology: &self.topology,
+                    workflow: &self.workflow,
+                    step: self.node.name(),
+                    run_id: &run_id,
+                    attempt: failure.attempt,
+                };
+                warn!(run_id = %run_id, step = %self.node.name(), reason = %failure.reason, error = %failure.error, "parked");
+                messages.push(id.notice(EventKind::Failed, &failure));
+                self.publisher.send_all(messages).await
+            }
+            None => {
+                warn!(step = %self.node.name(), reason = %failure.reason, error = %failure.error, "parked a message without a usable run id");
+                self.publisher.send_all(messages).await
+            }
+        }
+    }
+}
+
+/// Consumes one step's queue until `cancel` fires or the consumer fails, spawning one task per
+/// delivery on `tracker`. `in_flight` bounds the deliveries being handled across the runner.
+pub(crate) async fn consume(
+    worker: Arc<StepWorker>,
+    channel: Channel,
+    mut consumer: Consumer,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    in_flight: Arc<Semaphore>,
+) -> Result<()> {
+    let queue = consumer.queue().to_string();
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            next = consumer.next() => next,
+        };
+        let delivery = match next {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(error)) => return Err(error.into()),
+            None => return Err(Error::ConsumerStopped { queue }),
+        };
+        let permit = tokio::select! {
+            permit = Arc::clone(&in_flight).acquire_owned() => permit,
+            () = cancel.cancelled() => break,
+        };
+        let Ok(permit) = permit else { break };
+        let worker = Arc::clone(&worker);
+        tracker.spawn(async move {
+            worker.handle(delivery).await;
+            drop(permit);
+        });
+    }
+    // Stop new deliveries; unacknowledged ones go back to the queue when the channel closes.
+    channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await?;
+    Ok(())
+}

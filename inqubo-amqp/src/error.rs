@@ -1,0 +1,115 @@
+//! The error type of the AMQP runtime.
+
+use inqubo_core::{NameError, WorkflowError};
+
+/// Anything that can go wrong between Inqubo and RabbitMQ.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The broker could not be reached or refused the login.
+    #[error(
+        "cannot connect to RabbitMQ at {url} (is it running? `rabbitmq-server -detached` starts a local one)"
+    )]
+    Connect {
+        /// The address tried, with any password removed.
+        url: String,
+        /// What lapin said.
+        #[source]
+        source: lapin::Error,
+    },
+    /// A broker operation failed (channel or connection error).
+    #[error("broker operation failed")]
+    Amqp(#[from] lapin::Error),
+    /// A queue or exchange already exists with other arguments (for example a classic queue
+    /// where a quorum queue is declared).
+    #[error("`{name}` already exists on the broker with different arguments; delete it or use another prefix")]
+    TopologyMismatch {
+        /// The queue or exchange.
+        name: String,
+        /// What the broker said.
+        #[source]
+        source: lapin::Error,
+    },
+    /// A mandatory message matched no queue.
+    #[error("no queue is bound to routing key `{routing_key}` on exchange `{exchange}`")]
+    Unroutable {
+        /// The exchange published to.
+        exchange: String,
+        /// The routing key that matched nothing.
+        routing_key: String,
+    },
+    /// The broker refused to take responsibility for a message (negative confirm).
+    #[error("the broker refused a message for `{routing_key}` on exchange `{exchange}`")]
+    Nacked {
+        /// The exchange published to.
+        exchange: String,
+        /// The routing key published with.
+        routing_key: String,
+    },
+    /// The name prefix is unusable.
+    #[error("prefix `{0}` must be 1 to 64 ASCII letters, digits, `_`, `-` or `.`")]
+    InvalidPrefix(String),
+    /// A name or run id was refused.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// A workflow was refused.
+    #[error(transparent)]
+    Workflow(#[from] WorkflowError),
+    /// A run input could not be encoded as JSON.
+    #[error("run input does not encode as JSON")]
+    Encode(#[source] serde_json::Error),
+    /// A step consumer stopped because the broker cancelled it or its channel closed.
+    #[error("the consumer of queue `{queue}` stopped")]
+    ConsumerStopped {
+        /// The queue it consumed.
+        queue: String,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same operation later (after reconnecting) may succeed.
+    ///
+    /// Connection and channel failures are transient; refused names, mismatched topology and
+    /// unroutable messages are not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { source, .. } | Error::Amqp(source) => {
+                source.is_io_error() || source.can_be_recovered() || !source.is_amqp_error()
+            }
+            Error::ConsumerStopped { .. } | Error::Nacked { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `url` with its password replaced by `***`, for logs and errors.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact_url("amqps://alice:s3cr%40t@broker:5671/prod"),
+            "amqps://alice:***@broker:5671/prod"
+        );
+        assert_eq!(redact_url("amqp://127.0.0.1:5672/%2f"), "amqp://127.0.0.1:5672/%2f");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+}

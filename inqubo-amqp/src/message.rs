@@ -1,0 +1,320 @@
+//! The AMQP messages of the protocol: how each one is built, and how headers are read back.
+//!
+//! Every message is persistent (`delivery_mode` 2), JSON (`content_type` `application/json`),
+//! carries a `message_id` and a `timestamp`, and the `run-id` header. See `docs/protocol.md`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use inqubo_core::{
+    EventKind, FailedBody, FailureReason, RoutingKey, RunId, StepName, WorkflowName,
+    protocol::{CONTENT_TYPE, header},
+};
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use serde::Serialize;
+
+use crate::topology::{DelayRoute, Topology};
+
+/// A message ready to publish.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub(crate) exchange: String,
+    pub(crate) routing_key: String,
+    pub(crate) body: Vec<u8>,
+    pub(crate) headers: FieldTable,
+    pub(crate) message_id: String,
+    /// Whether the broker must route it to at least one queue (returned otherwise).
+    pub(crate) mandatory: bool,
+}
+
+impl Outgoing {
+    pub(crate) fn properties(&self) -> BasicProperties {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(ShortString::from(CONTENT_TYPE))
+            .with_message_id(ShortString::from(self.message_id.as_str()))
+            .with_timestamp(now)
+            .with_headers(self.headers.clone())
+    }
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+fn number(value: u32) -> AMQPValue {
+    AMQPValue::LongLongInt(i64::from(value))
+}
+
+fn run_headers(run_id: &RunId) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(header::RUN_ID.into(), text(run_id.as_str()));
+    headers
+}
+
+/// `<workflow>.run.triggered` with the run input as body.
+pub(crate) fn trigger(topology: &Topology, workflow: &WorkflowName, run_id: &RunId, input: Vec<u8>) -> Outgoing {
+    Outgoing {
+        exchange: topology.exchange().to_owned(),
+        routing_key: RoutingKey::run_triggered(workflow).as_str().to_owned(),
+        body: input,
+        headers: run_headers(run_id),
+        message_id: format!("{run_id}:{workflow}:triggered"),
+        mandatory: true,
+    }
+}
+
+/// What identifies one attempt of one step, for building its events.
+#[derive(Debug, Clone)]
+pub(crate) struct AttemptId<'a> {
+    pub(crate) topology: &'a Topology,
+    pub(crate) workflow: &'a WorkflowName,
+    pub(crate) step: &'a StepName,
+    pub(crate) run_id: &'a RunId,
+    pub(crate) attempt: u32,
+}
+
+impl AttemptId<'_> {
+    /// A lifecycle event of this attempt.
+    pub(crate) fn event(&self, kind: EventKind, body: Vec<u8>, mandatory: bool) -> Outgoing {
+        let mut headers = run_headers(self.run_id);
+        headers.insert(header::ATTEMPT.into(), number(self.attempt));
+        Outgoing {
+            exchange: self.topology.exchange().to_owned(),
+            routing_key: RoutingKey::step_event(self.workflow, self.step, kind)
+                .as_str()
+                .to_owned(),
+            body,
+            headers,
+            message_id: format!("{}:{}:{}:{kind}:{}", self.run_id, self.workflow, self.step, self.attempt),
+            mandatory,
+        }
+    }
+
+    /// A JSON-bodied lifecycle event that no queue is required to receive.
+    pub(crate) fn notice(&self, kind: EventKind, body: &impl Serialize) -> Outgoing {
+        self.event(kind, to_json(body), false)
+    }
+
+    /// The step's input again, bound for the step's own queue after a delay.
+    pub(crate) fn retry(&self, route: &DelayRoute, input: Vec<u8>) -> Outgoing {
+        let next = self.attempt.saturating_add(1);
+        let mut headers = run_headers(self.run_id);
+        headers.insert(header::RETRY_ATTEMPT.into(), number(next));
+        Outgoing {
+            exchange: route.exchange.clone(),
+            routing_key: route.routing_key.clone(),
+            body: input,
+            headers,
+            message_id: format!("{}:{}:{}:retry:{next}", self.run_id, self.workflow, self.step),
+            mandatory: true,
+        }
+    }
+}
+
+/// An input that failed for good, bound for the workflow's parked queue.
+///
+/// It keeps the original body and headers and adds the `parked-*` headers.
+pub(crate) fn parked(
+    topology: &Topology,
+    workflow: &WorkflowName,
+    step: &StepName,
+    received: &Received<'_>,
+    failure: &FailedBody,
+) -> Outgoing {
+    let mut headers = received.headers.cloned().unwrap_or_default();
+    headers.insert(header::PARKED_REASON.into(), text(failure.reason.as_str()));
+    headers.insert(header::PARKED_ERROR.into(), text(&failure.error));
+    headers.insert(header::PARKED_STEP.into(), text(step.as_str()));
+    headers.insert(header::PARKED_ROUTING_KEY.into(), text(received.routing_key));
+    headers.insert(header::PARKED_ATTEMPT.into(), number(failure.attempt));
+    let queue = topology.parked_queue(workflow);
+    Outgoing {
+        exchange: String::new(),
+        routing_key: queue.as_str().to_owned(),
+        body: received.body.to_vec(),
+        headers,
+        message_id: received
+            .message_id
+            .map_or_else(|| format!("parked:{workflow}:{step}"), |id| format!("parked:{id}")),
+        mandatory: true,
+    }
+}
+
+fn to_json(body: &impl Serialize) -> Vec<u8> {
+    // Bodies are plain structs of strings and numbers; encoding cannot fail.
+    serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+/// A delivery as read from a step queue.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Received<'a> {
+    pub(crate) routing_key: &'a str,
+    pub(crate) headers: Option<&'a FieldTable>,
+    pub(crate) message_id: Option<&'a str>,
+    pub(crate) body: &'a [u8],
+}
+
+impl<'a> Received<'a> {
+    pub(crate) fn from_delivery(delivery: &'a lapin::message::Delivery) -> Self {
+        Self {
+            routing_key: delivery.routing_key.as_str(),
+            headers: delivery.properties.headers().as_ref(),
+            message_id: delivery.properties.message_id().as_ref().map(ShortString::as_str),
+            body: &delivery.data,
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&'a AMQPValue> {
+        self.headers?.inner().get(name)
+    }
+
+    /// The run id, or why there is none.
+    pub(crate) fn run_id(&self) -> Result<RunId, String> {
+        let value = self
+            .header(header::RUN_ID)
+            .ok_or_else(|| format!("missing `{}` header", header::RUN_ID))?;
+        let text = string_value(value)
+            .ok_or_else(|| format!("`{}` header is not a string", header::RUN_ID))?;
+        RunId::new(text).map_err(|e| format!("invalid `{}` header: {e}", header::RUN_ID))
+    }
+
+    /// The `run-id` header if it is usable, for reporting a failure of a message that is
+    /// otherwise broken.
+    pub(crate) fn run_id_if_valid(&self) -> Option<RunId> {
+        self.run_id().ok()
+    }
+
+    /// The attempt this delivery starts: `retry-attempt` on retries, 1 otherwise.
+    pub(crate) fn attempt(&self) -> Result<u32, String> {
+        match self.header(header::RETRY_ATTEMPT) {
+            None => Ok(1),
+            Some(value) => integer_value(value)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| format!("`{}` header is not a positive integer", header::RETRY_ATTEMPT)),
+        }
+    }
+}
+
+/// The text of a string header (long or short string, valid UTF-8).
+pub(crate) fn string_value(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// The value of an integer header of any width.
+pub(crate) fn integer_value(value: &AMQPValue) -> Option<i64> {
+    match *value {
+        AMQPValue::ShortShortInt(n) => Some(n.into()),
+        AMQPValue::ShortShortUInt(n) => Some(n.into()),
+        AMQPValue::ShortInt(n) => Some(n.into()),
+        AMQPValue::ShortUInt(n) => Some(n.into()),
+        AMQPValue::LongInt(n) => Some(n.into()),
+        AMQPValue::LongUInt(n) => Some(n.into()),
+        AMQPValue::LongLongInt(n) => Some(n),
+        AMQPValue::Timestamp(n) => i64::try_from(n).ok(),
+        _ => None,
+    }
+}
+
+/// A final failure for a message that could not be read.
+pub(crate) fn undecodable(error: String) -> FailedBody {
+    FailedBody {
+        error,
+        attempt: 0,
+        reason: FailureReason::Undecodable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received(headers: Option<&FieldTable>) -> Received<'_> {
+        Received {
+            routing_key: "wf.run.triggered",
+            headers,
+            message_id: None,
+            body: b"{}",
+        }
+    }
+
+    #[test]
+    fn run_id_is_read_from_long_or_short_strings() {
+        let mut headers = FieldTable::default();
+        headers.insert("run-id".into(), text("r-1"));
+        assert_eq!(received(Some(&headers)).run_id().unwrap().as_str(), "r-1");
+        headers.insert("run-id".into(), AMQPValue::ShortString("r-2".into()));
+        assert_eq!(received(Some(&headers)).run_id().unwrap().as_str(), "r-2");
+    }
+
+    #[test]
+    fn broken_run_ids_say_what_is_wrong() {
+        assert_eq!(received(None).run_id().unwrap_err(), "missing `run-id` header");
+        let mut headers = FieldTable::default();
+        headers.insert("run-id".into(), AMQPValue::LongLongInt(7));
+        assert_eq!(
+            received(Some(&headers)).run_id().unwrap_err(),
+            "`run-id` header is not a string"
+        );
+        headers.insert("run-id".into(), text(""));
+        assert!(received(Some(&headers)).run_id().unwrap_err().contains("invalid"));
+        headers.insert(
+            "run-id".into(),
+            AMQPValue::LongString(LongString::from(vec![0xff, 0xfe])),
+        );
+        assert!(received(Some(&headers)).run_id().is_err());
+    }
+
+    #[test]
+    fn attempt_defaults_to_one_and_reads_any_integer_width() {
+        assert_eq!(received(None).attempt(), Ok(1));
+        let mut headers = FieldTable::default();
+        headers.insert("retry-attempt".into(), AMQPValue::ShortShortUInt(3));
+        assert_eq!(received(Some(&headers)).attempt(), Ok(3));
+        headers.insert("retry-attempt".into(), AMQPValue::LongLongInt(0));
+        assert!(received(Some(&headers)).attempt().is_err());
+        headers.insert("retry-attempt".into(), text("2"));
+        assert!(received(Some(&headers)).attempt().is_err());
+    }
+
+    #[test]
+    fn parked_messages_keep_the_input_and_add_the_reason() {
+        let topology = Topology::default();
+        let wf = WorkflowName::new("simple").unwrap();
+        let step = StepName::new("s").unwrap();
+        let mut headers = FieldTable::default();
+        headers.insert("run-id".into(), text("r"));
+        let input = Received {
+            routing_key: "simple.run.triggered",
+            headers: Some(&headers),
+            message_id: Some("m1"),
+            body: b"[1]",
+        };
+        let failure = FailedBody {
+            error: "bad".into(),
+            attempt: 4,
+            reason: FailureReason::RetriesExhausted,
+        };
+        let message = parked(&topology, &wf, &step, &input, &failure);
+        assert_eq!(message.exchange, "");
+        assert_eq!(message.routing_key, "inqubo.simple.parked");
+        assert_eq!(message.body, b"[1]");
+        let get = |k: &str| message.headers.inner().get(k).cloned();
+        assert_eq!(get("run-id"), Some(text("r")));
+        assert_eq!(get("parked-reason"), Some(text("retries_exhausted")));
+        assert_eq!(get("parked-routing-key"), Some(text("simple.run.triggered")));
+        assert_eq!(get("parked-attempt"), Some(number(4)));
+        assert!(message.mandatory);
+    }
+}

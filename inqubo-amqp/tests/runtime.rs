@@ -1,0 +1,385 @@
+//! The AMQP runtime against the real RabbitMQ: each test under a prefix of its own.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use inqubo_amqp::{Error, QueueType};
+use inqubo_core::{
+    EventKind, FailedBody, FailureReason, RetryPolicy, RetryingBody, Step, StepContext, StepError,
+    Workflow,
+};
+use inqubo_testkit::{Events, TestBroker};
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, LongString},
+};
+use serde_json::{Value, json};
+
+async fn get_data(_: Value, _: StepContext) -> Result<Vec<u32>, StepError> {
+    Ok(vec![1, 2, 3])
+}
+
+async fn sum(values: Vec<u32>, _: StepContext) -> Result<u32, StepError> {
+    Ok(values.iter().sum())
+}
+
+async fn count(values: Vec<u32>, _: StepContext) -> Result<usize, StepError> {
+    Ok(values.len())
+}
+
+fn header<'a>(delivery: &'a lapin::message::Delivery, name: &str) -> Option<&'a AMQPValue> {
+    delivery.properties.headers().as_ref()?.inner().get(name)
+}
+
+fn text_header(delivery: &lapin::message::Delivery, name: &str) -> String {
+    match header(delivery, name) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => panic!("header {name} is {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn full_run_publishes_every_lifecycle_event_in_order() {
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("chain")
+        .start(Step::new("get_data", get_data))
+        .then(Step::new("sum", sum))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe(runner.client()).await;
+
+    runner.trigger("run-1", &json!({})).await.unwrap();
+    let done = events.wait_for("run-1", "sum", EventKind::Succeeded).await;
+
+    assert_eq!(done.body, json!(6));
+    assert_eq!(done.attempt, Some(1));
+    assert_eq!(
+        events.trail("run-1"),
+        ["run.triggered", "get_data.started", "get_data.succeeded", "sum.started", "sum.succeeded"]
+    );
+    let parent = events
+        .seen()
+        .iter()
+        .find(|e| e.kind == EventKind::Succeeded && e.step.as_ref().unwrap().as_str() == "get_data")
+        .unwrap();
+    assert_eq!(parent.body, json!([1, 2, 3]));
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn fan_out_runs_every_child_on_the_parent_output() {
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("fan")
+        .start(Step::new("get_data", get_data))
+        .then((Step::new("sum", sum), Step::new("count", count)))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe(runner.client()).await;
+
+    runner.trigger("run-fan", &json!(null)).await.unwrap();
+    let total = events.wait_for("run-fan", "sum", EventKind::Succeeded).await;
+    let length = events.wait_for("run-fan", "count", EventKind::Succeeded).await;
+
+    assert_eq!(total.body, json!(6));
+    assert_eq!(length.body, json!(3));
+    runner.shutdown().await.unwrap();
+}
+
+async fn flaky(fail_times: u32, ctx: StepContext) -> Result<u32, StepError> {
+    if ctx.attempt <= fail_times {
+        return Err(StepError::retryable(format!("attempt {} fails on purpose", ctx.attempt)));
+    }
+    Ok(ctx.attempt)
+}
+
+#[tokio::test]
+async fn retry_goes_through_the_broker_then_succeeds() {
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("retry")
+        .start(Step::new("flaky", flaky).retry(RetryPolicy::limited(3, Duration::from_millis(200))))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe(runner.client()).await;
+
+    runner.trigger("r", &2).await.unwrap();
+    let done = events.wait_for("r", "flaky", EventKind::Succeeded).await;
+
+    assert_eq!(done.body, json!(3));
+    assert_eq!(done.attempt, Some(3));
+    assert_eq!(
+        events.trail("r"),
+        [
+            "run.triggered",
+            "flaky.started",
+            "flaky.retrying",
+            "flaky.started",
+            "flaky.retrying",
+            "flaky.started",
+            "flaky.succeeded"
+        ]
+    );
+    let retries: Vec<RetryingBody> = events
+        .seen()
+        .iter()
+        .filter(|e| e.kind == EventKind::Retrying)
+        .map(|e| serde_json::from_value(e.body.clone()).unwrap())
+        .collect();
+    assert_eq!(retries[0].attempt, 1);
+    assert_eq!(retries[0].next_attempt, 2);
+    assert_eq!(retries[0].delay_ms, 200);
+    assert_eq!(retries[1].error, "attempt 2 fails on purpose");
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn fatal_error_fails_at_once_and_parks_the_input() {
+    async fn refuse(_: Value, _: StepContext) -> Result<(), StepError> {
+        Err(StepError::fatal("input is not acceptable"))
+    }
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("fatal")
+        .start(Step::new("refuse", refuse))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe(runner.client()).await;
+
+    runner.trigger("f", &json!({"order": 7})).await.unwrap();
+    let failed = events.wait_for("f", "refuse", EventKind::Failed).await;
+
+    let body: FailedBody = serde_json::from_value(failed.body).unwrap();
+    assert_eq!(body.reason, FailureReason::Fatal);
+    assert_eq!(body.attempt, 1);
+    assert_eq!(body.error, "input is not acceptable");
+    assert!(!events.trail("f").contains(&"refuse.retrying".to_owned()));
+    let parked = broker.drain(&format!("{}.fatal.parked", broker.prefix()), 1).await;
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].data, br#"{"order":7}"#);
+    assert_eq!(text_header(&parked[0], "parked-reason"), "fatal");
+    assert_eq!(text_header(&parked[0], "parked-step"), "refuse");
+    assert_eq!(text_header(&parked[0], "run-id"), "f");
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn exhausted_retries_park_message_with_reason() {
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("exhaust")
+        .start(Step::new("flaky", flaky).retry(RetryPolicy::limited(1, Duration::from_millis(100))))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe(runner.client()).await;
+
+    runner.trigger("x", &99).await.unwrap();
+    let failed = events.wait_for("x", "flaky", EventKind::Failed).await;
+
+    let body: FailedBody = serde_json::from_value(failed.body).unwrap();
+    assert_eq!(body.reason, FailureReason::RetriesExhausted);
+    assert_eq!(body.attempt, 2);
+    let parked = broker.drain(&format!("{}.exhaust.parked", broker.prefix()), 1).await;
+    assert_eq!(text_header(&parked[0], "parked-reason"), "retries_exhausted");
+    assert_eq!(text_header(&parked[0], "parked-error"), "attempt 2 fails on purpose");
+    assert_eq!(parked[0].data, b"99");
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn undecodable_messages_are_parked_with_reason_and_the_runner_keeps_serving() {
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("strict")
+        .start(Step::new("sum", sum))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe(runner.client()).await;
+    let with_run_id = |id: &str| {
+        let mut headers = FieldTable::default();
+        headers.insert("run-id".into(), AMQPValue::LongString(LongString::from(id)));
+        BasicProperties::default().with_headers(headers)
+    };
+
+    broker
+        .publish_raw("strict.run.triggered", with_run_id("bad-json"), b"{not json")
+        .await;
+    broker
+        .publish_raw("strict.run.triggered", with_run_id("wrong-shape"), br#"{"a":1}"#)
+        .await;
+    broker
+        .publish_raw("strict.run.triggered", BasicProperties::default(), b"[1]")
+        .await;
+    runner.trigger("good", &[4, 5]).await.unwrap();
+
+    let good = events.wait_for("good", "sum", EventKind::Succeeded).await;
+    assert_eq!(good.body, json!(9));
+    for run in ["bad-json", "wrong-shape"] {
+        let failed = events.wait_for(run, "sum", EventKind::Failed).await;
+        let body: FailedBody = serde_json::from_value(failed.body).unwrap();
+        assert_eq!(body.reason, FailureReason::Undecodable, "{run}");
+    }
+    let parked = broker.drain(&format!("{}.strict.parked", broker.prefix()), 3).await;
+    assert_eq!(parked.len(), 3);
+    assert!(parked.iter().all(|m| text_header(m, "parked-reason") == "undecodable"));
+    let no_run_id = parked
+        .iter()
+        .find(|m| header(m, "run-id").is_none())
+        .expect("the message without run-id is parked");
+    assert_eq!(text_header(no_run_id, "parked-error"), "missing `run-id` header");
+    assert_eq!(no_run_id.data, b"[1]");
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn two_runners_share_the_work_of_one_workflow() {
+    let broker = TestBroker::new();
+    let counters = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let flow_counting = |counter: Arc<AtomicUsize>| {
+        Workflow::builder("shared")
+            .start(Step::new("work", move |n: u32, _ctx: StepContext| {
+                let counter = Arc::clone(&counter);
+                async move {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    // Simulated work, so that one runner cannot drain the queue alone.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok::<_, StepError>(n)
+                }
+            }))
+            .build()
+            .unwrap()
+    };
+    let first = broker
+        .runner(&flow_counting(Arc::clone(&counters[0])))
+        .prefetch(2)
+        .connect()
+        .await
+        .unwrap();
+    let second = broker
+        .runner(&flow_counting(Arc::clone(&counters[1])))
+        .prefetch(2)
+        .connect()
+        .await
+        .unwrap();
+    let mut events = Events::subscribe(first.client()).await;
+
+    const RUNS: usize = 40;
+    for i in 0..RUNS {
+        first.trigger(format!("run-{i}"), &i).await.unwrap();
+    }
+    events
+        .until(|seen| seen.iter().filter(|e| e.kind == EventKind::Succeeded).count() == RUNS)
+        .await;
+
+    let done = [counters[0].load(Ordering::SeqCst), counters[1].load(Ordering::SeqCst)];
+    assert_eq!(done[0] + done[1], RUNS, "{done:?}");
+    assert!(done[0] > 0 && done[1] > 0, "both runners should work: {done:?}");
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+}
+
+/// Retries after a delay named in the input: the retry policy sees only the error, so the
+/// step puts the delay in its error message.
+#[derive(Debug)]
+struct DelayFromError;
+
+impl inqubo_core::RetryStrategy for DelayFromError {
+    fn next_delay(&self, attempt: u32, error: &StepError) -> Option<Duration> {
+        let ms: u64 = error.message().parse().ok()?;
+        (attempt == 1).then(|| Duration::from_millis(ms))
+    }
+    fn spec(&self) -> inqubo_core::RetrySpec {
+        inqubo_core::RetrySpec::custom("delay named by the error")
+    }
+}
+
+#[tokio::test]
+async fn a_short_retry_is_not_held_back_by_a_long_one() {
+    async fn wait_then_pass(delay_ms: u64, ctx: StepContext) -> Result<u64, StepError> {
+        if ctx.attempt == 1 {
+            return Err(StepError::retryable(delay_ms.to_string()));
+        }
+        Ok(delay_ms)
+    }
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("hol")
+        .start(Step::new("s", wait_then_pass).retry(RetryPolicy::custom(DelayFromError)))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe(runner.client()).await;
+
+    runner.trigger("long", &300_000_u64).await.unwrap();
+    events.wait_for("long", "s", EventKind::Retrying).await;
+    runner.trigger("short", &300_u64).await.unwrap();
+    let short = events.wait_for("short", "s", EventKind::Succeeded).await;
+
+    assert_eq!(short.attempt, Some(2));
+    assert!(
+        !events.trail("long").contains(&"s.succeeded".to_owned()),
+        "the 5-minute retry cannot have run yet"
+    );
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn triggering_a_workflow_nobody_runs_is_an_unroutable_error() {
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("present")
+        .start(Step::new("sum", sum))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+
+    let error = runner.client().trigger("absent", "r", &json!({})).await.unwrap_err();
+
+    assert!(
+        matches!(&error, Error::Unroutable { routing_key, .. } if routing_key == "absent.run.triggered"),
+        "{error:?}"
+    );
+    assert!(!error.is_transient());
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn classic_queues_run_workflows_too() {
+    let broker = TestBroker::with_queue_type(QueueType::Classic);
+    let flow = Workflow::builder("classic")
+        .start(Step::new("flaky", flaky).retry(RetryPolicy::limited(1, Duration::from_millis(100))))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe(runner.client()).await;
+
+    runner.trigger("c", &1).await.unwrap();
+    let done = events.wait_for("c", "flaky", EventKind::Succeeded).await;
+
+    assert_eq!(done.attempt, Some(2));
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn redeclaring_with_another_queue_type_is_a_topology_mismatch() {
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("mismatch")
+        .start(Step::new("sum", sum))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+
+    let error = broker
+        .runner(&flow)
+        .queue_type(QueueType::Classic)
+        .connect()
+        .await
+        .unwrap_err();
+
+    assert!(matches!(error, Error::TopologyMismatch { .. }), "{error:?}");
+    runner.shutdown().await.unwrap();
+}
