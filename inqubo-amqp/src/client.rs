@@ -180,8 +180,18 @@ impl Client {
 
     /// Closes the connection.
     pub async fn close(&self) -> Result<()> {
-        self.inner.connection.close(200, "bye".into()).await?;
-        Ok(())
+        match self.inner.connection.close(200, "bye".into()).await {
+            // A channel whose last handle was just dropped is already closing on its own;
+            // the connection still closes.
+            Err(error) if matches!(error.kind(), lapin::ErrorKind::InvalidChannelState(..)) => {
+                Ok(())
+            }
+            Err(error) if !self.inner.connection.status().connected() => {
+                tracing::debug!(%error, "connection already closed");
+                Ok(())
+            }
+            other => Ok(other?),
+        }
     }
 }
 

@@ -152,7 +152,9 @@ impl StepWorker {
                     return Ok(());
                 };
                 let delay = Duration::from_millis(body.delay_ms);
-                let route = self.topology.delay_route(delay, &self.workflow, self.node.name());
+                let route = self
+                    .topology
+                    .delay_route(delay, &self.workflow, self.node.name());
                 body.delay_ms = u64::try_from(route.delay.as_millis()).unwrap_or(u64::MAX);
                 debug!(error = %body.error, delay_ms = body.delay_ms, "retrying");
                 vec![
@@ -167,7 +169,13 @@ impl StepWorker {
                 warn!(error = %body.error, reason = %body.reason, "step failed; input parked");
                 vec![
                     id.notice(EventKind::Failed, &body),
-                    message::parked(&self.topology, &self.workflow, self.node.name(), received, &body),
+                    message::parked(
+                        &self.topology,
+                        &self.workflow,
+                        self.node.name(),
+                        received,
+                        &body,
+                    ),
                 ]
             }
         };
@@ -176,7 +184,13 @@ impl StepWorker {
 
     /// Parks `received` with `failure`, announcing `failed` when the run id is known.
     async fn park(&self, received: &Received<'_>, failure: FailedBody) -> Result<()> {
-        let parked = message::parked(&self.topology, &self.workflow, self.node.name(), received, &failure);
+        let parked = message::parked(
+            &self.topology,
+            &self.workflow,
+            self.node.name(),
+            received,
+            &failure,
+        );
         let mut messages = vec![parked];
         match received.run_id_if_valid() {
             Some(run_id) => {

@@ -22,7 +22,9 @@ pub enum Error {
     Amqp(#[from] lapin::Error),
     /// A queue or exchange already exists with other arguments (for example a classic queue
     /// where a quorum queue is declared).
-    #[error("`{name}` already exists on the broker with different arguments; delete it or use another prefix")]
+    #[error(
+        "`{name}` already exists on the broker with different arguments; delete it or use another prefix"
+    )]
     TopologyMismatch {
         /// The queue or exchange.
         name: String,
@@ -109,7 +111,10 @@ mod tests {
             redact_url("amqps://alice:s3cr%40t@broker:5671/prod"),
             "amqps://alice:***@broker:5671/prod"
         );
-        assert_eq!(redact_url("amqp://127.0.0.1:5672/%2f"), "amqp://127.0.0.1:5672/%2f");
+        assert_eq!(
+            redact_url("amqp://127.0.0.1:5672/%2f"),
+            "amqp://127.0.0.1:5672/%2f"
+        );
         assert_eq!(redact_url("not a url"), "not a url");
     }
 }

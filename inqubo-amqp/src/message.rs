@@ -59,7 +59,12 @@ fn run_headers(run_id: &RunId) -> FieldTable {
 }
 
 /// `<workflow>.run.triggered` with the run input as body.
-pub(crate) fn trigger(topology: &Topology, workflow: &WorkflowName, run_id: &RunId, input: Vec<u8>) -> Outgoing {
+pub(crate) fn trigger(
+    topology: &Topology,
+    workflow: &WorkflowName,
+    run_id: &RunId,
+    input: Vec<u8>,
+) -> Outgoing {
     Outgoing {
         exchange: topology.exchange().to_owned(),
         routing_key: RoutingKey::run_triggered(workflow).as_str().to_owned(),
@@ -92,7 +97,10 @@ impl AttemptId<'_> {
                 .to_owned(),
             body,
             headers,
-            message_id: format!("{}:{}:{}:{kind}:{}", self.run_id, self.workflow, self.step, self.attempt),
+            message_id: format!(
+                "{}:{}:{}:{kind}:{}",
+                self.run_id, self.workflow, self.step, self.attempt
+            ),
             mandatory,
         }
     }
@@ -112,7 +120,10 @@ impl AttemptId<'_> {
             routing_key: route.routing_key.clone(),
             body: input,
             headers,
-            message_id: format!("{}:{}:{}:retry:{next}", self.run_id, self.workflow, self.step),
+            message_id: format!(
+                "{}:{}:{}:retry:{next}",
+                self.run_id, self.workflow, self.step
+            ),
             mandatory: true,
         }
     }
@@ -132,7 +143,10 @@ pub(crate) fn parked(
     headers.insert(header::PARKED_REASON.into(), text(failure.reason.as_str()));
     headers.insert(header::PARKED_ERROR.into(), text(&failure.error));
     headers.insert(header::PARKED_STEP.into(), text(step.as_str()));
-    headers.insert(header::PARKED_ROUTING_KEY.into(), text(received.routing_key));
+    headers.insert(
+        header::PARKED_ROUTING_KEY.into(),
+        text(received.routing_key),
+    );
     headers.insert(header::PARKED_ATTEMPT.into(), number(failure.attempt));
     let queue = topology.parked_queue(workflow);
     Outgoing {
@@ -140,9 +154,10 @@ pub(crate) fn parked(
         routing_key: queue.as_str().to_owned(),
         body: received.body.to_vec(),
         headers,
-        message_id: received
-            .message_id
-            .map_or_else(|| format!("parked:{workflow}:{step}"), |id| format!("parked:{id}")),
+        message_id: received.message_id.map_or_else(
+            || format!("parked:{workflow}:{step}"),
+            |id| format!("parked:{id}"),
+        ),
         mandatory: true,
     }
 }
@@ -166,7 +181,11 @@ impl<'a> Received<'a> {
         Self {
             routing_key: delivery.routing_key.as_str(),
             headers: delivery.properties.headers().as_ref(),
-            message_id: delivery.properties.message_id().as_ref().map(ShortString::as_str),
+            message_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(ShortString::as_str),
             body: &delivery.data,
         }
     }
@@ -198,7 +217,12 @@ impl<'a> Received<'a> {
             Some(value) => integer_value(value)
                 .and_then(|n| u32::try_from(n).ok())
                 .filter(|n| *n >= 1)
-                .ok_or_else(|| format!("`{}` header is not a positive integer", header::RETRY_ATTEMPT)),
+                .ok_or_else(|| {
+                    format!(
+                        "`{}` header is not a positive integer",
+                        header::RETRY_ATTEMPT
+                    )
+                }),
         }
     }
 }
@@ -260,7 +284,10 @@ mod tests {
 
     #[test]
     fn broken_run_ids_say_what_is_wrong() {
-        assert_eq!(received(None).run_id().unwrap_err(), "missing `run-id` header");
+        assert_eq!(
+            received(None).run_id().unwrap_err(),
+            "missing `run-id` header"
+        );
         let mut headers = FieldTable::default();
         headers.insert("run-id".into(), AMQPValue::LongLongInt(7));
         assert_eq!(
@@ -268,7 +295,12 @@ mod tests {
             "`run-id` header is not a string"
         );
         headers.insert("run-id".into(), text(""));
-        assert!(received(Some(&headers)).run_id().unwrap_err().contains("invalid"));
+        assert!(
+            received(Some(&headers))
+                .run_id()
+                .unwrap_err()
+                .contains("invalid")
+        );
         headers.insert(
             "run-id".into(),
             AMQPValue::LongString(LongString::from(vec![0xff, 0xfe])),
@@ -313,7 +345,10 @@ mod tests {
         let get = |k: &str| message.headers.inner().get(k).cloned();
         assert_eq!(get("run-id"), Some(text("r")));
         assert_eq!(get("parked-reason"), Some(text("retries_exhausted")));
-        assert_eq!(get("parked-routing-key"), Some(text("simple.run.triggered")));
+        assert_eq!(
+            get("parked-routing-key"),
+            Some(text("simple.run.triggered"))
+        );
         assert_eq!(get("parked-attempt"), Some(number(4)));
         assert!(message.mandatory);
     }

@@ -24,7 +24,9 @@ pub(crate) struct Publisher {
 impl Publisher {
     /// Puts `channel` in confirm mode.
     pub(crate) async fn new(channel: Channel) -> Result<Self> {
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(Self { channel })
     }
 

@@ -87,7 +87,7 @@ impl RunnerBuilder {
         let setup = client.channel().await?;
         topology.declare_shared(&setup).await?;
         topology.declare_workflow(&setup, &self.workflow).await?;
-        let _ = setup.close(200, "topology declared".into()).await;
+        drop(setup);
 
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -190,7 +190,11 @@ impl Runner {
     }
 
     /// Starts a run of this runner's workflow; see [`Client::trigger`].
-    pub async fn trigger(&self, run_id: impl Into<String>, input: &impl Serialize) -> Result<RunId> {
+    pub async fn trigger(
+        &self,
+        run_id: impl Into<String>,
+        input: &impl Serialize,
+    ) -> Result<RunId> {
         self.client
             .trigger(self.workflow.name().as_str(), run_id, input)
             .await

@@ -178,7 +178,12 @@ impl Topology {
     /// assert_eq!(route.exchange, "inqubo.delay.3");
     /// assert!(route.routing_key.ends_with("1.0.1.0.simple.process_data"));
     /// ```
-    pub fn delay_route(&self, delay: Duration, workflow: &WorkflowName, step: &StepName) -> DelayRoute {
+    pub fn delay_route(
+        &self,
+        delay: Duration,
+        workflow: &WorkflowName,
+        step: &StepName,
+    ) -> DelayRoute {
         let ticks = ticks_for(delay);
         if ticks == 0 {
             return DelayRoute {
@@ -218,7 +223,10 @@ impl Topology {
         args.insert("x-dead-letter-exchange".into(), long_string(&next));
         if self.queue_type == QueueType::Quorum {
             // Without reject-publish the broker silently falls back to at-most-once.
-            args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                long_string("at-least-once"),
+            );
             args.insert("x-overflow".into(), long_string("reject-publish"));
         }
         args
@@ -318,11 +326,17 @@ impl Topology {
         for tier in 0..DELAY_TIERS {
             delete_queue(channel, &self.delay_queue(tier)).await?;
             channel
-                .exchange_delete(self.delay_exchange(tier).into(), ExchangeDeleteOptions::default())
+                .exchange_delete(
+                    self.delay_exchange(tier).into(),
+                    ExchangeDeleteOptions::default(),
+                )
                 .await?;
         }
         channel
-            .exchange_delete(self.retry_exchange().into(), ExchangeDeleteOptions::default())
+            .exchange_delete(
+                self.retry_exchange().into(),
+                ExchangeDeleteOptions::default(),
+            )
             .await?;
         channel
             .exchange_delete(self.exchange().into(), ExchangeDeleteOptions::default())
@@ -335,7 +349,9 @@ impl Topology {
 fn ticks_for(delay: Duration) -> u64 {
     let tick = DELAY_TICK.as_nanos();
     let ticks = delay.as_nanos().div_ceil(tick);
-    u64::try_from(ticks).unwrap_or(u64::MAX).min((1 << DELAY_TIERS) - 1)
+    u64::try_from(ticks)
+        .unwrap_or(u64::MAX)
+        .min((1 << DELAY_TIERS) - 1)
 }
 
 fn long_string(value: &str) -> AMQPValue {
@@ -402,12 +418,21 @@ mod tests {
     fn names_follow_the_documented_layout() {
         let topology = Topology::default();
         assert_eq!(topology.exchange(), "inqubo");
-        assert_eq!(topology.step_queue(&wf(), &step()).as_str(), "inqubo.simple.process_data");
-        assert_eq!(topology.parked_queue(&wf()).as_str(), "inqubo.simple.parked");
+        assert_eq!(
+            topology.step_queue(&wf(), &step()).as_str(),
+            "inqubo.simple.process_data"
+        );
+        assert_eq!(
+            topology.parked_queue(&wf()).as_str(),
+            "inqubo.simple.parked"
+        );
         assert_eq!(topology.retry_exchange(), "inqubo.retry");
         assert_eq!(topology.delay_queue(4).as_str(), "inqubo.delay.4");
         let custom = Topology::new("acme", QueueType::Classic).unwrap();
-        assert_eq!(custom.step_queue(&wf(), &step()).as_str(), "acme.simple.process_data");
+        assert_eq!(
+            custom.step_queue(&wf(), &step()).as_str(),
+            "acme.simple.process_data"
+        );
     }
 
     #[test]
@@ -424,7 +449,10 @@ mod tests {
         assert_eq!(ticks_for(Duration::from_millis(100)), 1);
         assert_eq!(ticks_for(Duration::from_millis(101)), 2);
         assert_eq!(ticks_for(Duration::from_secs(300)), 3000);
-        assert_eq!(ticks_for(Duration::from_secs(u64::MAX)), (1 << DELAY_TIERS) - 1);
+        assert_eq!(
+            ticks_for(Duration::from_secs(u64::MAX)),
+            (1 << DELAY_TIERS) - 1
+        );
         assert_eq!(MAX_DELAY, DELAY_TICK * ((1 << DELAY_TIERS) - 1));
     }
 
@@ -435,7 +463,10 @@ mod tests {
         // 5 ticks = 0b101
         let words: Vec<&str> = route.routing_key.split('.').collect();
         assert_eq!(words.len(), DELAY_TIERS as usize + 2);
-        assert_eq!(&words[DELAY_TIERS as usize - 3..], ["1", "0", "1", "simple", "process_data"]);
+        assert_eq!(
+            &words[DELAY_TIERS as usize - 3..],
+            ["1", "0", "1", "simple", "process_data"]
+        );
         assert!(words[..DELAY_TIERS as usize - 3].iter().all(|w| *w == "0"));
         assert_eq!(route.exchange, "inqubo.delay.2");
         assert_eq!(route.delay, Duration::from_millis(500));
@@ -470,15 +501,23 @@ mod tests {
         let args = topology.delay_queue_args(3);
         let get = |k: &str| args.inner().get(k).cloned();
         assert_eq!(get("x-message-ttl"), Some(AMQPValue::LongLongInt(800)));
-        assert_eq!(get("x-dead-letter-exchange"), Some(long_string("inqubo.delay.2")));
-        assert_eq!(get("x-dead-letter-strategy"), Some(long_string("at-least-once")));
+        assert_eq!(
+            get("x-dead-letter-exchange"),
+            Some(long_string("inqubo.delay.2"))
+        );
+        assert_eq!(
+            get("x-dead-letter-strategy"),
+            Some(long_string("at-least-once"))
+        );
         assert_eq!(get("x-overflow"), Some(long_string("reject-publish")));
         let bottom = topology.delay_queue_args(0);
         assert_eq!(
             bottom.inner().get("x-dead-letter-exchange").cloned(),
             Some(long_string("inqubo.retry"))
         );
-        let classic = Topology::new("inqubo", QueueType::Classic).unwrap().delay_queue_args(0);
+        let classic = Topology::new("inqubo", QueueType::Classic)
+            .unwrap()
+            .delay_queue_args(0);
         assert!(classic.inner().get("x-queue-type").is_none());
         assert!(classic.inner().get("x-dead-letter-strategy").is_none());
     }

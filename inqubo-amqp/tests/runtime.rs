@@ -61,7 +61,13 @@ async fn full_run_publishes_every_lifecycle_event_in_order() {
     assert_eq!(done.attempt, Some(1));
     assert_eq!(
         events.trail("run-1"),
-        ["run.triggered", "get_data.started", "get_data.succeeded", "sum.started", "sum.succeeded"]
+        [
+            "run.triggered",
+            "get_data.started",
+            "get_data.succeeded",
+            "sum.started",
+            "sum.succeeded"
+        ]
     );
     let parent = events
         .seen()
@@ -84,8 +90,12 @@ async fn fan_out_runs_every_child_on_the_parent_output() {
     let mut events = Events::subscribe(runner.client()).await;
 
     runner.trigger("run-fan", &json!(null)).await.unwrap();
-    let total = events.wait_for("run-fan", "sum", EventKind::Succeeded).await;
-    let length = events.wait_for("run-fan", "count", EventKind::Succeeded).await;
+    let total = events
+        .wait_for("run-fan", "sum", EventKind::Succeeded)
+        .await;
+    let length = events
+        .wait_for("run-fan", "count", EventKind::Succeeded)
+        .await;
 
     assert_eq!(total.body, json!(6));
     assert_eq!(length.body, json!(3));
@@ -94,7 +104,10 @@ async fn fan_out_runs_every_child_on_the_parent_output() {
 
 async fn flaky(fail_times: u32, ctx: StepContext) -> Result<u32, StepError> {
     if ctx.attempt <= fail_times {
-        return Err(StepError::retryable(format!("attempt {} fails on purpose", ctx.attempt)));
+        return Err(StepError::retryable(format!(
+            "attempt {} fails on purpose",
+            ctx.attempt
+        )));
     }
     Ok(ctx.attempt)
 }
@@ -160,7 +173,9 @@ async fn fatal_error_fails_at_once_and_parks_the_input() {
     assert_eq!(body.attempt, 1);
     assert_eq!(body.error, "input is not acceptable");
     assert!(!events.trail("f").contains(&"refuse.retrying".to_owned()));
-    let parked = broker.drain(&format!("{}.fatal.parked", broker.prefix()), 1).await;
+    let parked = broker
+        .drain(&format!("{}.fatal.parked", broker.prefix()), 1)
+        .await;
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].data, br#"{"order":7}"#);
     assert_eq!(text_header(&parked[0], "parked-reason"), "fatal");
@@ -185,9 +200,17 @@ async fn exhausted_retries_park_message_with_reason() {
     let body: FailedBody = serde_json::from_value(failed.body).unwrap();
     assert_eq!(body.reason, FailureReason::RetriesExhausted);
     assert_eq!(body.attempt, 2);
-    let parked = broker.drain(&format!("{}.exhaust.parked", broker.prefix()), 1).await;
-    assert_eq!(text_header(&parked[0], "parked-reason"), "retries_exhausted");
-    assert_eq!(text_header(&parked[0], "parked-error"), "attempt 2 fails on purpose");
+    let parked = broker
+        .drain(&format!("{}.exhaust.parked", broker.prefix()), 1)
+        .await;
+    assert_eq!(
+        text_header(&parked[0], "parked-reason"),
+        "retries_exhausted"
+    );
+    assert_eq!(
+        text_header(&parked[0], "parked-error"),
+        "attempt 2 fails on purpose"
+    );
     assert_eq!(parked[0].data, b"99");
     runner.shutdown().await.unwrap();
 }
@@ -208,10 +231,18 @@ async fn undecodable_messages_are_parked_with_reason_and_the_runner_keeps_servin
     };
 
     broker
-        .publish_raw("strict.run.triggered", with_run_id("bad-json"), b"{not json")
+        .publish_raw(
+            "strict.run.triggered",
+            with_run_id("bad-json"),
+            b"{not json",
+        )
         .await;
     broker
-        .publish_raw("strict.run.triggered", with_run_id("wrong-shape"), br#"{"a":1}"#)
+        .publish_raw(
+            "strict.run.triggered",
+            with_run_id("wrong-shape"),
+            br#"{"a":1}"#,
+        )
         .await;
     broker
         .publish_raw("strict.run.triggered", BasicProperties::default(), b"[1]")
@@ -225,14 +256,23 @@ async fn undecodable_messages_are_parked_with_reason_and_the_runner_keeps_servin
         let body: FailedBody = serde_json::from_value(failed.body).unwrap();
         assert_eq!(body.reason, FailureReason::Undecodable, "{run}");
     }
-    let parked = broker.drain(&format!("{}.strict.parked", broker.prefix()), 3).await;
+    let parked = broker
+        .drain(&format!("{}.strict.parked", broker.prefix()), 3)
+        .await;
     assert_eq!(parked.len(), 3);
-    assert!(parked.iter().all(|m| text_header(m, "parked-reason") == "undecodable"));
+    assert!(
+        parked
+            .iter()
+            .all(|m| text_header(m, "parked-reason") == "undecodable")
+    );
     let no_run_id = parked
         .iter()
         .find(|m| header(m, "run-id").is_none())
         .expect("the message without run-id is parked");
-    assert_eq!(text_header(no_run_id, "parked-error"), "missing `run-id` header");
+    assert_eq!(
+        text_header(no_run_id, "parked-error"),
+        "missing `run-id` header"
+    );
     assert_eq!(no_run_id.data, b"[1]");
     runner.shutdown().await.unwrap();
 }
@@ -274,12 +314,23 @@ async fn two_runners_share_the_work_of_one_workflow() {
         first.trigger(format!("run-{i}"), &i).await.unwrap();
     }
     events
-        .until(|seen| seen.iter().filter(|e| e.kind == EventKind::Succeeded).count() == RUNS)
+        .until(|seen| {
+            seen.iter()
+                .filter(|e| e.kind == EventKind::Succeeded)
+                .count()
+                == RUNS
+        })
         .await;
 
-    let done = [counters[0].load(Ordering::SeqCst), counters[1].load(Ordering::SeqCst)];
+    let done = [
+        counters[0].load(Ordering::SeqCst),
+        counters[1].load(Ordering::SeqCst),
+    ];
     assert_eq!(done[0] + done[1], RUNS, "{done:?}");
-    assert!(done[0] > 0 && done[1] > 0, "both runners should work: {done:?}");
+    assert!(
+        done[0] > 0 && done[1] > 0,
+        "both runners should work: {done:?}"
+    );
     first.shutdown().await.unwrap();
     second.shutdown().await.unwrap();
 }
@@ -337,7 +388,11 @@ async fn triggering_a_workflow_nobody_runs_is_an_unroutable_error() {
         .unwrap();
     let runner = broker.start_runner(&flow).await;
 
-    let error = runner.client().trigger("absent", "r", &json!({})).await.unwrap_err();
+    let error = runner
+        .client()
+        .trigger("absent", "r", &json!({}))
+        .await
+        .unwrap_err();
 
     assert!(
         matches!(&error, Error::Unroutable { routing_key, .. } if routing_key == "absent.run.triggered"),

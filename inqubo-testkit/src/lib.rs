@@ -6,10 +6,7 @@
 
 #![allow(clippy::expect_used, clippy::panic)]
 
-use std::{
-    sync::Mutex,
-    time::Duration,
-};
+use std::{sync::Mutex, time::Duration};
 
 use inqubo_amqp::{Client, QueueType, Runner, RunnerBuilder, Topology};
 use inqubo_core::Workflow;
@@ -83,7 +80,10 @@ impl TestBroker {
 
     /// Starts a runner of `workflow` with default settings under this test's prefix.
     pub async fn start_runner(&self, workflow: &Workflow) -> Runner {
-        self.runner(workflow).connect().await.unwrap_or_else(|e| unreachable_broker(&self.url, e))
+        self.runner(workflow)
+            .connect()
+            .await
+            .unwrap_or_else(|e| unreachable_broker(&self.url, e))
     }
 
     /// A client under this test's prefix.
@@ -187,7 +187,8 @@ impl Drop for TestBroker {
     fn drop(&mut self) {
         let url = self.url.clone();
         let topology = self.topology();
-        let workflows = std::mem::take(&mut *self.workflows.lock().unwrap_or_else(|e| e.into_inner()));
+        let workflows =
+            std::mem::take(&mut *self.workflows.lock().unwrap_or_else(|e| e.into_inner()));
         // Drop cannot await; clean up on a runtime of our own, off the test's runtime.
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -269,7 +270,10 @@ impl Events {
                 && e.step.as_ref().is_some_and(|s| s.as_str() == step)
         };
         let seen = self.until(|events| events.iter().any(matches)).await;
-        seen.iter().find(|e| matches(e)).cloned().expect("found above")
+        seen.iter()
+            .find(|e| matches(e))
+            .cloned()
+            .expect("found above")
     }
 
     /// The events of `run_id`, as `step.kind` strings, in arrival order.

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Checks docs/protocol.md with a plain AMQP client (pika), against a running runner.
+
+Start a runner of the quickstart workflow first, for example
+
+    INQUBO_PREFIX=inqubo cargo run --example quickstart -- --serve
+
+then run this script. It triggers a run of `simple` exactly as docs/protocol.md says, follows
+its events, checks their routing keys, headers and bodies against the document, and exits 0
+when both last steps succeeded. `--cleanup` only deletes the prefix's queues and exchanges
+(for CI, which uses a throwaway prefix, once the runner has stopped).
+"""
+
+import argparse
+import json
+import sys
+import time
+import uuid
+
+import pika
+
+LAST_STEPS = {"load_data_to_external_system", "load_data_to_internal_system"}
+STEPS = ["get_data", "process_data", *sorted(LAST_STEPS)]
+
+
+def fail(message):
+    print(f"protocol check FAILED: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def cleanup(ch, prefix):
+    for step in STEPS + ["parked"]:
+        ch.queue_delete(f"{prefix}.simple.{step}")
+    for tier in range(25):
+        ch.queue_delete(f"{prefix}.delay.{tier}")
+        ch.exchange_delete(f"{prefix}.delay.{tier}")
+    ch.exchange_delete(f"{prefix}.retry")
+    ch.exchange_delete(prefix)
+    print(f"deleted the topology of prefix {prefix}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/%2f")
+    parser.add_argument("--prefix", default="inqubo")
+    parser.add_argument("--timeout", type=float, default=60)
+    parser.add_argument("--cleanup", action="store_true")
+    parser.add_argument("--wait-for-runner", type=float, default=0,
+                        help="seconds to wait for a runner to declare the workflow")
+    args = parser.parse_args()
+    exchange = args.prefix
+
+    conn = pika.BlockingConnection(pika.URLParameters(args.url))
+    ch = conn.channel()
+    if args.cleanup:
+        cleanup(ch, args.prefix)
+        conn.close()
+        return
+    ch.confirm_delivery()
+
+    # Wait until a runner has declared the workflow (its first step's queue exists).
+    deadline = time.monotonic() + args.wait_for_runner
+    while True:
+        try:
+            ch.queue_declare(f"{args.prefix}.simple.get_data", passive=True)
+            break
+        except pika.exceptions.ChannelClosedByBroker:
+            if time.monotonic() > deadline:
+                fail("no runner declared workflow simple")
+            time.sleep(0.2)
+            ch = conn.channel()
+            ch.confirm_delivery()
+
+    events = ch.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
+    ch.queue_bind(events, exchange, routing_key="simple.#")
+
+    # An unknown workflow is returned to a mandatory publisher.
+    try:
+        ch.basic_publish(exchange, "nobody-runs-this.run.triggered", b"{}",
+                         pika.BasicProperties(headers={"run-id": "x"}), mandatory=True)
+        fail("a trigger for an unknown workflow was not returned")
+    except pika.exceptions.UnroutableError:
+        pass
+
+    run_id = str(uuid.uuid4())
+    ch.basic_publish(
+        exchange=exchange,
+        routing_key="simple.run.triggered",
+        body=json.dumps({"fail_times": 1}),
+        properties=pika.BasicProperties(
+            headers={"run-id": run_id}, delivery_mode=2, content_type="application/json"),
+        mandatory=True,
+    )
+
+    seen = []
+    remaining = set(LAST_STEPS)
+    for method, props, body in ch.consume(events, auto_ack=True, inactivity_timeout=args.timeout):
+        if method is None:
+            fail(f"no event for {args.timeout} s; seen {seen}")
+        headers = props.headers or {}
+        if headers.get("run-id") != run_id:
+            continue
+        key = method.routing_key
+        payload = json.loads(body)
+        print(key, headers.get("attempt"), json.dumps(payload))
+        seen.append(key)
+        if props.content_type != "application/json" or props.delivery_mode != 2:
+            fail(f"{key}: content_type/delivery_mode are {props.content_type}/{props.delivery_mode}")
+        workflow, kind, *rest = key.split(".")
+        if workflow != "simple":
+            fail(f"unexpected workflow in {key}")
+        if kind == "run":
+            if rest != ["triggered"] or payload != {"fail_times": 1}:
+                fail(f"unexpected run event {key} {payload}")
+            continue
+        if kind != "step" or len(rest) != 2:
+            fail(f"routing key {key} is not <workflow>.step.<step>.<event>")
+        step, event = rest
+        attempt = headers.get("attempt")
+        if not isinstance(attempt, int) or attempt < 1:
+            fail(f"{key}: attempt header is {attempt!r}")
+        expected_id = f"{run_id}:simple:{step}:{event}:{attempt}"
+        if props.message_id != expected_id:
+            fail(f"{key}: message_id {props.message_id!r}, expected {expected_id!r}")
+        if event == "started":
+            if payload != {"attempt": attempt}:
+                fail(f"{key}: body {payload}")
+        elif event == "retrying":
+            if set(payload) != {"error", "attempt", "next_attempt", "delay_ms"}:
+                fail(f"{key}: body {payload}")
+            if payload["next_attempt"] != attempt + 1 or payload["delay_ms"] != 1000:
+                fail(f"{key}: body {payload}")
+        elif event == "failed":
+            fail(f"{step} failed: {payload}")
+        elif event == "succeeded":
+            remaining.discard(step)
+            if not remaining:
+                break
+        else:
+            fail(f"unknown event {event}")
+
+    if "simple.step.process_data.retrying" not in seen:
+        fail("the retry of process_data was not seen")
+    order = [k for k in seen if k.startswith("simple.step.process_data")]
+    if order != [
+        "simple.step.process_data.started",
+        "simple.step.process_data.retrying",
+        "simple.step.process_data.started",
+        "simple.step.process_data.succeeded",
+    ]:
+        fail(f"process_data events out of order: {order}")
+
+    conn.close()
+    print(f"protocol check passed: {len(seen)} events for run {run_id}")
+
+
+if __name__ == "__main__":
+    main()
