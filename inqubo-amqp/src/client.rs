@@ -2,7 +2,10 @@
 
 use std::{
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -26,13 +29,35 @@ use crate::{
 /// The broker address used when none is given: the local RabbitMQ with its default user.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// One live connection and its confirm-mode publishing channel.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) connection: Connection,
+    pub(crate) publisher: Publisher,
+}
+
+impl Session {
+    pub(crate) fn is_alive(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    /// Opens a new channel on this session's connection.
+    pub(crate) async fn channel(&self) -> Result<Channel> {
+        Ok(self.connection.create_channel().await?)
+    }
+}
+
 struct ClientInner {
-    connection: Connection,
-    publisher: Publisher,
+    urls: Vec<String>,
     topology: Topology,
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    next_url: AtomicUsize,
 }
 
 /// Triggers runs and subscribes to lifecycle events. Cheap to clone.
+///
+/// A client reconnects by itself: after the connection is lost, the next call opens a new
+/// one, trying each broker address in turn.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), inqubo_amqp::Error> {
@@ -55,37 +80,57 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
+            .field(
+                "urls",
+                &self
+                    .inner
+                    .urls
+                    .iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("topology", &self.inner.topology)
             .finish_non_exhaustive()
     }
 }
 
+/// Splits a comma-separated list of broker addresses (`amqp://a:5672,amqp://b:5672`).
+pub(crate) fn split_urls(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 impl Client {
     /// Connects to `url` with the default topology (prefix `inqubo`, quorum queues).
+    ///
+    /// `url` may list several brokers of one cluster, separated by commas; the client uses
+    /// the first that answers and fails over to the others.
     pub async fn connect(url: &str) -> Result<Self> {
         Self::connect_with(url, Topology::default()).await
     }
 
-    /// Connects to `url` using `topology`'s names.
+    /// Connects to `url` (one address or several, comma-separated) using `topology`'s names.
     ///
     /// `amqps://` URLs use TLS. The password never appears in errors or logs.
-    #[instrument(skip_all, fields(url = %redact_url(url), prefix = topology.prefix()))]
     pub async fn connect_with(url: &str, topology: Topology) -> Result<Self> {
-        let connection = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .map_err(|source| Error::Connect {
-                url: redact_url(url),
-                source,
-            })?;
-        let publisher = Publisher::new(connection.create_channel().await?).await?;
-        info!("connected");
-        Ok(Self {
+        let client = Self::lazy(split_urls(url), topology);
+        client.session().await?;
+        Ok(client)
+    }
+
+    /// A client that connects on first use.
+    pub(crate) fn lazy(urls: Vec<String>, topology: Topology) -> Self {
+        Self {
             inner: Arc::new(ClientInner {
-                connection,
-                publisher,
+                urls,
                 topology,
+                session: tokio::sync::Mutex::new(None),
+                next_url: AtomicUsize::new(0),
             }),
-        })
+        }
     }
 
     /// The names this client uses.
@@ -93,13 +138,45 @@ impl Client {
         &self.inner.topology
     }
 
-    pub(crate) fn publisher(&self) -> &Publisher {
-        &self.inner.publisher
+    /// The live session, reconnecting first if there is none.
+    pub(crate) async fn session(&self) -> Result<Arc<Session>> {
+        let mut current = self.inner.session.lock().await;
+        if let Some(session) = current.as_ref().filter(|s| s.is_alive()) {
+            return Ok(Arc::clone(session));
+        }
+        let session = Arc::new(self.open_session().await?);
+        *current = Some(Arc::clone(&session));
+        Ok(session)
     }
 
-    /// Opens a new channel on this client's connection.
-    pub(crate) async fn channel(&self) -> Result<Channel> {
-        Ok(self.inner.connection.create_channel().await?)
+    /// Tries every broker address once, starting after the last one that worked.
+    async fn open_session(&self) -> Result<Session> {
+        let urls = &self.inner.urls;
+        let start = self.inner.next_url.load(Ordering::Relaxed);
+        let mut last_error = Error::NoBrokerAddress;
+        for offset in 0..urls.len() {
+            let index = (start + offset) % urls.len();
+            let url = &urls[index];
+            match Connection::connect(url, ConnectionProperties::default()).await {
+                Ok(connection) => {
+                    let publisher = Publisher::new(connection.create_channel().await?).await?;
+                    self.inner.next_url.store(index, Ordering::Relaxed);
+                    info!(url = %redact_url(url), prefix = self.inner.topology.prefix(), "connected");
+                    return Ok(Session {
+                        connection,
+                        publisher,
+                    });
+                }
+                Err(source) => {
+                    warn!(url = %redact_url(url), error = %source, "cannot connect");
+                    last_error = Error::Connect {
+                        url: redact_url(url),
+                        source,
+                    };
+                }
+            }
+        }
+        Err(last_error)
     }
 
     /// Starts a run of `workflow` named `run_id` with `input`, and returns once the broker has
@@ -129,7 +206,8 @@ impl Client {
         let run_id = RunId::new(run_id)?;
         tracing::Span::current().record("run_id", tracing::field::display(&run_id));
         let trigger = message::trigger(&self.inner.topology, &workflow, &run_id, input);
-        self.inner.publisher.send(trigger).await?.wait().await?;
+        let session = self.session().await?;
+        session.publisher.send(trigger).await?.wait().await?;
         Ok(run_id)
     }
 
@@ -139,7 +217,7 @@ impl Client {
     /// stream is dropped; it is bound before this returns, so a run triggered afterwards is
     /// seen from its first event.
     pub async fn subscribe(&self, workflow: Option<&WorkflowName>) -> Result<EventStream> {
-        let channel = self.channel().await?;
+        let channel = self.session().await?.channel().await?;
         let queue = channel
             .queue_declare(
                 "".into(),
@@ -178,15 +256,18 @@ impl Client {
         })
     }
 
-    /// Closes the connection.
+    /// Closes the connection, if one is open.
     pub async fn close(&self) -> Result<()> {
-        match self.inner.connection.close(200, "bye".into()).await {
+        let Some(session) = self.inner.session.lock().await.take() else {
+            return Ok(());
+        };
+        match session.connection.close(200, "bye".into()).await {
             // A channel whose last handle was just dropped is already closing on its own;
             // the connection still closes.
             Err(error) if matches!(error.kind(), lapin::ErrorKind::InvalidChannelState(..)) => {
                 Ok(())
             }
-            Err(error) if !self.inner.connection.status().connected() => {
+            Err(error) if !session.is_alive() => {
                 tracing::debug!(%error, "connection already closed");
                 Ok(())
             }

@@ -42,6 +42,24 @@ use crate::{
 /// a broken broker does not turn the runner into a busy loop.
 const REQUEUE_BACKOFF: Duration = Duration::from_secs(1);
 
+/// Guards against inputs that must not be run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Redeliveries after which a message is parked instead of run.
+    pub(crate) max_redeliveries: u32,
+    /// The largest input accepted, in bytes.
+    pub(crate) max_input_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_redeliveries: 5,
+            max_input_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
 /// Everything needed to run one step's deliveries.
 #[derive(Debug)]
 pub(crate) struct StepWorker {
@@ -49,6 +67,7 @@ pub(crate) struct StepWorker {
     pub(crate) workflow: WorkflowName,
     pub(crate) node: StepNode,
     pub(crate) publisher: Publisher,
+    pub(crate) limits: Limits,
 }
 
 impl StepWorker {
@@ -81,6 +100,23 @@ impl StepWorker {
 
     /// Runs the attempt and publishes its outcome; `Ok` means the delivery may be acked.
     async fn process(&self, received: &Received<'_>) -> Result<()> {
+        if let Some(refusal) = self.refuse(received) {
+            return self.park(received, refusal).await;
+        }
+        if received.redelivered && !received.counted_by_broker() {
+            // A classic queue does not count redeliveries: send the message round again with
+            // our own count, so that a message that keeps crashing its runner is parked.
+            let count = received.previous_deliveries();
+            warn!(step = %self.node.name(), redeliveries = count, "input redelivered; counting it");
+            let again = message::counted_redelivery(
+                &self.topology,
+                &self.workflow,
+                self.node.name(),
+                received,
+                count,
+            );
+            return self.publisher.send_all(vec![again]).await;
+        }
         let (run_id, attempt) = match (received.run_id(), received.attempt()) {
             (Ok(run_id), Ok(attempt)) => (run_id, attempt),
             (Err(error), _) | (_, Err(error)) => {
@@ -132,6 +168,34 @@ impl StepWorker {
         }
         .instrument(span)
         .await
+    }
+
+    /// Why `received` must be parked without running, if it must.
+    fn refuse(&self, received: &Received<'_>) -> Option<FailedBody> {
+        let attempt = received.attempt().unwrap_or(0);
+        if received.body.len() > self.limits.max_input_bytes {
+            return Some(FailedBody {
+                error: format!(
+                    "input is {} bytes, more than the {} accepted",
+                    received.body.len(),
+                    self.limits.max_input_bytes
+                ),
+                attempt,
+                reason: FailureReason::TooLarge,
+            });
+        }
+        let deliveries = received.previous_deliveries();
+        if deliveries > self.limits.max_redeliveries {
+            return Some(FailedBody {
+                error: format!(
+                    "redelivered {deliveries} times without being acknowledged; \
+                     its attempts keep killing or disconnecting their runner"
+                ),
+                attempt,
+                reason: FailureReason::RedeliveryLimit,
+            });
+        }
+        None
     }
 
     async fn publish_outcome(

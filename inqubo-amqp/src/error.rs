@@ -17,6 +17,9 @@ pub enum Error {
         #[source]
         source: lapin::Error,
     },
+    /// No broker address was given.
+    #[error("no broker address given")]
+    NoBrokerAddress,
     /// A broker operation failed (channel or connection error).
     #[error("broker operation failed")]
     Amqp(#[from] lapin::Error),

@@ -25,5 +25,6 @@ pub use client::{Client, DEFAULT_AMQP_URL, EventStream};
 pub use error::{Error, Result};
 pub use runner::{Runner, RunnerBuilder};
 pub use topology::{
-    DELAY_TICK, DELAY_TIERS, DelayRoute, MAX_DELAY, QueueName, QueueType, Topology,
+    BROKER_DELIVERY_LIMIT, DELAY_TICK, DELAY_TIERS, DelayRoute, MAX_DELAY, QueueName, QueueType,
+    Topology,
 };

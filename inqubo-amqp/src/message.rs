@@ -167,10 +167,35 @@ fn to_json(body: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec())
 }
 
+/// A redelivered input sent back to its step's queue with its redelivery count, for classic
+/// queues, which do not count redeliveries themselves.
+pub(crate) fn counted_redelivery(
+    topology: &Topology,
+    workflow: &WorkflowName,
+    step: &StepName,
+    received: &Received<'_>,
+    count: u32,
+) -> Outgoing {
+    let mut headers = received.headers.cloned().unwrap_or_default();
+    headers.insert(header::REDELIVERY_COUNT.into(), number(count));
+    let route = topology.delay_route(std::time::Duration::ZERO, workflow, step);
+    Outgoing {
+        exchange: route.exchange,
+        routing_key: route.routing_key,
+        body: received.body.to_vec(),
+        headers,
+        message_id: received
+            .message_id
+            .map_or_else(|| format!("redelivery:{workflow}:{step}"), str::to_owned),
+        mandatory: true,
+    }
+}
+
 /// A delivery as read from a step queue.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Received<'a> {
     pub(crate) routing_key: &'a str,
+    pub(crate) redelivered: bool,
     pub(crate) headers: Option<&'a FieldTable>,
     pub(crate) message_id: Option<&'a str>,
     pub(crate) body: &'a [u8],
@@ -180,6 +205,7 @@ impl<'a> Received<'a> {
     pub(crate) fn from_delivery(delivery: &'a lapin::message::Delivery) -> Self {
         Self {
             routing_key: delivery.routing_key.as_str(),
+            redelivered: delivery.redelivered,
             headers: delivery.properties.headers().as_ref(),
             message_id: delivery
                 .properties
@@ -208,6 +234,27 @@ impl<'a> Received<'a> {
     /// otherwise broken.
     pub(crate) fn run_id_if_valid(&self) -> Option<RunId> {
         self.run_id().ok()
+    }
+
+    /// How many times this message was delivered before without being acknowledged: the
+    /// broker's `x-delivery-count` on quorum queues, our own `redelivery-count` on classic
+    /// ones (plus one if this delivery is itself a redelivery).
+    pub(crate) fn previous_deliveries(&self) -> u32 {
+        let read = |name| {
+            self.header(name)
+                .and_then(integer_value)
+                .and_then(|n| u32::try_from(n).ok())
+        };
+        if let Some(count) = read(header::X_DELIVERY_COUNT) {
+            return count;
+        }
+        let counted = read(header::REDELIVERY_COUNT).unwrap_or(0);
+        counted.saturating_add(u32::from(self.redelivered))
+    }
+
+    /// Whether the broker counts redeliveries of this message itself (quorum queues).
+    pub(crate) fn counted_by_broker(&self) -> bool {
+        self.header(header::X_DELIVERY_COUNT).is_some()
     }
 
     /// The attempt this delivery starts: `retry-attempt` on retries, 1 otherwise.
@@ -267,6 +314,7 @@ mod tests {
     fn received(headers: Option<&FieldTable>) -> Received<'_> {
         Received {
             routing_key: "wf.run.triggered",
+            redelivered: false,
             headers,
             message_id: None,
             body: b"{}",
@@ -321,6 +369,24 @@ mod tests {
     }
 
     #[test]
+    fn previous_deliveries_come_from_the_broker_count_or_our_own() {
+        assert_eq!(received(None).previous_deliveries(), 0);
+        let mut redelivered = received(None);
+        redelivered.redelivered = true;
+        assert_eq!(redelivered.previous_deliveries(), 1);
+        let mut headers = FieldTable::default();
+        headers.insert("redelivery-count".into(), number(3));
+        let mut counted = received(Some(&headers));
+        counted.redelivered = true;
+        assert_eq!(counted.previous_deliveries(), 4);
+        assert!(!counted.counted_by_broker());
+        headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(2));
+        let quorum = received(Some(&headers));
+        assert_eq!(quorum.previous_deliveries(), 2);
+        assert!(quorum.counted_by_broker());
+    }
+
+    #[test]
     fn parked_messages_keep_the_input_and_add_the_reason() {
         let topology = Topology::default();
         let wf = WorkflowName::new("simple").unwrap();
@@ -329,6 +395,7 @@ mod tests {
         headers.insert("run-id".into(), text("r"));
         let input = Received {
             routing_key: "simple.run.triggered",
+            redelivered: false,
             headers: Some(&headers),
             message_id: Some("m1"),
             body: b"[1]",

@@ -2,6 +2,12 @@
 //!
 //! Start as many runners of the same workflow as you like, in as many processes: they share
 //! every step's queue, so RabbitMQ spreads the work between them.
+//!
+//! A runner survives the loss of its connection. A supervisor task watches the step consumers
+//! of the current *session* (one connection); when they fail it logs a warning, waits with
+//! exponential backoff, reconnects (trying each broker address in turn), declares the topology
+//! again and resumes consuming. Attempts that were running on the lost connection cannot
+//! acknowledge their input, so the broker redelivers it: at least once, never lost.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -16,29 +22,44 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, instrument, warn};
 
 use crate::{
-    client::{Client, DEFAULT_AMQP_URL},
-    consumer::{StepWorker, consume},
+    client::{Client, DEFAULT_AMQP_URL, split_urls},
+    consumer::{Limits, StepWorker, consume},
     error::{Error, Result},
     topology::{QueueType, Topology},
 };
+
+/// The first wait before reconnecting; it doubles up to [`MAX_RECONNECT_DELAY`].
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(100);
+
+/// The longest wait between two reconnection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
 
 /// Settings of a [`Runner`]; start from [`Runner::builder`].
 #[derive(Debug, Clone)]
 pub struct RunnerBuilder {
     workflow: Workflow,
-    url: String,
+    urls: Vec<String>,
     prefix: String,
     queue_type: QueueType,
     prefetch: u16,
     max_in_flight: usize,
     shutdown_timeout: Duration,
+    limits: Limits,
 }
 
 impl RunnerBuilder {
-    /// The broker address (default [`DEFAULT_AMQP_URL`]). `amqps://` uses TLS.
+    /// The broker address (default [`DEFAULT_AMQP_URL`]); several addresses of one cluster
+    /// may be given separated by commas. `amqps://` uses TLS.
     #[must_use]
-    pub fn url(mut self, url: impl Into<String>) -> Self {
-        self.url = url.into();
+    pub fn url(mut self, url: impl AsRef<str>) -> Self {
+        self.urls = split_urls(url.as_ref());
+        self
+    }
+
+    /// Several broker addresses of one cluster; the runner fails over between them.
+    #[must_use]
+    pub fn urls(mut self, urls: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.urls = urls.into_iter().map(Into::into).collect();
         self
     }
 
@@ -79,63 +100,173 @@ impl RunnerBuilder {
         self
     }
 
+    /// How many times a message may be redelivered (its runner died or lost its connection
+    /// before acknowledging it) before it is parked with reason `redelivery_limit` instead of
+    /// run again (default 5). This stops a message that crashes its runner from looping.
+    #[must_use]
+    pub fn max_redeliveries(mut self, max_redeliveries: u32) -> Self {
+        self.limits.max_redeliveries = max_redeliveries;
+        self
+    }
+
+    /// The largest input a step accepts, in bytes (default 16 MiB); larger ones are parked
+    /// with reason `too_large` without being decoded.
+    #[must_use]
+    pub fn max_input_bytes(mut self, max_input_bytes: usize) -> Self {
+        self.limits.max_input_bytes = max_input_bytes;
+        self
+    }
+
     /// Connects, declares the topology and starts consuming.
+    ///
+    /// Errors of this first connection are returned; later connection losses are handled by
+    /// reconnecting.
     #[instrument(skip_all, fields(workflow = %self.workflow.name()))]
     pub async fn connect(self) -> Result<Runner> {
         let topology = Topology::new(self.prefix, self.queue_type)?;
-        let client = Client::connect_with(&self.url, topology.clone()).await?;
-        let setup = client.channel().await?;
-        topology.declare_shared(&setup).await?;
-        topology.declare_workflow(&setup, &self.workflow).await?;
-        drop(setup);
-
+        let client = Client::lazy(self.urls, topology.clone());
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            workflow: self.workflow.clone(),
+            topology,
+            prefetch: self.prefetch,
+            limits: self.limits,
+            in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
+            tracker: TaskTracker::new(),
+        });
         let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let in_flight = Arc::new(Semaphore::new(self.max_in_flight));
-        let mut consumers = JoinSet::new();
-        for node in self.workflow.steps() {
-            let channel = client.channel().await?;
-            channel
-                .basic_qos(self.prefetch, BasicQosOptions::default())
-                .await?;
-            let queue = topology.step_queue(self.workflow.name(), node.name());
-            let consumer = channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            let worker = Arc::new(StepWorker {
-                topology: topology.clone(),
-                workflow: self.workflow.name().clone(),
-                node: node.clone(),
-                publisher: client.publisher().clone(),
-            });
-            consumers.spawn(consume(
-                worker,
-                channel,
-                consumer,
-                cancel.clone(),
-                tracker.clone(),
-                Arc::clone(&in_flight),
-            ));
-        }
+        let first = start_session(&shared, cancel.child_token()).await?;
         info!(
-            prefix = topology.prefix(),
+            prefix = shared.topology.prefix(),
             steps = self.workflow.steps().len(),
             prefetch = self.prefetch,
             "runner started"
         );
+        let supervisor = tokio::spawn(supervise(Arc::clone(&shared), first, cancel.clone()));
         Ok(Runner {
-            client,
-            workflow: self.workflow,
+            shared,
             cancel,
-            tracker,
-            consumers,
+            supervisor,
             shutdown_timeout: self.shutdown_timeout,
         })
+    }
+}
+
+/// What every session of a runner shares.
+#[derive(Debug)]
+struct Shared {
+    client: Client,
+    workflow: Workflow,
+    topology: Topology,
+    prefetch: u16,
+    limits: Limits,
+    in_flight: Arc<Semaphore>,
+    tracker: TaskTracker,
+}
+
+/// The step consumers of one connection, and the token that stops them.
+struct Session {
+    consumers: JoinSet<Result<()>>,
+    cancel: CancellationToken,
+}
+
+/// Connects (if needed), declares the topology and starts one consumer per step.
+async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Session> {
+    let session = shared.client.session().await?;
+    let setup = session.channel().await?;
+    shared.topology.declare_shared(&setup).await?;
+    shared
+        .topology
+        .declare_workflow(&setup, &shared.workflow)
+        .await?;
+    drop(setup);
+    let mut consumers = JoinSet::new();
+    for node in shared.workflow.steps() {
+        let channel = session.channel().await?;
+        channel
+            .basic_qos(shared.prefetch, BasicQosOptions::default())
+            .await?;
+        let queue = shared
+            .topology
+            .step_queue(shared.workflow.name(), node.name());
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let worker = Arc::new(StepWorker {
+            topology: shared.topology.clone(),
+            workflow: shared.workflow.name().clone(),
+            node: node.clone(),
+            publisher: session.publisher.clone(),
+            limits: shared.limits,
+        });
+        consumers.spawn(consume(
+            worker,
+            channel,
+            consumer,
+            cancel.clone(),
+            shared.tracker.clone(),
+            Arc::clone(&shared.in_flight),
+        ));
+    }
+    Ok(Session { consumers, cancel })
+}
+
+/// Keeps a session running until `cancel`, reconnecting whenever a consumer fails.
+///
+/// Returns an error only for failures that reconnecting cannot fix (see
+/// [`Error::is_transient`]).
+async fn supervise(
+    shared: Arc<Shared>,
+    mut session: Session,
+    cancel: CancellationToken,
+) -> Result<()> {
+    loop {
+        let ended = tokio::select! {
+            () = cancel.cancelled() => {
+                session.cancel.cancel();
+                while session.consumers.join_next().await.is_some() {}
+                return Ok(());
+            }
+            Some(ended) = session.consumers.join_next() => ended,
+        };
+        let error = match ended {
+            Ok(Ok(())) if cancel.is_cancelled() => continue,
+            Ok(Ok(())) => Error::ConsumerStopped {
+                queue: "unknown".into(),
+            },
+            Ok(Err(error)) => error,
+            Err(join) => Error::ConsumerStopped {
+                queue: join.to_string(),
+            },
+        };
+        warn!(workflow = %shared.workflow.name(), %error, "connection to the broker lost; reconnecting");
+        session.cancel.cancel();
+        session.consumers.shutdown().await;
+
+        let mut delay = FIRST_RECONNECT_DELAY;
+        session = loop {
+            let jittered = delay.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                () = tokio::time::sleep(jittered) => {}
+            }
+            match start_session(&shared, cancel.child_token()).await {
+                Ok(session) => {
+                    info!(workflow = %shared.workflow.name(), "reconnected; consuming again");
+                    break session;
+                }
+                Err(error) if error.is_transient() => {
+                    warn!(%error, retry_in = ?delay, "reconnection failed");
+                    delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                }
+                Err(error) => return Err(error),
+            }
+        };
     }
 }
 
@@ -152,11 +283,9 @@ impl RunnerBuilder {
 /// ```
 #[derive(Debug)]
 pub struct Runner {
-    client: Client,
-    workflow: Workflow,
+    shared: Arc<Shared>,
     cancel: CancellationToken,
-    tracker: TaskTracker,
-    consumers: JoinSet<Result<()>>,
+    supervisor: tokio::task::JoinHandle<Result<()>>,
     shutdown_timeout: Duration,
 }
 
@@ -165,12 +294,13 @@ impl Runner {
     pub fn builder(workflow: Workflow) -> RunnerBuilder {
         RunnerBuilder {
             workflow,
-            url: DEFAULT_AMQP_URL.to_owned(),
+            urls: vec![DEFAULT_AMQP_URL.to_owned()],
             prefix: inqubo_core::protocol::DEFAULT_PREFIX.to_owned(),
             queue_type: QueueType::default(),
             prefetch: 32,
             max_in_flight: 64,
             shutdown_timeout: Duration::from_secs(30),
+            limits: Limits::default(),
         }
     }
 
@@ -181,12 +311,12 @@ impl Runner {
 
     /// The workflow this runner runs.
     pub fn workflow(&self) -> &Workflow {
-        &self.workflow
+        &self.shared.workflow
     }
 
     /// A client on this runner's connection, to trigger runs or follow events.
     pub fn client(&self) -> &Client {
-        &self.client
+        &self.shared.client
     }
 
     /// Starts a run of this runner's workflow; see [`Client::trigger`].
@@ -195,29 +325,31 @@ impl Runner {
         run_id: impl Into<String>,
         input: &impl Serialize,
     ) -> Result<RunId> {
-        self.client
-            .trigger(self.workflow.name().as_str(), run_id, input)
+        self.shared
+            .client
+            .trigger(self.shared.workflow.name().as_str(), run_id, input)
             .await
     }
 
     /// Serves until `shutdown` completes, then shuts down gracefully.
     ///
-    /// Returns early with the error if a step's consumer fails (for example when the
-    /// connection to the broker is lost).
+    /// Returns early with the error if the runner cannot go on (for example when the topology
+    /// on the broker does not match its own).
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let failure = tokio::select! {
             () = shutdown => None,
-            Some(ended) = self.consumers.join_next() => Some(match ended {
-                Ok(Ok(())) => Error::ConsumerStopped { queue: "unknown".into() },
-                Ok(Err(error)) => error,
-                Err(join) => Error::ConsumerStopped { queue: join.to_string() },
+            ended = &mut self.supervisor => Some(match ended {
+                Ok(result) => result.err(),
+                Err(join) => Some(Error::ConsumerStopped { queue: join.to_string() }),
             }),
         };
-        if let Some(error) = &failure {
-            warn!(%error, "a step consumer stopped; shutting down");
+        match failure {
+            None => self.shutdown().await,
+            Some(failure) => {
+                self.finish().await;
+                failure.map_or(Ok(()), Err)
+            }
         }
-        self.shutdown().await?;
-        failure.map_or(Ok(()), Err)
     }
 
     /// Stops consuming, lets attempts in flight finish and publish their outcome (up to the
@@ -225,13 +357,19 @@ impl Runner {
     /// queues.
     pub async fn shutdown(mut self) -> Result<()> {
         self.cancel.cancel();
-        while let Some(ended) = self.consumers.join_next().await {
-            if let Ok(Err(error)) = ended {
-                warn!(%error, "consumer did not stop cleanly");
-            }
+        match (&mut self.supervisor).await {
+            Ok(Err(error)) => warn!(%error, "runner was failing when shut down"),
+            Err(join) => warn!(error = %join, "runner supervisor panicked"),
+            Ok(Ok(())) => {}
         }
-        self.tracker.close();
-        if tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
+        self.finish().await;
+        Ok(())
+    }
+
+    async fn finish(&self) {
+        self.cancel.cancel();
+        self.shared.tracker.close();
+        if tokio::time::timeout(self.shutdown_timeout, self.shared.tracker.wait())
             .await
             .is_err()
         {
@@ -240,8 +378,9 @@ impl Runner {
                 "attempts still running at shutdown; their inputs will be redelivered"
             );
         }
-        self.client.close().await?;
-        info!(workflow = %self.workflow.name(), "runner stopped");
-        Ok(())
+        if let Err(error) = self.shared.client.close().await {
+            warn!(%error, "closing the connection failed");
+        }
+        info!(workflow = %self.shared.workflow.name(), "runner stopped");
     }
 }

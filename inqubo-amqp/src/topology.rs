@@ -44,6 +44,12 @@ pub const DELAY_TIERS: u32 = 25;
 /// The resolution of retry delays: every delay is rounded up to a multiple of this.
 pub const DELAY_TICK: Duration = Duration::from_millis(100);
 
+/// On quorum queues, the broker dead-letters a step's input into the parked queue after this
+/// many deliveries. Runners park such inputs themselves much earlier (see
+/// `RunnerBuilder::max_redeliveries`); this is the safety net for a runner that dies before it
+/// can even read the message.
+pub const BROKER_DELIVERY_LIMIT: i64 = 20;
+
 /// The longest retry delay; longer ones are shortened to it.
 pub const MAX_DELAY: Duration = Duration::from_millis(100 * ((1 << DELAY_TIERS) - 1));
 
@@ -212,6 +218,28 @@ impl Topology {
         args
     }
 
+    fn step_queue_args(&self, workflow: &WorkflowName) -> FieldTable {
+        let mut args = self.durable_queue_args();
+        if self.queue_type == QueueType::Quorum {
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(BROKER_DELIVERY_LIMIT),
+            );
+            args.insert("x-dead-letter-exchange".into(), long_string(""));
+            let parked = self.parked_queue(workflow);
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                long_string(parked.as_str()),
+            );
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                long_string("at-least-once"),
+            );
+            args.insert("x-overflow".into(), long_string("reject-publish"));
+        }
+        args
+    }
+
     fn delay_queue_args(&self, tier: u32) -> FieldTable {
         let mut args = self.durable_queue_args();
         let ttl_ms = DELAY_TICK.as_millis() as i64 * (1_i64 << tier);
@@ -279,7 +307,7 @@ impl Topology {
         declare_queue(channel, &self.parked_queue(name), self.durable_queue_args()).await?;
         for step in workflow.steps() {
             let queue = self.step_queue(name, step.name());
-            declare_queue(channel, &queue, self.durable_queue_args()).await?;
+            declare_queue(channel, &queue, self.step_queue_args(name)).await?;
             let mut inputs: Vec<RoutingKey> = step
                 .parents()
                 .iter()

@@ -105,6 +105,11 @@ pub enum FailureReason {
     Undecodable,
     /// The step's outcome could not be routed anywhere (no queue bound for it).
     Unroutable,
+    /// The message was delivered too many times without being acknowledged: its attempts
+    /// keep killing or disconnecting their runner.
+    RedeliveryLimit,
+    /// The input is larger than the runner accepts.
+    TooLarge,
 }
 
 impl FailureReason {
@@ -115,6 +120,8 @@ impl FailureReason {
             FailureReason::Fatal => "fatal",
             FailureReason::Undecodable => "undecodable",
             FailureReason::Unroutable => "unroutable",
+            FailureReason::RedeliveryLimit => "redelivery_limit",
+            FailureReason::TooLarge => "too_large",
         }
     }
 }
@@ -221,6 +228,8 @@ mod tests {
             FailureReason::Fatal,
             FailureReason::Undecodable,
             FailureReason::Unroutable,
+            FailureReason::RedeliveryLimit,
+            FailureReason::TooLarge,
         ] {
             let json = serde_json::to_value(reason).unwrap();
             assert_eq!(json, serde_json::Value::String(reason.as_str().into()));

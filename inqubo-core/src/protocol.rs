@@ -31,6 +31,11 @@ pub mod header {
     pub const PARKED_ROUTING_KEY: &str = "parked-routing-key";
     /// On a parked message: the attempt that failed (integer).
     pub const PARKED_ATTEMPT: &str = "parked-attempt";
+    /// On classic queues: how many times the message was redelivered unacknowledged
+    /// (integer). Quorum queues count this themselves in `x-delivery-count`.
+    pub const REDELIVERY_COUNT: &str = "redelivery-count";
+    /// Set by quorum queues on a redelivered message: how many times it was returned.
+    pub const X_DELIVERY_COUNT: &str = "x-delivery-count";
 }
 
 /// The content type of every Inqubo message body.

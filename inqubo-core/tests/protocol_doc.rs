@@ -75,6 +75,7 @@ fn every_header_and_failure_reason_is_documented() {
         header::PARKED_STEP,
         header::PARKED_ROUTING_KEY,
         header::PARKED_ATTEMPT,
+        header::REDELIVERY_COUNT,
     ] {
         assert!(
             doc.contains(&format!("| `{name}` |")),
@@ -86,6 +87,8 @@ fn every_header_and_failure_reason_is_documented() {
         FailureReason::Fatal,
         FailureReason::Undecodable,
         FailureReason::Unroutable,
+        FailureReason::RedeliveryLimit,
+        FailureReason::TooLarge,
     ] {
         assert!(
             doc.contains(&format!("| `{reason}` |")),
