@@ -219,7 +219,16 @@ pub struct Events {
 impl Events {
     /// Subscribes to every event under `client`'s prefix.
     pub async fn subscribe(client: &Client) -> Self {
-        let stream = client.subscribe(None).await.expect("subscribe to events");
+        Self::subscribe_to(client, None).await
+    }
+
+    /// Subscribes to the events of `workflow` only (or of all, for `None`).
+    pub async fn subscribe_to(client: &Client, workflow: Option<&str>) -> Self {
+        let workflow = workflow.map(|w| w.parse().expect("valid workflow name"));
+        let stream = client
+            .subscribe(workflow.as_ref())
+            .await
+            .expect("subscribe to events");
         Self {
             stream,
             seen: Vec::new(),
@@ -287,4 +296,72 @@ impl Events {
             })
             .collect()
     }
+}
+
+/// A TCP proxy in front of the broker whose connections a test can cut, to simulate a lost
+/// network or a broker that went away, without touching the broker other tests use.
+#[derive(Debug)]
+pub struct FlakyProxy {
+    address: std::net::SocketAddr,
+    cuts: tokio::sync::watch::Sender<u64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl FlakyProxy {
+    /// Listens on a free loopback port and forwards to the broker of `broker`.
+    pub async fn start(broker: &TestBroker) -> Self {
+        let upstream = host_port(broker.url()).to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let address = listener.local_addr().expect("local address");
+        let (cuts, _) = tokio::sync::watch::channel(0_u64);
+        let cut_signal = cuts.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let mut cut = cut_signal.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            address,
+            cuts,
+            accept,
+        }
+    }
+
+    /// `broker`'s URL, pointing at this proxy instead.
+    pub fn url(&self, broker: &TestBroker) -> String {
+        broker
+            .url()
+            .replacen(host_port(broker.url()), &self.address.to_string(), 1)
+    }
+
+    /// Drops every connection open through the proxy; new ones are accepted as before.
+    pub fn cut(&self) {
+        self.cuts.send_modify(|generation| *generation += 1);
+    }
+}
+
+impl Drop for FlakyProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// The `host:port` of an AMQP URL.
+fn host_port(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest)
 }

@@ -1,0 +1,429 @@
+//! Faults against the real RabbitMQ: lost connections, crash loops, bad input, shutdown.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use inqubo_amqp::{BROKER_DELIVERY_LIMIT, Error, QueueType, Topology};
+use inqubo_core::{EventKind, FailedBody, FailureReason, Step, StepContext, StepError, Workflow};
+use inqubo_testkit::{Events, FlakyProxy, TestBroker};
+use lapin::{
+    BasicProperties,
+    options::{BasicConsumeOptions, BasicNackOptions},
+    types::{AMQPValue, FieldTable, LongString},
+};
+use serde_json::{Value, json};
+
+async fn double(n: u64, _: StepContext) -> Result<u64, StepError> {
+    Ok(n * 2)
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+fn parked_reason(delivery: &lapin::message::Delivery) -> String {
+    match delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("parked-reason"))
+    {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => panic!("parked-reason is {other:?}"),
+    }
+}
+
+fn run_id_of(delivery: &lapin::message::Delivery) -> Option<String> {
+    match delivery
+        .properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get("run-id")?
+    {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_runner_reconnects_after_losing_its_connection_and_every_run_finishes() {
+    let broker = TestBroker::new();
+    let proxy = FlakyProxy::start(&broker).await;
+    let flow = Workflow::builder("reconnect")
+        .start(Step::new("first", double))
+        .then(Step::new("second", double))
+        .build()
+        .unwrap();
+    let runner = broker
+        .runner(&flow)
+        .url(proxy.url(&broker))
+        .connect()
+        .await
+        .unwrap();
+    let observer = broker.client().await;
+    let mut events = Events::subscribe(&observer).await;
+
+    for i in 0..10_u64 {
+        observer
+            .trigger("reconnect", format!("before-{i}"), &i)
+            .await
+            .unwrap();
+    }
+    events
+        .wait_for("before-0", "first", EventKind::Started)
+        .await;
+    proxy.cut();
+    for i in 0..10_u64 {
+        observer
+            .trigger("reconnect", format!("after-{i}"), &i)
+            .await
+            .unwrap();
+    }
+
+    for i in 0..10_u64 {
+        for prefix in ["before", "after"] {
+            let done = events
+                .wait_for(&format!("{prefix}-{i}"), "second", EventKind::Succeeded)
+                .await;
+            assert_eq!(done.body, json!(i * 4));
+        }
+    }
+    // The runner also triggers through its own, reconnected, client.
+    runner.trigger("via-runner", &5_u64).await.unwrap();
+    let done = events
+        .wait_for("via-runner", "second", EventKind::Succeeded)
+        .await;
+    assert_eq!(done.body, json!(20));
+    runner.shutdown().await.unwrap();
+}
+
+/// A step that never finishes on input 13, as if it crashed its runner; the test cuts the
+/// runner's connection every time it starts, which returns the input to its queue.
+///
+/// On classic queues the runner counts redeliveries by sending the message round again; if the
+/// acknowledgement of the old copy is lost in a cut, both copies come back (a duplicate that
+/// at-least-once allows), so only quorum queues promise the exact number of runs.
+async fn crash_loop(broker: TestBroker, exact_runs: bool) {
+    let proxy = FlakyProxy::start(&broker).await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&runs);
+    let flow = Workflow::builder("poison")
+        .start(Step::new("hang", move |n: u64, _ctx: StepContext| {
+            let counter = Arc::clone(&counter);
+            async move {
+                if n == 13 {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, StepError>(n)
+            }
+        }))
+        .build()
+        .unwrap();
+    let runner = broker
+        .runner(&flow)
+        .url(proxy.url(&broker))
+        .max_redeliveries(2)
+        .shutdown_timeout(Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    let observer = broker.client().await;
+    let mut events = Events::subscribe(&observer).await;
+
+    observer
+        .trigger("poison", "poison-run", &13_u64)
+        .await
+        .unwrap();
+    for started in 1..=3 {
+        events
+            .until(|seen| {
+                seen.iter()
+                    .filter(|e| e.kind == EventKind::Started && e.run_id.as_str() == "poison-run")
+                    .count()
+                    >= started
+            })
+            .await;
+        proxy.cut();
+    }
+    let failed = events
+        .wait_for("poison-run", "hang", EventKind::Failed)
+        .await;
+    let body: FailedBody = serde_json::from_value(failed.body).unwrap();
+    assert_eq!(body.reason, FailureReason::RedeliveryLimit);
+    let runs = runs.load(Ordering::SeqCst);
+    if exact_runs {
+        assert_eq!(runs, 3, "ran once, then redelivered twice");
+    } else {
+        assert!((3..=6).contains(&runs), "ran {runs} times");
+    }
+
+    observer
+        .trigger("poison", "healthy-run", &1_u64)
+        .await
+        .unwrap();
+    events
+        .wait_for("healthy-run", "hang", EventKind::Succeeded)
+        .await;
+    let parked = broker
+        .drain(&format!("{}.poison.parked", broker.prefix()), 1)
+        .await;
+    assert_eq!(parked_reason(&parked[0]), "redelivery_limit");
+    assert_eq!(parked[0].data, b"13");
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_message_that_keeps_killing_its_runner_is_parked_on_quorum_queues() {
+    crash_loop(TestBroker::new(), true).await;
+}
+
+#[tokio::test]
+async fn a_message_that_keeps_killing_its_runner_is_parked_on_classic_queues() {
+    crash_loop(TestBroker::with_queue_type(QueueType::Classic), false).await;
+}
+
+#[tokio::test]
+async fn the_broker_parks_a_message_redelivered_past_its_delivery_limit() {
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("net")
+        .start(Step::new("s", double))
+        .build()
+        .unwrap();
+    // Declare the topology without a runner, then play a runner that dies every time.
+    let topology: Topology = broker.topology();
+    let (connection, channel) = broker.raw_channel().await;
+    let _register_for_cleanup = broker.runner(&flow);
+    topology.declare_shared(&channel).await.unwrap();
+    topology.declare_workflow(&channel, &flow).await.unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert("run-id".into(), text("doomed"));
+    broker
+        .publish_raw(
+            "net.run.triggered",
+            BasicProperties::default().with_headers(headers),
+            b"1",
+        )
+        .await;
+    let mut consumer = channel
+        .basic_consume(
+            topology
+                .step_queue(flow.name(), flow.steps()[0].name())
+                .as_str()
+                .into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    use futures_util::StreamExt;
+    for _ in 0..=BROKER_DELIVERY_LIMIT {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("a delivery")
+            .unwrap()
+            .unwrap();
+        delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let parked = broker
+        .drain(topology.parked_queue(flow.name()).as_str(), 1)
+        .await;
+    assert_eq!(run_id_of(&parked[0]).as_deref(), Some("doomed"));
+    assert_eq!(parked[0].data, b"1");
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn bad_input_of_every_kind_is_parked_with_its_reason_while_good_runs_finish() {
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("picky")
+        .start(Step::new("s", double))
+        .build()
+        .unwrap();
+    let runner = broker
+        .runner(&flow)
+        .max_input_bytes(1024 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    // Bound to this workflow only: a watcher bound to `#` would make any trigger routable.
+    let mut events = Events::subscribe_to(runner.client(), Some("picky")).await;
+    let props = |entries: &[(&str, AMQPValue)]| {
+        let mut headers = FieldTable::default();
+        for (name, value) in entries {
+            headers.insert((*name).into(), value.clone());
+        }
+        BasicProperties::default().with_headers(headers)
+    };
+    let huge = vec![b'7'; 50 * 1024 * 1024];
+    let cases: Vec<(&str, BasicProperties, Vec<u8>, &str)> = vec![
+        (
+            "not-json",
+            props(&[("run-id", text("not-json"))]),
+            b"{oops".to_vec(),
+            "undecodable",
+        ),
+        (
+            "wrong-shape",
+            props(&[("run-id", text("wrong-shape"))]),
+            br#"{"n":1}"#.to_vec(),
+            "undecodable",
+        ),
+        (
+            "non-utf8",
+            props(&[("run-id", text("non-utf8"))]),
+            vec![0xff, 0xfe, 0x00],
+            "undecodable",
+        ),
+        (
+            "empty-body",
+            props(&[("run-id", text("empty-body"))]),
+            Vec::new(),
+            "undecodable",
+        ),
+        (
+            "huge",
+            props(&[("run-id", text("huge"))]),
+            huge,
+            "too_large",
+        ),
+        (
+            "attempt-is-text",
+            props(&[
+                ("run-id", text("attempt-is-text")),
+                ("retry-attempt", text("two")),
+            ]),
+            b"1".to_vec(),
+            "undecodable",
+        ),
+        ("<missing run-id>", props(&[]), b"1".to_vec(), "undecodable"),
+        (
+            "<empty run-id>",
+            props(&[("run-id", text(""))]),
+            b"1".to_vec(),
+            "undecodable",
+        ),
+        (
+            "<run-id is a number>",
+            props(&[("run-id", AMQPValue::LongLongInt(42))]),
+            b"1".to_vec(),
+            "undecodable",
+        ),
+        (
+            "<run-id not utf-8>",
+            props(&[(
+                "run-id",
+                AMQPValue::LongString(LongString::from(vec![0xc3, 0x28])),
+            )]),
+            b"1".to_vec(),
+            "undecodable",
+        ),
+    ];
+    for (_, properties, body, _) in &cases {
+        broker
+            .publish_raw("picky.run.triggered", properties.clone(), body)
+            .await;
+    }
+    runner.trigger("good", &21_u64).await.unwrap();
+    let unknown = runner
+        .client()
+        .trigger("nobody", "r", &1)
+        .await
+        .unwrap_err();
+    assert!(matches!(unknown, Error::Unroutable { .. }), "{unknown:?}");
+
+    let good = events.wait_for("good", "s", EventKind::Succeeded).await;
+    assert_eq!(good.body, json!(42));
+    for (run, _, _, reason) in cases.iter().filter(|c| !c.0.starts_with('<')) {
+        let failed = events.wait_for(run, "s", EventKind::Failed).await;
+        assert_eq!(failed.body["reason"], Value::from(*reason), "{run}");
+    }
+    let parked = broker
+        .drain(&format!("{}.picky.parked", broker.prefix()), cases.len())
+        .await;
+    assert_eq!(parked.len(), cases.len());
+    for (run, _, body, reason) in &cases {
+        let message = parked
+            .iter()
+            .find(|m| match run_id_of(m) {
+                Some(id) => id == *run,
+                None => m.data == *body && parked_reason(m) == *reason,
+            })
+            .unwrap_or_else(|| panic!("{run} was not parked"));
+        assert_eq!(parked_reason(message), *reason, "{run}");
+        assert_eq!(message.data.len(), body.len(), "{run} keeps its body");
+    }
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_lets_the_attempt_in_flight_finish_and_publish() {
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("graceful")
+        .start(Step::new("slow", |n: u64, _ctx: StepContext| async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok::<_, StepError>(n + 1)
+        }))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let observer = broker.client().await;
+    let mut events = Events::subscribe(&observer).await;
+
+    runner.trigger("in-flight", &1_u64).await.unwrap();
+    events
+        .wait_for("in-flight", "slow", EventKind::Started)
+        .await;
+    runner.shutdown().await.unwrap();
+
+    let done = events
+        .wait_for("in-flight", "slow", EventKind::Succeeded)
+        .await;
+    assert_eq!(done.body, json!(2));
+}
+
+#[tokio::test]
+async fn a_panicking_step_is_retried_and_the_runner_survives() {
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("panicky")
+        .start(
+            Step::new("p", |n: u64, ctx: StepContext| async move {
+                if ctx.attempt == 1 {
+                    panic!("first attempt explodes");
+                }
+                Ok::<_, StepError>(n)
+            })
+            .retry(inqubo_core::RetryPolicy::limited(
+                1,
+                Duration::from_millis(100),
+            )),
+        )
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe(runner.client()).await;
+
+    runner.trigger("boom", &8_u64).await.unwrap();
+    let retrying = events.wait_for("boom", "p", EventKind::Retrying).await;
+    let done = events.wait_for("boom", "p", EventKind::Succeeded).await;
+
+    assert_eq!(
+        retrying.body["error"],
+        json!("step panicked: first attempt explodes")
+    );
+    assert_eq!(done.attempt, Some(2));
+    runner.shutdown().await.unwrap();
+}
