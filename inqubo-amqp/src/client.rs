@@ -26,6 +26,9 @@ use crate::{
     topology::Topology,
 };
 
+/// How long one connection attempt (TCP, TLS and AMQP handshake) may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The broker address used when none is given: the local RabbitMQ with its default user.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -157,7 +160,16 @@ impl Client {
         for offset in 0..urls.len() {
             let index = (start + offset) % urls.len();
             let url = &urls[index];
-            match Connection::connect(url, ConnectionProperties::default()).await {
+            let attempt = Connection::connect(url, ConnectionProperties::default());
+            let Ok(connected) = tokio::time::timeout(CONNECT_TIMEOUT, attempt).await else {
+                warn!(url = %redact_url(url), timeout = ?CONNECT_TIMEOUT, "connection attempt timed out");
+                last_error = Error::ConnectTimeout {
+                    url: redact_url(url),
+                    timeout: CONNECT_TIMEOUT,
+                };
+                continue;
+            };
+            match connected {
                 Ok(connection) => {
                     let publisher = Publisher::new(connection.create_channel().await?).await?;
                     self.inner.next_url.store(index, Ordering::Relaxed);
@@ -207,7 +219,7 @@ impl Client {
         tracing::Span::current().record("run_id", tracing::field::display(&run_id));
         let trigger = message::trigger(&self.inner.topology, &workflow, &run_id, input);
         let session = self.session().await?;
-        session.publisher.send(trigger).await?.wait().await?;
+        session.publisher.send(&trigger).await?.wait().await?;
         Ok(run_id)
     }
 

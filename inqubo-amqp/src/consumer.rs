@@ -138,10 +138,8 @@ impl StepWorker {
             attempt
         );
         async {
-            let started = self
-                .publisher
-                .send(id.notice(EventKind::Started, &StartedBody { attempt }))
-                .await?;
+            let started_event = id.notice(EventKind::Started, &StartedBody { attempt });
+            let started = self.publisher.send(&started_event).await;
             let ctx = StepContext {
                 run_id: run_id.clone(),
                 workflow: self.workflow.clone(),
@@ -150,7 +148,13 @@ impl StepWorker {
             };
             let outcome = run_attempt(&self.node, ctx, received.body).await;
             let published = self.publish_outcome(&id, received, outcome).await;
-            started.wait().await?;
+            let started = match started {
+                Ok(confirm) => confirm.wait().await,
+                Err(error) => Err(error),
+            };
+            if started.is_err() {
+                self.publisher.send_all(vec![started_event]).await?;
+            }
             match published {
                 Err(Error::Unroutable { routing_key, .. }) => {
                     let failure = FailedBody {

@@ -17,6 +17,15 @@ pub enum Error {
         #[source]
         source: lapin::Error,
     },
+    /// A broker accepted the connection but did not complete the handshake in time (for
+    /// example while it is still starting).
+    #[error("connecting to RabbitMQ at {url} took longer than {timeout:?}")]
+    ConnectTimeout {
+        /// The address tried, with any password removed.
+        url: String,
+        /// How long the attempt was given.
+        timeout: std::time::Duration,
+    },
     /// No broker address was given.
     #[error("no broker address given")]
     NoBrokerAddress,
@@ -81,7 +90,9 @@ impl Error {
             Error::Connect { source, .. } | Error::Amqp(source) => {
                 source.is_io_error() || source.can_be_recovered() || !source.is_amqp_error()
             }
-            Error::ConsumerStopped { .. } | Error::Nacked { .. } => true,
+            Error::ConsumerStopped { .. } | Error::Nacked { .. } | Error::ConnectTimeout { .. } => {
+                true
+            }
             _ => false,
         }
     }

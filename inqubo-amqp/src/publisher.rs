@@ -10,10 +10,25 @@ use lapin::{
     options::ConfirmSelectOptions,
 };
 
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::warn;
+
 use crate::{
     error::{Error, Result},
     message::Outgoing,
 };
+
+/// How long a refused publish is retried before the delivery is given back to its queue.
+const REPUBLISH_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The first wait before publishing a refused message again; it doubles up to
+/// [`MAX_REPUBLISH_DELAY`].
+const FIRST_REPUBLISH_DELAY: Duration = Duration::from_millis(200);
+
+/// The longest wait between two publications of a refused message.
+const MAX_REPUBLISH_DELAY: Duration = Duration::from_secs(5);
 
 /// A channel in confirm mode, shared by every task of a runner or client.
 #[derive(Debug, Clone)]
@@ -31,8 +46,7 @@ impl Publisher {
     }
 
     /// Sends `message`; await the result to learn whether the broker confirmed it.
-    pub(crate) async fn send(&self, message: Outgoing) -> Result<PendingConfirm> {
-        let properties = message.properties();
+    pub(crate) async fn send(&self, message: &Outgoing) -> Result<PendingConfirm> {
         let confirm = self
             .channel
             .basic_publish(
@@ -43,26 +57,64 @@ impl Publisher {
                     ..BasicPublishOptions::default()
                 },
                 &message.body,
-                properties,
+                message.properties(),
             )
             .await?;
         Ok(PendingConfirm {
             confirm,
-            exchange: message.exchange,
-            routing_key: message.routing_key,
+            exchange: message.exchange.clone(),
+            routing_key: message.routing_key.clone(),
         })
     }
 
-    /// Sends every message, then waits for all their confirms.
-    pub(crate) async fn send_all(&self, messages: Vec<Outgoing>) -> Result<()> {
-        let mut pending = Vec::with_capacity(messages.len());
-        for message in messages {
-            pending.push(self.send(message).await?);
+    /// Whether the channel (and so its connection) is still open.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.channel.status().connected()
+    }
+
+    /// Sends every message, then waits for all their confirms, pipelined.
+    ///
+    /// A message the broker refuses (negative confirm, for example while a quorum queue elects
+    /// a new leader) is published again with backoff for up to [`REPUBLISH_PATIENCE`], without
+    /// giving up the delivery being handled: returning it to its queue would count as a
+    /// redelivery. An unroutable message, or a dead channel, is reported at once.
+    pub(crate) async fn send_all(&self, mut messages: Vec<Outgoing>) -> Result<()> {
+        let deadline = Instant::now() + REPUBLISH_PATIENCE;
+        let mut delay = FIRST_REPUBLISH_DELAY;
+        loop {
+            let mut pending = Vec::with_capacity(messages.len());
+            let mut refused = Vec::new();
+            let mut last_error = None;
+            for message in messages {
+                match self.send(&message).await {
+                    Ok(confirm) => pending.push((message, confirm)),
+                    Err(error) => {
+                        refused.push(message);
+                        last_error = Some(error);
+                    }
+                }
+            }
+            for (message, confirm) in pending {
+                match confirm.wait().await {
+                    Ok(()) => {}
+                    Err(error @ Error::Unroutable { .. }) => return Err(error),
+                    Err(error) => {
+                        refused.push(message);
+                        last_error = Some(error);
+                    }
+                }
+            }
+            let Some(error) = last_error else {
+                return Ok(());
+            };
+            if !self.is_alive() || Instant::now() + delay > deadline {
+                return Err(error);
+            }
+            warn!(%error, retry_in = ?delay, "publish not confirmed; publishing again");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_REPUBLISH_DELAY);
+            messages = refused;
         }
-        for confirm in pending {
-            confirm.wait().await?;
-        }
-        Ok(())
     }
 }
 

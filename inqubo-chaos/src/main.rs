@@ -1,0 +1,484 @@
+//! The chaos harness: proof that every triggered run reaches its terminal events while runner
+//! processes are killed with SIGKILL and the broker restarts.
+//!
+//! ```text
+//! cargo run -p inqubo-chaos -- --runners 2 --runs 500 --kills 3 --broker-restart
+//! ```
+//!
+//! By default it starts a private RabbitMQ node on 127.0.0.1:5690 (its own name, port and data
+//! folder, via `scripts/rabbitmq-node.sh`), so restarting it disturbs nothing else; `--url`
+//! points it at an existing broker (or cluster) instead. It spawns the runners as child
+//! processes of itself (`inqubo-chaos runner`), triggers the runs at a steady rate, kills a
+//! random runner with SIGKILL at random moments and starts a new one in its place, restarts
+//! the broker once, waits until every run finished, prints the figures and exits non-zero if
+//! any run was lost.
+
+#![allow(clippy::print_stdout)]
+
+mod observer;
+mod workflow;
+
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use inqubo::{Client, Runner, Topology};
+use rand::Rng;
+use tokio::process::{Child, Command};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(about = "Kill runners and restart the broker while runs go through; count what survives")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    /// Runner processes to keep alive.
+    #[arg(long, default_value_t = 2)]
+    runners: usize,
+    /// Runs to trigger.
+    #[arg(long, default_value_t = 500)]
+    runs: u64,
+    /// Runs triggered per second.
+    #[arg(long, default_value_t = 100)]
+    rate: u64,
+    /// SIGKILLs of random runners, spread over the triggering period.
+    #[arg(long, default_value_t = 3)]
+    kills: usize,
+    /// Restart the broker once, half-way through (only with the private node).
+    #[arg(long)]
+    broker_restart: bool,
+    /// Use this broker (comma-separated addresses for a cluster) instead of a private node.
+    #[arg(long, env = "CHAOS_AMQP_URL")]
+    url: Option<String>,
+    /// A shell command run once, half-way through (for example, stop a cluster node).
+    #[arg(long)]
+    disrupt: Option<String>,
+    /// AMQP port of the private node.
+    #[arg(long, default_value_t = 5690)]
+    node_port: u16,
+    /// When runs are lost, leave the broker running and the prefix in place, for inspection.
+    #[arg(long)]
+    keep_on_failure: bool,
+    /// Give up waiting for runs after this many seconds.
+    #[arg(long, default_value_t = 180)]
+    timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Run the chaos workflow until SIGTERM (started by the harness).
+    Runner {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        prefix: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("inqubo=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match &cli.mode {
+        Some(Mode::Runner { url, prefix }) => run_runner(url, prefix).await,
+        None => orchestrate(cli).await,
+    }
+}
+
+/// One runner process: retries its first connection while the broker is away.
+async fn run_runner(url: &str, prefix: &str) -> anyhow::Result<()> {
+    let flow = workflow::build()?;
+    let runner = loop {
+        match Runner::builder(flow.clone())
+            .url(url)
+            .prefix(prefix)
+            .prefetch(8)
+            .max_in_flight(16)
+            .connect()
+            .await
+        {
+            Ok(runner) => break runner,
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, "broker not ready; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    };
+    runner
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+/// The private broker node, when the harness runs its own.
+struct PrivateNode {
+    script: PathBuf,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PrivateNode {
+    async fn start(port: u16) -> anyhow::Result<Self> {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq-node.sh");
+        let dir = std::env::temp_dir()
+            .join(format!("inqubo-chaos-{}", std::process::id()))
+            .join("chaos");
+        let node = Self { script, dir, port };
+        node.up().await?;
+        Ok(node)
+    }
+
+    async fn up(&self) -> anyhow::Result<()> {
+        let status = Command::new("bash")
+            .arg(&self.script)
+            .args(["start", "chaos", &self.port.to_string()])
+            .arg(&self.dir)
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "private RabbitMQ node did not start");
+        Ok(())
+    }
+
+    async fn down(&self) -> anyhow::Result<()> {
+        Command::new("bash")
+            .arg(&self.script)
+            .args(["stop", "chaos"])
+            .arg(&self.dir)
+            .status()
+            .await?;
+        Ok(())
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+}
+
+struct Runners {
+    exe: PathBuf,
+    url: String,
+    prefix: String,
+    children: Vec<Child>,
+    log: PathBuf,
+}
+
+impl Runners {
+    fn spawn_one(&self) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        Ok(Command::new(&self.exe)
+            .args(["runner", "--url", &self.url, "--prefix", &self.prefix])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?)
+    }
+
+    async fn kill_random(&mut self) -> anyhow::Result<()> {
+        let index = rand::rng().random_range(0..self.children.len());
+        self.children[index].kill().await?;
+        self.children[index] = self.spawn_one()?;
+        Ok(())
+    }
+
+    async fn stop_all(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let node = match &cli.url {
+        Some(_) => None,
+        None => Some(PrivateNode::start(cli.node_port).await?),
+    };
+    let url = match (&cli.url, &node) {
+        (Some(url), _) => url.clone(),
+        (None, Some(node)) => node.url(),
+        (None, None) => unreachable!("a node is started when no url is given"),
+    };
+    let prefix = format!("chaos-{:08x}", rand::random::<u32>());
+    let urls: Vec<String> = url.split(',').map(str::to_owned).collect();
+    let queue = observer::declare(&urls[0], &prefix)
+        .await
+        .context("declaring the observer queue")?;
+    let tally = Arc::new(Mutex::new(observer::Tally::default()));
+    let observing = tokio::spawn(observer::observe(
+        urls.clone(),
+        queue.clone(),
+        Arc::clone(&tally),
+        &workflow::LEAVES,
+    ));
+
+    let log = std::env::temp_dir().join(format!("inqubo-chaos-{prefix}.log"));
+    let mut runners = Runners {
+        exe: std::env::current_exe()?,
+        url: url.clone(),
+        prefix: prefix.clone(),
+        children: Vec::new(),
+        log: log.clone(),
+    };
+    for _ in 0..cli.runners {
+        let child = runners.spawn_one()?;
+        runners.children.push(child);
+    }
+
+    // Trigger at a steady rate; kill and disrupt at random moments of that period.
+    let period = Duration::from_secs_f64(cli.runs as f64 / cli.rate.max(1) as f64);
+    let mut moments: Vec<(Duration, &str)> = (0..cli.kills)
+        .map(|_| (period.mul_f64(rand::rng().random_range(0.1..0.9)), "kill"))
+        .collect();
+    if cli.broker_restart && node.is_some() {
+        moments.push((period / 2, "restart"));
+    }
+    if cli.disrupt.is_some() {
+        moments.push((period / 2, "disrupt"));
+    }
+    moments.sort_by_key(|(moment, _)| *moment);
+
+    // The chaos runs beside the triggering, on its own schedule.
+    let disrupt = cli.disrupt.clone();
+    let chaos = tokio::spawn(async move {
+        let chaos_start = Instant::now();
+        let (mut kills, mut restarts) = (0, 0);
+        for (moment, action) in moments {
+            tokio::time::sleep_until((chaos_start + moment).into()).await;
+            let at = started.elapsed().as_secs_f64();
+            match action {
+                "kill" => {
+                    runners.kill_random().await?;
+                    kills += 1;
+                    println!("[{at:>6.1}s] SIGKILL a runner, started a new one");
+                }
+                "restart" => {
+                    if let Some(node) = &node {
+                        println!("[{at:>6.1}s] stopping the broker");
+                        node.down().await?;
+                        node.up().await?;
+                        restarts += 1;
+                        println!("[{:>6.1}s] broker back", started.elapsed().as_secs_f64());
+                    }
+                }
+                _ => {
+                    if let Some(command) = &disrupt {
+                        println!("[{at:>6.1}s] running: {command}");
+                        Command::new("bash").args(["-c", command]).status().await?;
+                    }
+                }
+            }
+        }
+        anyhow::Ok((runners, node, kills, restarts))
+    });
+
+    let client =
+        Client::connect_with(&url, Topology::new(prefix.clone(), Default::default())?).await?;
+    let trigger_start = Instant::now();
+    let mut triggered = 0_u64;
+    let mut trigger_retries = 0_u64;
+    for run in 0..cli.runs {
+        let due = trigger_start + period.mul_f64(run as f64 / cli.runs as f64);
+        tokio::time::sleep_until(due.into()).await;
+        // A trigger whose confirm is lost is retried: at least once, so a run may start twice.
+        loop {
+            match client
+                .trigger(workflow::NAME, format!("run-{run}"), &run)
+                .await
+            {
+                Ok(_) => break,
+                Err(error) => {
+                    trigger_retries += 1;
+                    tracing::debug!(%error, "trigger failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        triggered += 1;
+    }
+    println!(
+        "[{:>6.1}s] all {triggered} runs triggered",
+        started.elapsed().as_secs_f64()
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(cli.timeout);
+    let leaves = workflow::LEAVES.len();
+    loop {
+        let (completed, failed) = {
+            let tally = tally
+                .lock()
+                .map_err(|_| anyhow::anyhow!("tally poisoned"))?;
+            (tally.completed(leaves), tally.failed())
+        };
+        if completed + failed >= triggered as usize || Instant::now() > deadline {
+            break;
+        }
+        // The harness is not a test: it polls its own counters while runs drain.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let wall = started.elapsed();
+    let (mut runners, node, kills_done, restarts_done) = chaos.await??;
+    runners.stop_all().await;
+    observing.abort();
+
+    let mut parked = None;
+    for url in &urls {
+        if let Ok(count) = count_parked(url, &prefix).await {
+            parked = Some(count);
+            break;
+        }
+    }
+    let parked = parked.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
+    let mut stranded = Vec::new();
+    for url in &urls {
+        if let Ok(depths) = queue_depths(url, &prefix).await {
+            stranded = depths;
+            break;
+        }
+    }
+    let lost = {
+        let tally = tally
+            .lock()
+            .map_err(|_| anyhow::anyhow!("tally poisoned"))?;
+        let completed = tally.completed(leaves);
+        let failed = tally.failed();
+        let lost = (triggered as usize).saturating_sub(completed + failed);
+        let unfinished: Vec<String> = (0..cli.runs)
+            .map(|run| format!("run-{run}"))
+            .filter(|run| !tally.is_complete(run, leaves))
+            .take(8)
+            .map(|run| {
+                let last = tally.last_event(&run).unwrap_or("no event").to_owned();
+                format!("{run} (last seen: {last})")
+            })
+            .collect();
+        println!();
+        println!("runs triggered           {triggered}");
+        println!("runs completed           {completed}");
+        println!("runs failed (parked)     {failed}");
+        println!("runs lost                {lost}");
+        if !unfinished.is_empty() {
+            println!("unfinished runs, first few: {}", unfinished.join(", "));
+        }
+        println!(
+            "duplicate step attempts  {} (an attempt started again after a kill or reconnect)",
+            tally.duplicate_attempts()
+        );
+        println!(
+            "duplicate successes      {} (a step's succeeded published twice)",
+            tally.duplicate_successes()
+        );
+        println!("parked messages          {parked}");
+        println!("runner kills             {kills_done}");
+        println!("broker restarts          {restarts_done}");
+        println!("trigger retries          {trigger_retries}");
+        println!("events observed          {}", tally.events);
+        println!("wall time                {:.1} s", wall.as_secs_f64());
+        println!("runner logs              {}", log.display());
+        for (queue, depth) in &stranded {
+            println!("messages left in {queue}: {depth}");
+        }
+        lost
+    };
+
+    if lost > 0 && cli.keep_on_failure {
+        println!("runs lost: leaving the broker and prefix {prefix} as they are for inspection");
+        anyhow::bail!("{lost} runs lost");
+    }
+    for url in &urls {
+        if cleanup(url, &prefix, &queue).await {
+            break;
+        }
+    }
+    if let Some(node) = node {
+        node.down().await?;
+        let _ = std::fs::remove_dir_all(node.dir.parent().unwrap_or(&node.dir));
+    }
+    anyhow::ensure!(lost == 0, "{lost} runs lost");
+    Ok(())
+}
+
+/// The queues of the prefix that still hold messages (every run should have drained them).
+async fn queue_depths(url: &str, prefix: &str) -> anyhow::Result<Vec<(String, u32)>> {
+    let topology = Topology::new(prefix, Default::default())?;
+    let flow = workflow::build()?;
+    let mut names: Vec<String> = flow
+        .steps()
+        .iter()
+        .map(|s| topology.step_queue(flow.name(), s.name()).to_string())
+        .collect();
+    names.extend((0..inqubo::DELAY_TIERS).map(|tier| topology.delay_queue(tier).to_string()));
+    let connection = lapin::Connection::connect(url, Default::default()).await?;
+    let channel = connection.create_channel().await?;
+    let mut depths = Vec::new();
+    for name in names {
+        let queue = channel
+            .queue_declare(
+                name.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await?;
+        if queue.message_count() > 0 {
+            depths.push((name, queue.message_count()));
+        }
+    }
+    let _ = connection.close(200, "counted".into()).await;
+    Ok(depths)
+}
+
+async fn count_parked(url: &str, prefix: &str) -> anyhow::Result<u32> {
+    let connection = lapin::Connection::connect(url, Default::default()).await?;
+    let channel = connection.create_channel().await?;
+    let queue = channel
+        .queue_declare(
+            format!("{prefix}.{}.parked", workflow::NAME).into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await?;
+    let _ = connection.close(200, "counted".into()).await;
+    Ok(queue.message_count())
+}
+
+/// Deletes the harness's queues and exchanges through `url`; false if it cannot connect.
+async fn cleanup(url: &str, prefix: &str, observer_queue: &str) -> bool {
+    let Ok(connection) = lapin::Connection::connect(url, Default::default()).await else {
+        return false;
+    };
+    let Ok(channel) = connection.create_channel().await else {
+        return false;
+    };
+    let _ = channel
+        .queue_delete(observer_queue.into(), Default::default())
+        .await;
+    if let (Ok(topology), Ok(flow)) = (Topology::new(prefix, Default::default()), workflow::build())
+    {
+        let _ = topology.delete_workflow(&channel, &flow).await;
+        let _ = topology.delete_shared(&channel).await;
+    }
+    let _ = connection.close(200, "cleaned".into()).await;
+    true
+}

@@ -1,0 +1,219 @@
+//! Counts every lifecycle event of the chaos prefix through a durable queue of its own, so
+//! that no event is missed across a broker restart.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use inqubo::{EventKind, LifecycleEvent, protocol::header};
+use lapin::{
+    Connection, ConnectionProperties, ExchangeKind,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString},
+};
+
+/// What the observer has seen so far.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    /// `started` events per (run, step, attempt).
+    starts: HashMap<(String, String, u32), u32>,
+    /// `succeeded` events per (run, step).
+    successes: HashMap<(String, String), u32>,
+    /// Leaves that succeeded, per run.
+    finished_leaves: HashMap<String, HashSet<String>>,
+    /// Runs with a `failed` event.
+    failed_runs: HashSet<String>,
+    /// The last event seen per run, as `step.kind`.
+    last_event: HashMap<String, String>,
+    /// Events seen.
+    pub(crate) events: u64,
+}
+
+impl Tally {
+    fn record(&mut self, event: &LifecycleEvent, leaves: &[&str]) {
+        self.events += 1;
+        let run = event.run_id.to_string();
+        let Some(step) = event.step.as_ref().map(ToString::to_string) else {
+            return;
+        };
+        self.last_event
+            .insert(run.clone(), format!("{step}.{}", event.kind));
+        match event.kind {
+            EventKind::Started => {
+                *self
+                    .starts
+                    .entry((run, step, event.attempt.unwrap_or(0)))
+                    .or_default() += 1;
+            }
+            EventKind::Succeeded => {
+                *self
+                    .successes
+                    .entry((run.clone(), step.clone()))
+                    .or_default() += 1;
+                if leaves.contains(&step.as_str()) {
+                    self.finished_leaves.entry(run).or_default().insert(step);
+                }
+            }
+            EventKind::Failed => {
+                self.failed_runs.insert(run);
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs whose every leaf succeeded.
+    pub(crate) fn completed(&self, leaves: usize) -> usize {
+        self.finished_leaves
+            .values()
+            .filter(|done| done.len() == leaves)
+            .count()
+    }
+
+    /// The last event seen of `run`, if any.
+    pub(crate) fn last_event(&self, run: &str) -> Option<&str> {
+        self.last_event.get(run).map(String::as_str)
+    }
+
+    /// Whether every leaf of `run` succeeded.
+    pub(crate) fn is_complete(&self, run: &str, leaves: usize) -> bool {
+        self.finished_leaves
+            .get(run)
+            .is_some_and(|done| done.len() == leaves)
+    }
+
+    /// Runs with a step that failed for good.
+    pub(crate) fn failed(&self) -> usize {
+        self.failed_runs.len()
+    }
+
+    /// Attempts that started more than once (a redelivery after a kill or a lost connection).
+    pub(crate) fn duplicate_attempts(&self) -> u32 {
+        self.starts.values().map(|n| n.saturating_sub(1)).sum()
+    }
+
+    /// Steps that published `succeeded` more than once for the same run.
+    pub(crate) fn duplicate_successes(&self) -> u32 {
+        self.successes.values().map(|n| n.saturating_sub(1)).sum()
+    }
+}
+
+/// Declares the observer's durable queue (bound to every event of `prefix`) and returns its
+/// name. Done before any run is triggered, so nothing is missed.
+pub(crate) async fn declare(url: &str, prefix: &str) -> anyhow::Result<String> {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .exchange_declare(
+            prefix.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let queue = format!("{prefix}.chaos-observer");
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    channel
+        .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
+        .await?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            prefix.into(),
+            "*.step.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    connection.close(200, "declared".into()).await?;
+    Ok(queue)
+}
+
+/// Consumes the observer queue into `tally` for ever, reconnecting after any failure.
+///
+/// `urls` may list the nodes of a cluster; each reconnection tries the next.
+pub(crate) async fn observe(
+    urls: Vec<String>,
+    queue: String,
+    tally: Arc<Mutex<Tally>>,
+    leaves: &'static [&'static str],
+) {
+    for (failures, url) in urls.iter().cycle().enumerate() {
+        match consume(url, &queue, &tally, leaves).await {
+            Err(error) if failures == 0 => {
+                tracing::warn!(%error, "observer lost its connection; reconnecting");
+            }
+            Err(error) => tracing::debug!(%error, "observer still reconnecting"),
+            Ok(()) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// How long the observer waits for a connection or a delivery before starting over.
+const STALL: Duration = Duration::from_secs(10);
+
+async fn consume(
+    url: &str,
+    queue: &str,
+    tally: &Mutex<Tally>,
+    leaves: &[&str],
+) -> anyhow::Result<()> {
+    let connection = tokio::time::timeout(
+        STALL,
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await??;
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(500, Default::default()).await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    // A consumer that hears nothing for a while may be attached to a connection that died
+    // silently: start over (the queue is durable, nothing is missed).
+    while let Some(delivery) = tokio::time::timeout(STALL, consumer.next()).await? {
+        let delivery = delivery?;
+        let headers = delivery.properties.headers().as_ref();
+        let get = |name: &str| headers.and_then(|h| h.inner().get(name));
+        let run_id = match get(header::RUN_ID) {
+            Some(AMQPValue::LongString(s)) => {
+                std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned)
+            }
+            _ => None,
+        };
+        let attempt = match get(header::ATTEMPT) {
+            Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).ok(),
+            _ => None,
+        };
+        if let Ok(event) = LifecycleEvent::from_wire(
+            delivery.routing_key.as_str(),
+            run_id.as_deref(),
+            attempt,
+            &delivery.data,
+        ) {
+            tally
+                .lock()
+                .map_err(|_| anyhow::anyhow!("tally poisoned"))?
+                .record(&event, leaves);
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+    }
+    anyhow::bail!("observer consumer ended")
+}
