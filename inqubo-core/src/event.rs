@@ -24,6 +24,10 @@ pub enum EventKind {
     Retrying,
     /// A step failed for good; its input was parked.
     Failed,
+    /// Every last step of a run succeeded (`<workflow>.run.succeeded`).
+    RunSucceeded,
+    /// A step of a run failed for good (`<workflow>.run.failed`).
+    RunFailed,
 }
 
 impl EventKind {
@@ -35,7 +39,27 @@ impl EventKind {
             EventKind::Succeeded => "succeeded",
             EventKind::Retrying => "retrying",
             EventKind::Failed => "failed",
+            EventKind::RunSucceeded => "succeeded",
+            EventKind::RunFailed => "failed",
         }
+    }
+
+    /// Parses the last word of a run event's routing key.
+    pub fn from_run_event(word: &str) -> Option<Self> {
+        match word {
+            "triggered" => Some(EventKind::RunTriggered),
+            "succeeded" => Some(EventKind::RunSucceeded),
+            "failed" => Some(EventKind::RunFailed),
+            _ => None,
+        }
+    }
+
+    /// Whether this is an event of a whole run rather than of a step.
+    pub fn is_run_event(self) -> bool {
+        matches!(
+            self,
+            EventKind::RunTriggered | EventKind::RunSucceeded | EventKind::RunFailed
+        )
     }
 
     /// Parses the last word of a step event's routing key.
@@ -49,9 +73,15 @@ impl EventKind {
         }
     }
 
-    /// Whether no further event follows for this step in this run.
+    /// Whether no further event follows for this step (or run).
     pub fn is_terminal(self) -> bool {
-        matches!(self, EventKind::Succeeded | EventKind::Failed)
+        matches!(
+            self,
+            EventKind::Succeeded
+                | EventKind::Failed
+                | EventKind::RunSucceeded
+                | EventKind::RunFailed
+        )
     }
 }
 
@@ -87,6 +117,19 @@ pub struct FailedBody {
     /// What went wrong.
     pub error: String,
     /// The attempt that failed (0 when the input could not be read at all).
+    pub attempt: u32,
+    /// Why the failure is final.
+    pub reason: FailureReason,
+}
+
+/// Body of a `<workflow>.run.failed` event: which step failed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunFailedBody {
+    /// The step that failed.
+    pub step: StepName,
+    /// What went wrong.
+    pub error: String,
+    /// The attempt that failed.
     pub attempt: u32,
     /// Why the failure is final.
     pub reason: FailureReason,
@@ -201,7 +244,7 @@ impl LifecycleEvent {
     pub fn routing_key(&self) -> RoutingKey {
         match &self.step {
             Some(step) => RoutingKey::step_event(&self.workflow, step, self.kind),
-            None => RoutingKey::run_triggered(&self.workflow),
+            None => RoutingKey::run_event(&self.workflow, self.kind),
         }
     }
 }

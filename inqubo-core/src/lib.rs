@@ -16,6 +16,7 @@
 //! | `event` | [`LifecycleEvent`] and the JSON bodies of events |
 //! | `protocol` | routing keys and header names of the wire protocol |
 //! | `attempt` | [`run_attempt`]: one attempt of a step, and what must follow |
+//! | `join` | [`join::JoinBook`]: which parents of which runs reported, and when a join fires |
 
 #![cfg_attr(
     not(test),
@@ -24,6 +25,7 @@
 
 mod attempt;
 mod event;
+pub mod join;
 mod name;
 pub mod protocol;
 mod retry;
@@ -33,7 +35,7 @@ mod workflow;
 pub use attempt::{AttemptOutcome, run_attempt};
 pub use event::{
     EventDecodeError, EventKind, FailedBody, FailureReason, LifecycleEvent, RetryingBody,
-    StartedBody,
+    RunFailedBody, StartedBody,
 };
 pub use name::{
     MAX_NAME_LEN, MAX_RUN_ID_LEN, NameError, RESERVED_STEP_NAMES, RunId, StepName, WorkflowName,
@@ -44,8 +46,8 @@ pub use retry::{
 };
 pub use step::{DEFAULT_STEP_TIMEOUT, DecodeError, Step, StepContext, StepError, StepFn};
 pub use workflow::{
-    Chain, Edge, NotStarted, Stage, StageSpec, StepDefinition, StepNode, Workflow, WorkflowBuilder,
-    WorkflowDefinition, WorkflowError,
+    Chain, Edge, JoinShape, NotStarted, Stage, StageSpec, StepDefinition, StepNode, Workflow,
+    WorkflowBuilder, WorkflowDefinition, WorkflowError,
 };
 
 /// Any error of this crate.

@@ -51,6 +51,11 @@ impl RoutingKey {
         Self(format!("{workflow}.run.triggered"))
     }
 
+    /// `<workflow>.run.<event>`: a run's event (`triggered`, `succeeded` or `failed`).
+    pub fn run_event(workflow: &WorkflowName, kind: EventKind) -> Self {
+        Self(format!("{workflow}.run.{}", kind.as_str()))
+    }
+
     /// `<workflow>.step.<step>.<event>`: a step's lifecycle event.
     pub fn step_event(workflow: &WorkflowName, step: &StepName, kind: EventKind) -> Self {
         Self(format!("{workflow}.step.{step}.{}", kind.as_str()))
@@ -93,10 +98,10 @@ impl RoutingKey {
     pub fn parse(&self) -> Option<(WorkflowName, Option<StepName>, EventKind)> {
         let words: Vec<&str> = self.0.split('.').collect();
         match words.as_slice() {
-            [workflow, "run", "triggered"] => Some((
+            [workflow, "run", event] => Some((
                 WorkflowName::new(*workflow).ok()?,
                 None,
-                EventKind::RunTriggered,
+                EventKind::from_run_event(event)?,
             )),
             [workflow, "step", step, event] => {
                 let kind = EventKind::from_step_event(event)?;

@@ -57,14 +57,6 @@ pub enum WorkflowError {
     /// The workflow has no steps.
     #[error("workflow `{0}` has no steps: call `start` first")]
     Empty(String),
-    /// A step waits for several parents, which this runtime does not run yet.
-    #[error("step `{step}` joins several parents ({parents:?}); joins are not supported yet")]
-    JoinNotSupported {
-        /// The joining step.
-        step: String,
-        /// Its parents.
-        parents: Vec<String>,
-    },
 }
 
 /// The untyped shape of a stage (a step, steps in parallel, or a chain), built by [`Stage`].
@@ -244,7 +236,7 @@ impl<T> WorkflowBuilder<T> {
         let mut drafts = Vec::new();
         attach(
             StageSpec(StageKind::Sequence(self.stages)),
-            Vec::new(),
+            &Tail::Start,
             &mut drafts,
         );
         if drafts.is_empty() {
@@ -267,25 +259,28 @@ impl<T> WorkflowBuilder<T> {
         let mut steps: Vec<StepNode> = drafts
             .iter()
             .zip(&names)
-            .map(|(draft, name)| StepNode {
-                name: name.clone(),
-                parents: draft.parents.iter().map(|&p| names[p].clone()).collect(),
-                children: Vec::new(),
-                spec: draft.spec.clone(),
+            .map(|(draft, name)| {
+                let parents: Vec<StepName> = draft
+                    .input
+                    .leaves()
+                    .into_iter()
+                    .map(|p| names[p].clone())
+                    .collect();
+                let join = match &draft.input {
+                    Tail::Many(_) => Some(draft.input.shape(&names)),
+                    Tail::Start | Tail::One(_) => None,
+                };
+                StepNode {
+                    name: name.clone(),
+                    parents,
+                    children: Vec::new(),
+                    join,
+                    spec: draft.spec.clone(),
+                }
             })
             .collect();
         for (index, draft) in drafts.iter().enumerate() {
-            if draft.parents.len() > 1 {
-                return Err(WorkflowError::JoinNotSupported {
-                    step: names[index].to_string(),
-                    parents: steps[index]
-                        .parents
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect(),
-                });
-            }
-            for &parent in &draft.parents {
+            for parent in draft.input.leaves() {
                 steps[parent].children.push(names[index].clone());
             }
         }
@@ -297,25 +292,101 @@ impl<T> WorkflowBuilder<T> {
 
 struct Draft {
     spec: StepSpec,
-    parents: Vec<usize>,
+    /// What the step receives: the run input, one parent's output, or a join of several.
+    input: Tail,
 }
 
-/// Adds `stage` to `drafts` below `parents` and returns the indices of its last steps.
+/// The last steps of a stage, shaped like the stage's output type.
+#[derive(Debug, Clone)]
+enum Tail {
+    /// Nothing yet: the run input.
+    Start,
+    /// One step's output.
+    One(usize),
+    /// A tuple of outputs, from steps in parallel.
+    Many(Vec<Tail>),
+}
+
+impl Tail {
+    /// The steps whose outputs make up this tail, in order.
+    fn leaves(&self) -> Vec<usize> {
+        match self {
+            Tail::Start => Vec::new(),
+            Tail::One(index) => vec![*index],
+            Tail::Many(parts) => parts.iter().flat_map(Tail::leaves).collect(),
+        }
+    }
+
+    fn shape(&self, names: &[StepName]) -> JoinShape {
+        match self {
+            Tail::Start => JoinShape::Tuple(Vec::new()),
+            Tail::One(index) => JoinShape::Step(names[*index].clone()),
+            Tail::Many(parts) => JoinShape::Tuple(parts.iter().map(|p| p.shape(names)).collect()),
+        }
+    }
+}
+
+/// Adds `stage` to `drafts` after `tail` and returns the stage's own tail.
 ///
-/// Drafts are pushed parents first, so their order is a topological order of the graph.
-fn attach(stage: StageSpec, parents: Vec<usize>, drafts: &mut Vec<Draft>) -> Vec<usize> {
+/// Drafts are pushed parents first, so their order is a topological order of the graph, and
+/// the graph cannot have a cycle.
+fn attach(stage: StageSpec, tail: &Tail, drafts: &mut Vec<Draft>) -> Tail {
     match stage.0 {
         StageKind::Step(spec) => {
-            drafts.push(Draft { spec, parents });
-            vec![drafts.len() - 1]
+            drafts.push(Draft {
+                spec,
+                input: tail.clone(),
+            });
+            Tail::One(drafts.len() - 1)
         }
-        StageKind::Parallel(stages) => stages
-            .into_iter()
-            .flat_map(|stage| attach(stage, parents.clone(), drafts))
-            .collect(),
+        StageKind::Parallel(stages) => Tail::Many(
+            stages
+                .into_iter()
+                .map(|stage| attach(stage, tail, drafts))
+                .collect(),
+        ),
         StageKind::Sequence(stages) => stages
             .into_iter()
-            .fold(parents, |tail, stage| attach(stage, tail, drafts)),
+            .fold(tail.clone(), |tail, stage| attach(stage, &tail, drafts)),
+    }
+}
+
+/// How a join step's input is assembled from its parents' outputs: the shape of its input
+/// tuple. `(b, (c, d))` is `Tuple[Step(b), Tuple[Step(c), Step(d)]]`, encoded as the JSON
+/// array `[b_output, [c_output, d_output]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinShape {
+    /// One parent's output.
+    Step(StepName),
+    /// A tuple (JSON array) of shapes.
+    Tuple(Vec<JoinShape>),
+}
+
+impl JoinShape {
+    /// Builds the joined JSON input from each parent's output (raw JSON), or `None` if an
+    /// output is missing.
+    pub fn assemble(&self, outputs: &HashMap<StepName, Vec<u8>>) -> Option<Vec<u8>> {
+        let mut json = Vec::new();
+        self.write(outputs, &mut json)?;
+        Some(json)
+    }
+
+    fn write(&self, outputs: &HashMap<StepName, Vec<u8>>, json: &mut Vec<u8>) -> Option<()> {
+        match self {
+            JoinShape::Step(step) => json.extend_from_slice(outputs.get(step)?),
+            JoinShape::Tuple(parts) => {
+                json.push(b'[');
+                for (i, part) in parts.iter().enumerate() {
+                    if i > 0 {
+                        json.push(b',');
+                    }
+                    part.write(outputs, json)?;
+                }
+                json.push(b']');
+            }
+        }
+        Some(())
     }
 }
 
@@ -325,6 +396,7 @@ pub struct StepNode {
     name: StepName,
     parents: Vec<StepName>,
     children: Vec<StepName>,
+    join: Option<JoinShape>,
     spec: StepSpec,
 }
 
@@ -352,6 +424,16 @@ impl StepNode {
     /// The steps triggered by this one's success; empty for a last step.
     pub fn children(&self) -> &[StepName] {
         &self.children
+    }
+
+    /// For a step that waits for several parents, how its input is assembled from theirs.
+    pub fn join(&self) -> Option<&JoinShape> {
+        self.join.as_ref()
+    }
+
+    /// Whether this step waits for several parents.
+    pub fn is_join(&self) -> bool {
+        self.join.is_some()
     }
 
     /// The step's retry policy.
@@ -412,6 +494,38 @@ impl Workflow {
     /// The step called `name`, if any.
     pub fn step(&self, name: &str) -> Option<&StepNode> {
         self.inner.steps.iter().find(|s| s.name.as_str() == name)
+    }
+
+    /// The steps without children: a run succeeds when all of them have.
+    pub fn leaves(&self) -> impl Iterator<Item = &StepNode> {
+        self.steps().iter().filter(|s| s.children.is_empty())
+    }
+
+    /// Whether the workflow is a single chain (one first step, no fan-out, no join). A chain
+    /// needs no join state to know when a run ends.
+    pub fn is_chain(&self) -> bool {
+        let roots = self.steps().iter().filter(|s| s.parents.is_empty()).count();
+        roots == 1
+            && self
+                .steps()
+                .iter()
+                .all(|s| s.children.len() <= 1 && !s.is_join())
+    }
+
+    /// The join steps that can no longer run once `step` failed: joins downstream of it.
+    pub fn joins_after(&self, step: &StepName) -> Vec<&StepNode> {
+        let mut reached = vec![step.clone()];
+        let mut joins = Vec::new();
+        // Steps are in topological order, so one pass finds every descendant.
+        for node in self.steps() {
+            if node.parents.iter().any(|p| reached.contains(p)) {
+                reached.push(node.name.clone());
+                if node.is_join() {
+                    joins.push(node);
+                }
+            }
+        }
+        joins
     }
 
     /// A serialisable description of the graph, for tools.
@@ -584,17 +698,79 @@ mod tests {
     }
 
     #[test]
-    fn joins_are_refused_until_supported() {
-        async fn both(_: (u32, u32), _: StepContext) -> Result<(), StepError> {
+    fn a_step_after_parallel_steps_joins_them_in_tuple_order() {
+        async fn both(_: (u32, String), _: StepContext) -> Result<(), StepError> {
             Ok(())
         }
-        let err = Workflow::builder("diamond")
+        let flow = Workflow::builder("diamond")
             .start(Step::new("a", unit))
-            .then((Step::new("b", inc), Step::new("c", inc)))
+            .then((Step::new("b", inc), Step::new("c", text)))
             .then(Step::new("d", both))
             .build()
-            .unwrap_err();
-        assert!(matches!(err, WorkflowError::JoinNotSupported { ref step, .. } if step == "d"));
+            .unwrap();
+        let d = flow.step("d").unwrap();
+        assert!(d.is_join());
+        assert_eq!(
+            d.parents(),
+            [StepName::new("b").unwrap(), StepName::new("c").unwrap()]
+        );
+        assert_eq!(flow.step("b").unwrap().children()[0].as_str(), "d");
+        let outputs = HashMap::from([
+            (StepName::new("b").unwrap(), b"2".to_vec()),
+            (StepName::new("c").unwrap(), b"\"1\"".to_vec()),
+        ]);
+        assert_eq!(d.join().unwrap().assemble(&outputs).unwrap(), br#"[2,"1"]"#);
+        assert!(!flow.is_chain());
+        assert_eq!(flow.leaves().count(), 1);
+        let after_b: Vec<_> = flow
+            .joins_after(&StepName::new("b").unwrap())
+            .iter()
+            .map(|s| s.name().to_string())
+            .collect();
+        assert_eq!(after_b, ["d"]);
+    }
+
+    #[test]
+    fn nested_tuples_join_as_nested_arrays() {
+        async fn nested(_: (u32, (u32, String)), _: StepContext) -> Result<u32, StepError> {
+            Ok(0)
+        }
+        let flow = Workflow::builder("nested")
+            .start(Step::new("a", unit))
+            .then((
+                Step::new("b", inc),
+                (Step::new("c", inc), Step::new("e", text)),
+            ))
+            .then(Step::new("d", nested))
+            .build()
+            .unwrap();
+        let outputs = HashMap::from([
+            (StepName::new("b").unwrap(), b"1".to_vec()),
+            (StepName::new("c").unwrap(), b"2".to_vec()),
+            (StepName::new("e").unwrap(), b"\"x\"".to_vec()),
+        ]);
+        let shape = flow.step("d").unwrap().join().unwrap();
+        assert_eq!(shape.assemble(&outputs).unwrap(), br#"[1,[2,"x"]]"#);
+        let mut missing = outputs.clone();
+        missing.remove(&StepName::new("e").unwrap());
+        assert_eq!(shape.assemble(&missing), None);
+    }
+
+    #[test]
+    fn chains_are_recognised() {
+        let chain = Workflow::builder("c")
+            .start(Step::new("a", unit))
+            .then(Step::new("b", inc))
+            .build()
+            .unwrap();
+        assert!(chain.is_chain());
+        let fan = Workflow::builder("f")
+            .start(Step::new("a", unit))
+            .then((Step::new("b", inc), Step::new("c", inc)))
+            .build()
+            .unwrap();
+        assert!(!fan.is_chain());
+        assert_eq!(fan.leaves().count(), 2);
     }
 
     #[test]
