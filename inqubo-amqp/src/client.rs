@@ -10,7 +10,10 @@ use std::{
 };
 
 use futures_util::Stream;
-use inqubo_core::{LifecycleEvent, RoutingKey, RunId, WorkflowName, protocol::header};
+use futures_util::StreamExt;
+use inqubo_core::{
+    EventKind, LifecycleEvent, RoutingKey, RunFailedBody, RunId, WorkflowName, protocol::header,
+};
 use lapin::{
     Channel, Connection, ConnectionProperties, Consumer,
     options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
@@ -223,12 +226,70 @@ impl Client {
         Ok(run_id)
     }
 
+    /// Starts a run and waits for its end: `<workflow>.run.succeeded` (the last steps'
+    /// outputs, keyed by step name) or `<workflow>.run.failed`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: inqubo_amqp::Client) -> Result<(), inqubo_amqp::Error> {
+    /// use std::time::Duration;
+    /// use inqubo_amqp::RunOutcome;
+    ///
+    /// match client.trigger_and_wait("diamond", "run-7", &1, Duration::from_secs(30)).await? {
+    ///     RunOutcome::Succeeded(outputs) => println!("done: {outputs}"),
+    ///     RunOutcome::Failed(failure) => println!("{} failed: {}", failure.step, failure.error),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn trigger_and_wait(
+        &self,
+        workflow: &str,
+        run_id: impl Into<String>,
+        input: &impl Serialize,
+        timeout: std::time::Duration,
+    ) -> Result<RunOutcome> {
+        let name = WorkflowName::new(workflow)?;
+        let mut events = self.subscribe_to(&format!("{name}.run.*")).await?;
+        let run_id = self.trigger(workflow, run_id, input).await?;
+        let wait = async {
+            while let Some(event) = events.next().await {
+                let event = event?;
+                if event.run_id != run_id {
+                    continue;
+                }
+                match event.kind {
+                    EventKind::RunSucceeded => return Ok(RunOutcome::Succeeded(event.body)),
+                    EventKind::RunFailed => {
+                        let failure = serde_json::from_value(event.body).map_err(Error::Encode)?;
+                        return Ok(RunOutcome::Failed(failure));
+                    }
+                    _ => {}
+                }
+            }
+            Err(Error::ConsumerStopped {
+                queue: "run events".into(),
+            })
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| Error::RunTimeout {
+                run_id: run_id.to_string(),
+                timeout,
+            })?
+    }
+
     /// Follows the lifecycle events of `workflow` (or of every workflow) from now on.
     ///
     /// The subscription is a server-named, exclusive queue that the broker deletes when the
     /// stream is dropped; it is bound before this returns, so a run triggered afterwards is
     /// seen from its first event.
     pub async fn subscribe(&self, workflow: Option<&WorkflowName>) -> Result<EventStream> {
+        self.subscribe_to(RoutingKey::all_events(workflow).as_str())
+            .await
+    }
+
+    /// Follows the events whose routing key matches `binding` (a topic pattern such as
+    /// `simple.run.*` or `*.step.*.failed`).
+    pub async fn subscribe_to(&self, binding: &str) -> Result<EventStream> {
         let channel = self.session().await?.channel().await?;
         let queue = channel
             .queue_declare(
@@ -245,7 +306,7 @@ impl Client {
             .queue_bind(
                 queue.name().clone(),
                 self.inner.topology.exchange().into(),
-                RoutingKey::all_events(workflow).as_str().into(),
+                binding.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -286,6 +347,16 @@ impl Client {
             other => Ok(other?),
         }
     }
+}
+
+/// How a run ended; see [`Client::trigger_and_wait`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum RunOutcome {
+    /// Every last step succeeded: their outputs, keyed by step name.
+    Succeeded(serde_json::Value),
+    /// A step failed for good.
+    Failed(RunFailedBody),
 }
 
 /// A live stream of lifecycle events; see [`Client::subscribe`].

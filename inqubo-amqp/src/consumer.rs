@@ -19,8 +19,8 @@ use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use inqubo_core::{
-    AttemptOutcome, EventKind, FailedBody, FailureReason, StartedBody, StepContext, StepNode,
-    WorkflowName, run_attempt,
+    AttemptOutcome, EventKind, FailedBody, FailureReason, RunFailedBody, RunId, StartedBody,
+    StepContext, StepNode, Workflow, WorkflowName, run_attempt,
 };
 use lapin::{
     Channel, Consumer,
@@ -33,9 +33,9 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::{
     error::{Error, Result},
-    message::{self, AttemptId, Received},
+    message::{self, AttemptId, Outgoing, Received},
     publisher::Publisher,
-    topology::Topology,
+    topology::{RUN_JOIN, Topology},
 };
 
 /// How long to wait before returning a delivery whose outcome could not be published, so that
@@ -66,6 +66,8 @@ pub(crate) struct StepWorker {
     pub(crate) topology: Topology,
     pub(crate) workflow: WorkflowName,
     pub(crate) node: StepNode,
+    /// The whole workflow, to know the step's join children and whether runs end here.
+    pub(crate) graph: Workflow,
     pub(crate) publisher: Publisher,
     pub(crate) limits: Limits,
 }
@@ -212,8 +214,7 @@ impl StepWorker {
         let messages = match outcome {
             AttemptOutcome::Succeeded { output } => {
                 debug!("succeeded");
-                let has_children = !self.node.children().is_empty();
-                vec![id.event(EventKind::Succeeded, output, has_children)]
+                self.success_messages(id, output)
             }
             retry @ AttemptOutcome::Retry { .. } => {
                 let Some(mut body) = retry.retrying_body(attempt) else {
@@ -235,7 +236,7 @@ impl StepWorker {
                     return Ok(());
                 };
                 warn!(error = %body.error, reason = %body.reason, "step failed; input parked");
-                vec![
+                let mut messages = vec![
                     id.notice(EventKind::Failed, &body),
                     message::parked(
                         &self.topology,
@@ -244,10 +245,101 @@ impl StepWorker {
                         received,
                         &body,
                     ),
-                ]
+                ];
+                messages.extend(self.run_failure_notices(id.run_id, &body));
+                messages
             }
         };
         self.publisher.send_all(messages).await
+    }
+
+    /// `succeeded` (which a queue must receive if a plain child listens for it), a piece for
+    /// every join child, and the run's end when this is a last step.
+    fn success_messages(&self, id: &AttemptId<'_>, output: Vec<u8>) -> Vec<Outgoing> {
+        let step = self.node.name();
+        let mut plain_children = false;
+        let mut messages = Vec::with_capacity(2);
+        for child in self.node.children() {
+            if self
+                .graph
+                .step(child.as_str())
+                .is_some_and(StepNode::is_join)
+            {
+                messages.push(message::join_piece(
+                    &self.topology,
+                    &self.workflow,
+                    child.as_str(),
+                    id.run_id,
+                    step,
+                    output.clone(),
+                    false,
+                ));
+            } else {
+                plain_children = true;
+            }
+        }
+        if self.node.children().is_empty() {
+            messages.push(if self.graph.is_chain() {
+                let outputs = message::single_leaf_outputs(step, &output);
+                message::run_event(
+                    &self.topology,
+                    &self.workflow,
+                    id.run_id,
+                    EventKind::RunSucceeded,
+                    outputs,
+                )
+            } else {
+                message::join_piece(
+                    &self.topology,
+                    &self.workflow,
+                    RUN_JOIN,
+                    id.run_id,
+                    step,
+                    output.clone(),
+                    false,
+                )
+            });
+        }
+        messages.insert(0, id.event(EventKind::Succeeded, output, plain_children));
+        messages
+    }
+
+    /// What must learn that this step failed for good: the run's end (at once for a chain,
+    /// through the run join otherwise), and every join downstream, which can no longer fire.
+    fn run_failure_notices(&self, run_id: &RunId, failure: &FailedBody) -> Vec<Outgoing> {
+        let body = message::json(&RunFailedBody {
+            step: self.node.name().clone(),
+            error: failure.error.clone(),
+            attempt: failure.attempt,
+            reason: failure.reason,
+        });
+        if self.graph.is_chain() {
+            return vec![message::run_event(
+                &self.topology,
+                &self.workflow,
+                run_id,
+                EventKind::RunFailed,
+                body,
+            )];
+        }
+        let step = self.node.name();
+        self.graph
+            .joins_after(step)
+            .into_iter()
+            .map(|join| join.name().as_str())
+            .chain([RUN_JOIN])
+            .map(|join| {
+                message::join_piece(
+                    &self.topology,
+                    &self.workflow,
+                    join,
+                    run_id,
+                    step,
+                    body.clone(),
+                    true,
+                )
+            })
+            .collect()
     }
 
     /// Parks `received` with `failure`, announcing `failed` when the run id is known.
@@ -271,6 +363,7 @@ impl StepWorker {
                 };
                 warn!(run_id = %run_id, step = %self.node.name(), reason = %failure.reason, error = %failure.error, "parked");
                 messages.push(id.notice(EventKind::Failed, &failure));
+                messages.extend(self.run_failure_notices(&run_id, &failure));
                 self.publisher.send_all(messages).await
             }
             None => {

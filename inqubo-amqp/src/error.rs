@@ -26,6 +26,14 @@ pub enum Error {
         /// How long the attempt was given.
         timeout: std::time::Duration,
     },
+    /// A run did not end within the time given to [`Client::trigger_and_wait`](crate::Client::trigger_and_wait).
+    #[error("run `{run_id}` did not end within {timeout:?}")]
+    RunTimeout {
+        /// The run.
+        run_id: String,
+        /// How long it was given.
+        timeout: std::time::Duration,
+    },
     /// No broker address was given.
     #[error("no broker address given")]
     NoBrokerAddress,

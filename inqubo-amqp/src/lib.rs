@@ -16,15 +16,16 @@
 mod client;
 mod consumer;
 mod error;
+mod joiner;
 mod message;
 mod publisher;
 mod runner;
 mod topology;
 
-pub use client::{Client, DEFAULT_AMQP_URL, EventStream};
+pub use client::{Client, DEFAULT_AMQP_URL, EventStream, RunOutcome};
 pub use error::{Error, Result};
 pub use runner::{Runner, RunnerBuilder};
 pub use topology::{
-    BROKER_DELIVERY_LIMIT, DELAY_TICK, DELAY_TIERS, DelayRoute, MAX_DELAY, QueueName, QueueType,
-    Topology,
+    BROKER_DELIVERY_LIMIT, DELAY_TICK, DELAY_TIERS, DelayRoute, JOIN_SHARDS, MAX_DELAY, QueueName,
+    QueueType, RUN_JOIN, Topology,
 };

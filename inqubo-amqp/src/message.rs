@@ -129,6 +129,98 @@ impl AttemptId<'_> {
     }
 }
 
+/// A parent's output (or a run's failure) bound for the shard of `join` that owns `run_id`.
+pub(crate) fn join_piece(
+    topology: &Topology,
+    workflow: &WorkflowName,
+    join: &str,
+    run_id: &RunId,
+    from: &StepName,
+    body: Vec<u8>,
+    failed: bool,
+) -> Outgoing {
+    let mut headers = run_headers(run_id);
+    headers.insert(header::JOIN_PARENT.into(), text(from.as_str()));
+    if failed {
+        headers.insert(header::JOIN_FAILED.into(), AMQPValue::Boolean(true));
+    }
+    let shard = Topology::join_shard(run_id.as_str());
+    let kind = if failed { "failed" } else { "piece" };
+    Outgoing {
+        exchange: topology.join_exchange(),
+        routing_key: Topology::join_key(workflow, join, shard),
+        body,
+        headers,
+        message_id: format!("{run_id}:{workflow}:{from}:{kind}:{join}"),
+        mandatory: true,
+    }
+}
+
+/// A join step's assembled input, bound for its queue.
+pub(crate) fn joined_input(
+    topology: &Topology,
+    workflow: &WorkflowName,
+    step: &StepName,
+    run_id: &RunId,
+    input: Vec<u8>,
+) -> Outgoing {
+    let route = topology.delay_route(std::time::Duration::ZERO, workflow, step);
+    Outgoing {
+        exchange: route.exchange,
+        routing_key: route.routing_key,
+        body: input,
+        headers: run_headers(run_id),
+        message_id: format!("{run_id}:{workflow}:{step}:joined"),
+        mandatory: true,
+    }
+}
+
+/// `<workflow>.run.succeeded` or `<workflow>.run.failed`.
+pub(crate) fn run_event(
+    topology: &Topology,
+    workflow: &WorkflowName,
+    run_id: &RunId,
+    kind: EventKind,
+    body: Vec<u8>,
+) -> Outgoing {
+    Outgoing {
+        exchange: topology.exchange().to_owned(),
+        routing_key: RoutingKey::run_event(workflow, kind).as_str().to_owned(),
+        body,
+        headers: run_headers(run_id),
+        message_id: format!("{run_id}:{workflow}:run:{kind}"),
+        mandatory: false,
+    }
+}
+
+/// The latest state of a join shard, replacing the previous one in its state queue.
+pub(crate) fn join_snapshot(queue: &str, snapshot: Vec<u8>) -> Outgoing {
+    Outgoing {
+        exchange: String::new(),
+        routing_key: queue.to_owned(),
+        body: snapshot,
+        headers: FieldTable::default(),
+        message_id: format!("snapshot:{queue}"),
+        mandatory: true,
+    }
+}
+
+/// The body of `run.succeeded` for a chain: `{"<last step>": output}`.
+pub(crate) fn single_leaf_outputs(step: &StepName, output: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(output.len() + step.as_str().len() + 5);
+    body.extend_from_slice(b"{\"");
+    body.extend_from_slice(step.as_str().as_bytes());
+    body.extend_from_slice(b"\":");
+    body.extend_from_slice(output);
+    body.push(b'}');
+    body
+}
+
+/// The JSON bytes of `body`.
+pub(crate) fn json(body: &impl Serialize) -> Vec<u8> {
+    to_json(body)
+}
+
 /// An input that failed for good, bound for the workflow's parked queue.
 ///
 /// It keeps the original body and headers and adds the `parked-*` headers.
@@ -384,6 +476,14 @@ mod tests {
         let quorum = received(Some(&headers));
         assert_eq!(quorum.previous_deliveries(), 2);
         assert!(quorum.counted_by_broker());
+    }
+
+    #[test]
+    fn chain_run_outputs_are_keyed_by_the_last_step() {
+        let step = StepName::new("load").unwrap();
+        let body = single_leaf_outputs(&step, br#"{"a":[1]}"#);
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value, serde_json::json!({"load": {"a": [1]}}));
     }
 
     #[test]

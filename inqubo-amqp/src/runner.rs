@@ -22,11 +22,15 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, instrument, warn};
 
 use crate::{
-    client::{Client, DEFAULT_AMQP_URL, split_urls},
+    client::{Client, DEFAULT_AMQP_URL, RunOutcome, split_urls},
     consumer::{Limits, StepWorker, consume},
     error::{Error, Result},
-    topology::{QueueType, Topology},
+    joiner::{JoinShard, consume_shard},
+    topology::{JOIN_SHARDS, QueueType, Topology},
 };
+
+/// Unacknowledged pieces a join shard consumer may hold: one batch and the next.
+const JOIN_PREFETCH: u16 = 512;
 
 /// The first wait before reconnecting; it doubles up to [`MAX_RECONNECT_DELAY`].
 const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(100);
@@ -201,6 +205,7 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
             topology: shared.topology.clone(),
             workflow: shared.workflow.name().clone(),
             node: node.clone(),
+            graph: shared.workflow.clone(),
             publisher: session.publisher.clone(),
             limits: shared.limits,
         });
@@ -212,6 +217,33 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
             shared.tracker.clone(),
             Arc::clone(&shared.in_flight),
         ));
+    }
+    for join in Topology::joins(&shared.workflow) {
+        for shard in 0..JOIN_SHARDS {
+            let channel = session.channel().await?;
+            channel
+                .basic_qos(JOIN_PREFETCH, BasicQosOptions::default())
+                .await?;
+            let queue = shared
+                .topology
+                .join_queue(shared.workflow.name(), &join, shard);
+            let consumer = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let shard = JoinShard {
+                topology: shared.topology.clone(),
+                workflow: shared.workflow.clone(),
+                join: join.clone(),
+                shard,
+                publisher: session.publisher.clone(),
+            };
+            consumers.spawn(consume_shard(shard, channel, consumer, cancel.clone()));
+        }
     }
     Ok(Session { consumers, cancel })
 }
@@ -328,6 +360,20 @@ impl Runner {
         self.shared
             .client
             .trigger(self.shared.workflow.name().as_str(), run_id, input)
+            .await
+    }
+
+    /// Starts a run of this runner's workflow and waits for its end; see
+    /// [`Client::trigger_and_wait`].
+    pub async fn trigger_and_wait(
+        &self,
+        run_id: impl Into<String>,
+        input: &impl Serialize,
+        timeout: Duration,
+    ) -> Result<RunOutcome> {
+        self.shared
+            .client
+            .trigger_and_wait(self.shared.workflow.name().as_str(), run_id, input, timeout)
             .await
     }
 

@@ -50,6 +50,13 @@ pub const DELAY_TICK: Duration = Duration::from_millis(100);
 /// can even read the message.
 pub const BROKER_DELIVERY_LIMIT: i64 = 20;
 
+/// Shards per join: each has its own queue and single active consumer, so the joins of one
+/// step spread over up to this many runners.
+pub const JOIN_SHARDS: u32 = 4;
+
+/// The name of the run join: the join that waits for every last step of a run.
+pub const RUN_JOIN: &str = "_run";
+
 /// The longest retry delay; longer ones are shortened to it.
 pub const MAX_DELAY: Duration = Duration::from_millis(100 * ((1 << DELAY_TIERS) - 1));
 
@@ -162,6 +169,61 @@ impl Topology {
     /// The parked queue of `workflow`.
     pub fn parked_queue(&self, workflow: &WorkflowName) -> QueueName {
         QueueName(format!("{}.{workflow}.parked", self.prefix))
+    }
+
+    /// The direct exchange that carries join pieces to join shards.
+    pub fn join_exchange(&self) -> String {
+        format!("{}.join", self.prefix)
+    }
+
+    /// The joins of `workflow` that need shards: every join step, and the run join unless
+    /// the workflow is a chain (whose only last step reports the run's end itself).
+    pub fn joins(workflow: &Workflow) -> Vec<String> {
+        let mut joins: Vec<String> = workflow
+            .steps()
+            .iter()
+            .filter(|s| s.is_join())
+            .map(|s| s.name().to_string())
+            .collect();
+        if !workflow.is_chain() {
+            joins.push(RUN_JOIN.to_owned());
+        }
+        joins
+    }
+
+    /// The shard of `run_id` among [`JOIN_SHARDS`] (FNV-1a, stable across versions).
+    pub fn join_shard(run_id: &str) -> u32 {
+        let hash = run_id.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+            (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+        });
+        hash % JOIN_SHARDS
+    }
+
+    /// The routing key of join `join`'s shard `shard` on the join exchange.
+    pub fn join_key(workflow: &WorkflowName, join: &str, shard: u32) -> String {
+        format!("{workflow}.{join}.{shard}")
+    }
+
+    /// The queue of shard `shard` of join `join`.
+    pub fn join_queue(&self, workflow: &WorkflowName, join: &str, shard: u32) -> QueueName {
+        QueueName(format!("{}.{workflow}.{join}.shard-{shard}", self.prefix))
+    }
+
+    /// The queue holding the latest state snapshot of shard `shard` of join `join`.
+    pub fn join_state_queue(&self, workflow: &WorkflowName, join: &str, shard: u32) -> QueueName {
+        QueueName(format!("{}.{workflow}.{join}.state-{shard}", self.prefix))
+    }
+
+    fn join_queue_args(&self) -> FieldTable {
+        let mut args = self.durable_queue_args();
+        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        args
+    }
+
+    fn join_state_args(&self) -> FieldTable {
+        let mut args = self.durable_queue_args();
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+        args
     }
 
     /// The key binding a step's queue to the retry exchange.
@@ -308,13 +370,17 @@ impl Topology {
         for step in workflow.steps() {
             let queue = self.step_queue(name, step.name());
             declare_queue(channel, &queue, self.step_queue_args(name)).await?;
-            let mut inputs: Vec<RoutingKey> = step
-                .parents()
-                .iter()
-                .map(|parent| RoutingKey::step_input(name, Some(parent)))
-                .collect();
-            if inputs.is_empty() {
-                inputs.push(RoutingKey::step_input(name, None));
+            // A join step's input comes from its join shards, through the retry exchange.
+            let mut inputs: Vec<RoutingKey> = Vec::new();
+            if !step.is_join() {
+                inputs.extend(
+                    step.parents()
+                        .iter()
+                        .map(|parent| RoutingKey::step_input(name, Some(parent))),
+                );
+                if inputs.is_empty() {
+                    inputs.push(RoutingKey::step_input(name, None));
+                }
             }
             for key in inputs {
                 channel
@@ -337,6 +403,27 @@ impl Topology {
                 )
                 .await?;
         }
+        let joins = Self::joins(workflow);
+        if !joins.is_empty() {
+            declare_exchange(channel, &self.join_exchange(), ExchangeKind::Direct).await?;
+        }
+        for join in joins {
+            for shard in 0..JOIN_SHARDS {
+                let queue = self.join_queue(name, &join, shard);
+                declare_queue(channel, &queue, self.join_queue_args()).await?;
+                channel
+                    .queue_bind(
+                        queue.as_str().into(),
+                        self.join_exchange().into(),
+                        Self::join_key(name, &join, shard).into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+                let state = self.join_state_queue(name, &join, shard);
+                declare_queue(channel, &state, self.join_state_args()).await?;
+            }
+        }
         debug!("workflow topology declared");
         Ok(())
     }
@@ -345,6 +432,16 @@ impl Topology {
     pub async fn delete_workflow(&self, channel: &Channel, workflow: &Workflow) -> Result<()> {
         for step in workflow.steps() {
             delete_queue(channel, &self.step_queue(workflow.name(), step.name())).await?;
+        }
+        for join in Self::joins(workflow) {
+            for shard in 0..JOIN_SHARDS {
+                delete_queue(channel, &self.join_queue(workflow.name(), &join, shard)).await?;
+                delete_queue(
+                    channel,
+                    &self.join_state_queue(workflow.name(), &join, shard),
+                )
+                .await?;
+            }
         }
         delete_queue(channel, &self.parked_queue(workflow.name())).await
     }
@@ -387,10 +484,14 @@ fn long_string(value: &str) -> AMQPValue {
 }
 
 async fn declare_topic(channel: &Channel, name: &str) -> Result<()> {
+    declare_exchange(channel, name, ExchangeKind::Topic).await
+}
+
+async fn declare_exchange(channel: &Channel, name: &str, kind: ExchangeKind) -> Result<()> {
     channel
         .exchange_declare(
             ShortString::from(name),
-            ExchangeKind::Topic,
+            kind,
             ExchangeDeclareOptions {
                 durable: true,
                 ..ExchangeDeclareOptions::default()
@@ -461,6 +562,24 @@ mod tests {
             custom.step_queue(&wf(), &step()).as_str(),
             "acme.simple.process_data"
         );
+    }
+
+    #[test]
+    fn join_shards_are_stable_and_spread() {
+        assert_eq!(Topology::join_shard("run-1"), Topology::join_shard("run-1"));
+        let mut seen = [0; JOIN_SHARDS as usize];
+        for i in 0..1000 {
+            seen[Topology::join_shard(&format!("run-{i}")) as usize] += 1;
+        }
+        assert!(seen.iter().all(|n| *n > 150), "{seen:?}");
+        // FNV-1a of the empty string, so the hash never changes between versions.
+        assert_eq!(Topology::join_shard(""), 0x811c_9dc5 % JOIN_SHARDS);
+        let topology = Topology::default();
+        assert_eq!(
+            topology.join_queue(&wf(), "d", 2).as_str(),
+            "inqubo.simple.d.shard-2"
+        );
+        assert_eq!(Topology::join_key(&wf(), RUN_JOIN, 1), "simple._run.1");
     }
 
     #[test]

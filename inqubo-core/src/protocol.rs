@@ -34,6 +34,10 @@ pub mod header {
     /// On classic queues: how many times the message was redelivered unacknowledged
     /// (integer). Quorum queues count this themselves in `x-delivery-count`.
     pub const REDELIVERY_COUNT: &str = "redelivery-count";
+    /// On a join piece: the parent whose output it carries.
+    pub const JOIN_PARENT: &str = "join-parent";
+    /// On a join piece: present (true) when the piece reports a failed run instead.
+    pub const JOIN_FAILED: &str = "join-failed";
     /// Set by quorum queues on a redelivered message: how many times it was returned.
     pub const X_DELIVERY_COUNT: &str = "x-delivery-count";
 }

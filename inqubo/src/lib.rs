@@ -31,11 +31,12 @@
 
 pub use inqubo_amqp::{
     Client, DEFAULT_AMQP_URL, DELAY_TICK, DELAY_TIERS, DelayRoute, Error, EventStream, MAX_DELAY,
-    QueueName, QueueType, Result, Runner, RunnerBuilder, Topology,
+    QueueName, QueueType, Result, RunOutcome, Runner, RunnerBuilder, Topology,
 };
 pub use inqubo_core::{
     AttemptOutcome, Chain, DEFAULT_STEP_TIMEOUT, EventKind, ExponentialBackoff, FailedBody,
-    FailureReason, LifecycleEvent, LimitedRetries, NoRetries, RetryPolicy, RetrySpec,
-    RetryStrategy, RetryingBody, RoutingKey, RunId, StartedBody, Step, StepContext, StepError,
-    StepFn, StepName, Workflow, WorkflowDefinition, WorkflowError, WorkflowName, protocol,
+    FailureReason, JoinShape, LifecycleEvent, LimitedRetries, NoRetries, RetryPolicy, RetrySpec,
+    RetryStrategy, RetryingBody, RoutingKey, RunFailedBody, RunId, StartedBody, Step, StepContext,
+    StepError, StepFn, StepName, Workflow, WorkflowDefinition, WorkflowError, WorkflowName,
+    protocol,
 };

@@ -1,0 +1,259 @@
+//! Joins and run completion against the real RabbitMQ.
+
+use std::{sync::Arc, time::Duration};
+
+use inqubo_amqp::{RunOutcome, Topology};
+use inqubo_core::{EventKind, FailureReason, Step, StepContext, StepError, Workflow};
+use inqubo_testkit::{Events, FlakyProxy, TestBroker};
+use lapin::{
+    BasicProperties,
+    options::BasicPublishOptions,
+    types::{AMQPValue, FieldTable, LongString},
+};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn a(n: u64, _: StepContext) -> Result<u64, StepError> {
+    Ok(n)
+}
+async fn b(n: u64, _: StepContext) -> Result<u64, StepError> {
+    Ok(n + 1)
+}
+async fn c(n: u64, _: StepContext) -> Result<String, StepError> {
+    Ok(format!("c{n}"))
+}
+async fn d((left, right): (u64, String), _: StepContext) -> Result<String, StepError> {
+    Ok(format!("{left}+{right}"))
+}
+
+fn diamond() -> Workflow {
+    Workflow::builder("diamond")
+        .start(Step::new("a", a))
+        .then((Step::new("b", b), Step::new("c", c)))
+        .then(Step::new("d", d))
+        .build()
+        .unwrap()
+}
+
+fn count(events: &Events, run: &str, step_event: &str) -> usize {
+    events
+        .trail(run)
+        .iter()
+        .filter(|e| *e == step_event)
+        .count()
+}
+
+#[tokio::test]
+async fn a_join_fires_once_with_both_outputs_and_the_run_succeeds() {
+    let broker = TestBroker::new();
+    let runner = broker.start_runner(&diamond()).await;
+    let mut events = Events::subscribe(runner.client()).await;
+
+    let outcome = runner.trigger_and_wait("r1", &5_u64, WAIT).await.unwrap();
+
+    assert_eq!(outcome, RunOutcome::Succeeded(json!({"d": "6+c5"})));
+    let done = events.wait_for("r1", "d", EventKind::Succeeded).await;
+    assert_eq!(done.body, json!("6+c5"));
+    events
+        .until(|seen| {
+            seen.iter()
+                .any(|e| e.run_id.as_str() == "r1" && e.kind == EventKind::RunSucceeded)
+        })
+        .await;
+    assert_eq!(count(&events, "r1", "d.started"), 1);
+    assert_eq!(count(&events, "r1", "run.succeeded"), 1);
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_branch_fails_the_run_and_the_join_never_fires() {
+    async fn c_fails(_: u64, _: StepContext) -> Result<String, StepError> {
+        Err(StepError::fatal("c cannot"))
+    }
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("broken")
+        .start(Step::new("a", a))
+        .then((Step::new("b", b), Step::new("c", c_fails)))
+        .then(Step::new("d", d))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe(runner.client()).await;
+
+    let outcome = runner.trigger_and_wait("bad", &1_u64, WAIT).await.unwrap();
+
+    let RunOutcome::Failed(failure) = outcome else {
+        panic!("expected a failed run, got {outcome:?}");
+    };
+    assert_eq!(failure.step.as_str(), "c");
+    assert_eq!(failure.reason, FailureReason::Fatal);
+    assert_eq!(failure.error, "c cannot");
+    // b's piece reaches the join after or before the failure; either way d never starts.
+    events.wait_for("bad", "b", EventKind::Succeeded).await;
+    events
+        .until(|seen| {
+            seen.iter()
+                .any(|e| e.run_id.as_str() == "bad" && e.kind == EventKind::RunFailed)
+        })
+        .await;
+    assert_eq!(count(&events, "bad", "d.started"), 0);
+    assert_eq!(count(&events, "bad", "run.failed"), 1);
+    runner.shutdown().await.unwrap();
+}
+
+fn piece_properties(run: &str, parent: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "run-id".into(),
+        AMQPValue::LongString(LongString::from(run)),
+    );
+    headers.insert(
+        "join-parent".into(),
+        AMQPValue::LongString(LongString::from(parent)),
+    );
+    BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2)
+}
+
+#[tokio::test]
+async fn parent_completions_delivered_twice_still_fire_one_join() {
+    let broker = TestBroker::new();
+    let flow = diamond();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe(runner.client()).await;
+    let topology = broker.topology();
+    let (connection, channel) = broker.raw_channel().await;
+    let shard = Topology::join_shard("dup");
+    let key = Topology::join_key(flow.name(), "d", shard);
+    // Pieces as a runner publishes them: b twice (an at-least-once redelivery), then c, then
+    // b once more after the join fired.
+    for (parent, body) in [("b", "7"), ("b", "7"), ("c", "\"x\""), ("b", "7")] {
+        channel
+            .basic_publish(
+                topology.join_exchange().as_str().into(),
+                key.as_str().into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                piece_properties("dup", parent),
+            )
+            .await
+            .unwrap();
+    }
+    let done = events.wait_for("dup", "d", EventKind::Succeeded).await;
+    assert_eq!(done.body, json!("7+x"));
+    // A later run through the same shard proves the late duplicate was handled.
+    runner
+        .trigger_and_wait("after", &1_u64, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(count(&events, "dup", "d.started"), 1);
+    let _ = connection.close(200, "done".into()).await;
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_join_survives_the_loss_of_the_runner_holding_its_state() {
+    let broker = TestBroker::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let flow_with_gate = |gate: Arc<Semaphore>| {
+        Workflow::builder("held")
+            .start(Step::new("a", a))
+            .then((
+                Step::new("b", b),
+                Step::new("c", move |n: u64, _ctx: StepContext| {
+                    let gate = Arc::clone(&gate);
+                    async move {
+                        // c waits until the test has cut the runner that holds the join state.
+                        gate.acquire().await.map_err(StepError::fatal)?.forget();
+                        Ok::<_, StepError>(format!("c{n}"))
+                    }
+                }),
+            ))
+            .then(Step::new("d", d))
+            .build()
+            .unwrap()
+    };
+    let proxy = FlakyProxy::start(&broker).await;
+    // The first runner registers first, so it is the active consumer of every join shard.
+    let holder = broker
+        .runner(&flow_with_gate(Arc::clone(&gate)))
+        .url(proxy.url(&broker))
+        .connect()
+        .await
+        .unwrap();
+    let survivor = broker
+        .runner(&flow_with_gate(Arc::clone(&gate)))
+        .connect()
+        .await
+        .unwrap();
+    let observer = broker.client().await;
+    let mut events = Events::subscribe(&observer).await;
+
+    observer.trigger("held", "h1", &3_u64).await.unwrap();
+    events.wait_for("h1", "b", EventKind::Succeeded).await;
+    events.wait_for("h1", "c", EventKind::Started).await;
+    proxy.cut();
+    gate.add_permits(8);
+
+    let done = events.wait_for("h1", "d", EventKind::Succeeded).await;
+    assert_eq!(done.body, json!("4+c3"));
+    events
+        .until(|seen| {
+            seen.iter()
+                .any(|e| e.run_id.as_str() == "h1" && e.kind == EventKind::RunSucceeded)
+        })
+        .await;
+    holder.shutdown().await.unwrap();
+    survivor.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn many_interleaved_runs_each_join_once() {
+    let broker = TestBroker::new();
+    let runner = broker.start_runner(&diamond()).await;
+    let mut events = Events::subscribe(runner.client()).await;
+
+    const RUNS: u64 = 60;
+    for i in 0..RUNS {
+        runner.trigger(format!("m{i}"), &i).await.unwrap();
+    }
+    events
+        .until(|seen| {
+            seen.iter()
+                .filter(|e| e.kind == EventKind::RunSucceeded)
+                .count()
+                == RUNS as usize
+        })
+        .await;
+
+    for i in 0..RUNS {
+        let run = format!("m{i}");
+        assert_eq!(count(&events, &run, "d.started"), 1, "{run}");
+        let end = events
+            .seen()
+            .iter()
+            .find(|e| e.run_id.as_str() == run && e.kind == EventKind::RunSucceeded)
+            .unwrap();
+        assert_eq!(end.body, json!({"d": format!("{}+c{i}", i + 1)}));
+    }
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_chain_reports_its_end_without_join_state() {
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("line")
+        .start(Step::new("a", a))
+        .then(Step::new("b", b))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+
+    let outcome = runner.trigger_and_wait("l", &1_u64, WAIT).await.unwrap();
+
+    assert_eq!(outcome, RunOutcome::Succeeded(json!({"b": 2})));
+    runner.shutdown().await.unwrap();
+}
