@@ -7,7 +7,7 @@ Start a runner of the quickstart workflow first, for example
 
 then run this script. It triggers a run of `simple` exactly as docs/protocol.md says, follows
 its events, checks their routing keys, headers and bodies against the document, and exits 0
-when both last steps succeeded. `--cleanup` only deletes the prefix's queues and exchanges
+when both last steps succeeded and `simple.run.succeeded` arrived. `--cleanup` only deletes the prefix's queues and exchanges
 (for CI, which uses a throwaway prefix, once the runner has stopped).
 """
 
@@ -31,6 +31,10 @@ def fail(message):
 def cleanup(ch, prefix):
     for step in STEPS + ["parked"]:
         ch.queue_delete(f"{prefix}.simple.{step}")
+    for shard in range(4):
+        ch.queue_delete(f"{prefix}.simple._run.shard-{shard}")
+        ch.queue_delete(f"{prefix}.simple._run.state-{shard}")
+    ch.exchange_delete(f"{prefix}.join")
     for tier in range(25):
         ch.queue_delete(f"{prefix}.delay.{tier}")
         ch.exchange_delete(f"{prefix}.delay.{tier}")
@@ -110,9 +114,19 @@ def main():
         if workflow != "simple":
             fail(f"unexpected workflow in {key}")
         if kind == "run":
-            if rest != ["triggered"] or payload != {"fail_times": 1}:
-                fail(f"unexpected run event {key} {payload}")
-            continue
+            if rest == ["triggered"]:
+                if payload != {"fail_times": 1}:
+                    fail(f"trigger body is {payload}")
+                continue
+            if rest == ["succeeded"]:
+                if remaining:
+                    fail(f"run.succeeded before {remaining}")
+                if set(payload) != LAST_STEPS:
+                    fail(f"run.succeeded body is {payload}")
+                if props.message_id != f"{run_id}:simple:run:succeeded":
+                    fail(f"run.succeeded message_id is {props.message_id!r}")
+                break
+            fail(f"unexpected run event {key} {payload}")
         if kind != "step" or len(rest) != 2:
             fail(f"routing key {key} is not <workflow>.step.<step>.<event>")
         step, event = rest
@@ -134,8 +148,6 @@ def main():
             fail(f"{step} failed: {payload}")
         elif event == "succeeded":
             remaining.discard(step)
-            if not remaining:
-                break
         else:
             fail(f"unknown event {event}")
 

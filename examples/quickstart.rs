@@ -6,7 +6,8 @@
 //! ```
 //!
 //! `cargo run --example quickstart` starts a runner, triggers one run, prints each lifecycle
-//! event as it happens, and exits 0 once both last steps succeeded.
+//! event as it happens, and exits 0 once both last steps succeeded and the run reported
+//! `simple.run.succeeded`.
 //! `cargo run --example quickstart -- --serve` runs the runner until Ctrl-C or SIGTERM, so that
 //! other clients can trigger runs (see docs/protocol.md).
 //!

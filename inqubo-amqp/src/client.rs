@@ -237,6 +237,7 @@ impl Client {
     /// match client.trigger_and_wait("diamond", "run-7", &1, Duration::from_secs(30)).await? {
     ///     RunOutcome::Succeeded(outputs) => println!("done: {outputs}"),
     ///     RunOutcome::Failed(failure) => println!("{} failed: {}", failure.step, failure.error),
+    ///     _ => {}
     /// }
     /// # Ok(()) }
     /// ```

@@ -464,6 +464,12 @@ impl Topology {
             )
             .await?;
         channel
+            .exchange_delete(
+                self.join_exchange().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await?;
+        channel
             .exchange_delete(self.exchange().into(), ExchangeDeleteOptions::default())
             .await?;
         Ok(())

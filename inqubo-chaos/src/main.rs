@@ -37,6 +37,9 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(subcommand)]
     mode: Option<Mode>,
+    /// The workflow: `fanout` (a tree) or `diamond` (a join).
+    #[arg(long, default_value = "fanout", value_parser = ["fanout", "diamond"])]
+    workflow: String,
     /// Runner processes to keep alive.
     #[arg(long, default_value_t = 2)]
     runners: usize,
@@ -77,6 +80,8 @@ enum Mode {
         url: String,
         #[arg(long)]
         prefix: String,
+        #[arg(long)]
+        workflow: String,
     },
 }
 
@@ -90,14 +95,18 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match &cli.mode {
-        Some(Mode::Runner { url, prefix }) => run_runner(url, prefix).await,
+        Some(Mode::Runner {
+            url,
+            prefix,
+            workflow,
+        }) => run_runner(url, prefix, workflow).await,
         None => orchestrate(cli).await,
     }
 }
 
 /// One runner process: retries its first connection while the broker is away.
-async fn run_runner(url: &str, prefix: &str) -> anyhow::Result<()> {
-    let flow = workflow::build()?;
+async fn run_runner(url: &str, prefix: &str, workflow_name: &str) -> anyhow::Result<()> {
+    let flow = workflow::build(workflow_name)?;
     let runner = loop {
         match Runner::builder(flow.clone())
             .url(url)
@@ -169,6 +178,7 @@ impl PrivateNode {
 
 struct Runners {
     exe: PathBuf,
+    workflow: String,
     url: String,
     prefix: String,
     children: Vec<Child>,
@@ -183,6 +193,7 @@ impl Runners {
             .open(&self.log)?;
         Ok(Command::new(&self.exe)
             .args(["runner", "--url", &self.url, "--prefix", &self.prefix])
+            .args(["--workflow", &self.workflow])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -225,12 +236,12 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
         urls.clone(),
         queue.clone(),
         Arc::clone(&tally),
-        &workflow::LEAVES,
     ));
 
     let log = std::env::temp_dir().join(format!("inqubo-chaos-{prefix}.log"));
     let mut runners = Runners {
         exe: std::env::current_exe()?,
+        workflow: cli.workflow.clone(),
         url: url.clone(),
         prefix: prefix.clone(),
         children: Vec::new(),
@@ -299,7 +310,7 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
         // A trigger whose confirm is lost is retried: at least once, so a run may start twice.
         loop {
             match client
-                .trigger(workflow::NAME, format!("run-{run}"), &run)
+                .trigger(&cli.workflow, format!("run-{run}"), &run)
                 .await
             {
                 Ok(_) => break,
@@ -318,13 +329,12 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
     );
 
     let deadline = Instant::now() + Duration::from_secs(cli.timeout);
-    let leaves = workflow::LEAVES.len();
     loop {
         let (completed, failed) = {
             let tally = tally
                 .lock()
                 .map_err(|_| anyhow::anyhow!("tally poisoned"))?;
-            (tally.completed(leaves), tally.failed())
+            (tally.completed(), tally.failed())
         };
         if completed + failed >= triggered as usize || Instant::now() > deadline {
             break;
@@ -339,7 +349,7 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
 
     let mut parked = None;
     for url in &urls {
-        if let Ok(count) = count_parked(url, &prefix).await {
+        if let Ok(count) = count_parked(url, &prefix, &cli.workflow).await {
             parked = Some(count);
             break;
         }
@@ -347,7 +357,7 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
     let parked = parked.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
     let mut stranded = Vec::new();
     for url in &urls {
-        if let Ok(depths) = queue_depths(url, &prefix).await {
+        if let Ok(depths) = queue_depths(url, &prefix, &cli.workflow).await {
             stranded = depths;
             break;
         }
@@ -356,12 +366,12 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
         let tally = tally
             .lock()
             .map_err(|_| anyhow::anyhow!("tally poisoned"))?;
-        let completed = tally.completed(leaves);
+        let completed = tally.completed();
         let failed = tally.failed();
         let lost = (triggered as usize).saturating_sub(completed + failed);
         let unfinished: Vec<String> = (0..cli.runs)
             .map(|run| format!("run-{run}"))
-            .filter(|run| !tally.is_complete(run, leaves))
+            .filter(|run| !tally.is_complete(run))
             .take(8)
             .map(|run| {
                 let last = tally.last_event(&run).unwrap_or("no event").to_owned();
@@ -373,6 +383,16 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
         println!("runs completed           {completed}");
         println!("runs failed (parked)     {failed}");
         println!("runs lost                {lost}");
+        println!(
+            "duplicate run ends       {} (run.succeeded published twice)",
+            tally.duplicate_run_ends()
+        );
+        if cli.workflow == "diamond" {
+            println!(
+                "join fired again         {} runs (the join step's first attempt started twice)",
+                tally.repeated_first_starts(workflow::JOIN_STEP)
+            );
+        }
         if !unfinished.is_empty() {
             println!("unfinished runs, first few: {}", unfinished.join(", "));
         }
@@ -402,7 +422,7 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
         anyhow::bail!("{lost} runs lost");
     }
     for url in &urls {
-        if cleanup(url, &prefix, &queue).await {
+        if cleanup(url, &prefix, &cli.workflow, &queue).await {
             break;
         }
     }
@@ -415,9 +435,13 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// The queues of the prefix that still hold messages (every run should have drained them).
-async fn queue_depths(url: &str, prefix: &str) -> anyhow::Result<Vec<(String, u32)>> {
+async fn queue_depths(
+    url: &str,
+    prefix: &str,
+    workflow_name: &str,
+) -> anyhow::Result<Vec<(String, u32)>> {
     let topology = Topology::new(prefix, Default::default())?;
-    let flow = workflow::build()?;
+    let flow = workflow::build(workflow_name)?;
     let mut names: Vec<String> = flow
         .steps()
         .iter()
@@ -446,12 +470,12 @@ async fn queue_depths(url: &str, prefix: &str) -> anyhow::Result<Vec<(String, u3
     Ok(depths)
 }
 
-async fn count_parked(url: &str, prefix: &str) -> anyhow::Result<u32> {
+async fn count_parked(url: &str, prefix: &str, workflow_name: &str) -> anyhow::Result<u32> {
     let connection = lapin::Connection::connect(url, Default::default()).await?;
     let channel = connection.create_channel().await?;
     let queue = channel
         .queue_declare(
-            format!("{prefix}.{}.parked", workflow::NAME).into(),
+            format!("{prefix}.{workflow_name}.parked").into(),
             lapin::options::QueueDeclareOptions {
                 passive: true,
                 ..Default::default()
@@ -464,7 +488,7 @@ async fn count_parked(url: &str, prefix: &str) -> anyhow::Result<u32> {
 }
 
 /// Deletes the harness's queues and exchanges through `url`; false if it cannot connect.
-async fn cleanup(url: &str, prefix: &str, observer_queue: &str) -> bool {
+async fn cleanup(url: &str, prefix: &str, workflow_name: &str, observer_queue: &str) -> bool {
     let Ok(connection) = lapin::Connection::connect(url, Default::default()).await else {
         return false;
     };
@@ -474,8 +498,10 @@ async fn cleanup(url: &str, prefix: &str, observer_queue: &str) -> bool {
     let _ = channel
         .queue_delete(observer_queue.into(), Default::default())
         .await;
-    if let (Ok(topology), Ok(flow)) = (Topology::new(prefix, Default::default()), workflow::build())
-    {
+    if let (Ok(topology), Ok(flow)) = (
+        Topology::new(prefix, Default::default()),
+        workflow::build(workflow_name),
+    ) {
         let _ = topology.delete_workflow(&channel, &flow).await;
         let _ = topology.delete_shared(&channel).await;
     }

@@ -25,9 +25,9 @@ pub(crate) struct Tally {
     starts: HashMap<(String, String, u32), u32>,
     /// `succeeded` events per (run, step).
     successes: HashMap<(String, String), u32>,
-    /// Leaves that succeeded, per run.
-    finished_leaves: HashMap<String, HashSet<String>>,
-    /// Runs with a `failed` event.
+    /// `run.succeeded` events per run.
+    run_successes: HashMap<String, u32>,
+    /// Runs with a `run.failed` event.
     failed_runs: HashSet<String>,
     /// The last event seen per run, as `step.kind`.
     last_event: HashMap<String, String>,
@@ -36,9 +36,18 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    fn record(&mut self, event: &LifecycleEvent, leaves: &[&str]) {
+    fn record(&mut self, event: &LifecycleEvent) {
         self.events += 1;
         let run = event.run_id.to_string();
+        match event.kind {
+            EventKind::RunSucceeded => {
+                *self.run_successes.entry(run.clone()).or_default() += 1;
+            }
+            EventKind::RunFailed => {
+                self.failed_runs.insert(run.clone());
+            }
+            _ => {}
+        }
         let Some(step) = event.step.as_ref().map(ToString::to_string) else {
             return;
         };
@@ -52,26 +61,30 @@ impl Tally {
                     .or_default() += 1;
             }
             EventKind::Succeeded => {
-                *self
-                    .successes
-                    .entry((run.clone(), step.clone()))
-                    .or_default() += 1;
-                if leaves.contains(&step.as_str()) {
-                    self.finished_leaves.entry(run).or_default().insert(step);
-                }
-            }
-            EventKind::Failed => {
-                self.failed_runs.insert(run);
+                *self.successes.entry((run, step)).or_default() += 1;
             }
             _ => {}
         }
     }
 
-    /// Runs whose every leaf succeeded.
-    pub(crate) fn completed(&self, leaves: usize) -> usize {
-        self.finished_leaves
+    /// Runs that reported `run.succeeded`.
+    pub(crate) fn completed(&self) -> usize {
+        self.run_successes.len()
+    }
+
+    /// `run.succeeded` events beyond the first of each run.
+    pub(crate) fn duplicate_run_ends(&self) -> u32 {
+        self.run_successes
             .values()
-            .filter(|done| done.len() == leaves)
+            .map(|n| n.saturating_sub(1))
+            .sum()
+    }
+
+    /// Runs whose step `step` started its first attempt more than once.
+    pub(crate) fn repeated_first_starts(&self, step: &str) -> usize {
+        self.starts
+            .iter()
+            .filter(|((_, s, attempt), n)| s == step && *attempt == 1 && **n > 1)
             .count()
     }
 
@@ -80,11 +93,9 @@ impl Tally {
         self.last_event.get(run).map(String::as_str)
     }
 
-    /// Whether every leaf of `run` succeeded.
-    pub(crate) fn is_complete(&self, run: &str, leaves: usize) -> bool {
-        self.finished_leaves
-            .get(run)
-            .is_some_and(|done| done.len() == leaves)
+    /// Whether `run` reported its end.
+    pub(crate) fn is_complete(&self, run: &str) -> bool {
+        self.run_successes.contains_key(run) || self.failed_runs.contains(run)
     }
 
     /// Runs with a step that failed for good.
@@ -128,15 +139,17 @@ pub(crate) async fn declare(url: &str, prefix: &str) -> anyhow::Result<String> {
     channel
         .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
         .await?;
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            prefix.into(),
-            "*.step.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    for binding in ["*.step.#", "*.run.succeeded", "*.run.failed"] {
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                prefix.into(),
+                binding.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
     connection.close(200, "declared".into()).await?;
     Ok(queue)
 }
@@ -144,14 +157,9 @@ pub(crate) async fn declare(url: &str, prefix: &str) -> anyhow::Result<String> {
 /// Consumes the observer queue into `tally` for ever, reconnecting after any failure.
 ///
 /// `urls` may list the nodes of a cluster; each reconnection tries the next.
-pub(crate) async fn observe(
-    urls: Vec<String>,
-    queue: String,
-    tally: Arc<Mutex<Tally>>,
-    leaves: &'static [&'static str],
-) {
+pub(crate) async fn observe(urls: Vec<String>, queue: String, tally: Arc<Mutex<Tally>>) {
     for (failures, url) in urls.iter().cycle().enumerate() {
-        match consume(url, &queue, &tally, leaves).await {
+        match consume(url, &queue, &tally).await {
             Err(error) if failures == 0 => {
                 tracing::warn!(%error, "observer lost its connection; reconnecting");
             }
@@ -165,12 +173,7 @@ pub(crate) async fn observe(
 /// How long the observer waits for a connection or a delivery before starting over.
 const STALL: Duration = Duration::from_secs(10);
 
-async fn consume(
-    url: &str,
-    queue: &str,
-    tally: &Mutex<Tally>,
-    leaves: &[&str],
-) -> anyhow::Result<()> {
+async fn consume(url: &str, queue: &str, tally: &Mutex<Tally>) -> anyhow::Result<()> {
     let connection = tokio::time::timeout(
         STALL,
         Connection::connect(url, ConnectionProperties::default()),
@@ -211,7 +214,7 @@ async fn consume(
             tally
                 .lock()
                 .map_err(|_| anyhow::anyhow!("tally poisoned"))?
-                .record(&event, leaves);
+                .record(&event);
         }
         delivery.ack(BasicAckOptions::default()).await?;
     }

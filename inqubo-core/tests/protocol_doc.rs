@@ -60,7 +60,15 @@ fn golden_event_bodies_match_what_runners_publish() {
     })
     .unwrap();
     assert_eq!(samples["failed"], failed);
-    assert_eq!(samples.len(), 3, "every golden sample is checked");
+    let run_failed = serde_json::to_value(inqubo_core::RunFailedBody {
+        step: StepName::new("process_data").unwrap(),
+        error: "connection refused".into(),
+        attempt: 4,
+        reason: FailureReason::RetriesExhausted,
+    })
+    .unwrap();
+    assert_eq!(samples["run_failed"], run_failed);
+    assert_eq!(samples.len(), 4, "every golden sample is checked");
 }
 
 #[test]
@@ -76,6 +84,8 @@ fn every_header_and_failure_reason_is_documented() {
         header::PARKED_ROUTING_KEY,
         header::PARKED_ATTEMPT,
         header::REDELIVERY_COUNT,
+        header::JOIN_PARENT,
+        header::JOIN_FAILED,
     ] {
         assert!(
             doc.contains(&format!("| `{name}` |")),
