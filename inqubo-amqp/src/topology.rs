@@ -38,11 +38,7 @@ use tracing::{debug, instrument};
 
 use crate::error::{Error, Result};
 
-/// Number of retry delay tiers.
-pub const DELAY_TIERS: u32 = 25;
-
-/// The resolution of retry delays: every delay is rounded up to a multiple of this.
-pub const DELAY_TICK: Duration = Duration::from_millis(100);
+pub use inqubo_core::protocol::{DELAY_TICK, DELAY_TIERS, MAX_DELAY};
 
 /// On quorum queues, the broker dead-letters a step's input into the parked queue after this
 /// many deliveries. Runners park such inputs themselves much earlier (see
@@ -56,9 +52,6 @@ pub const JOIN_SHARDS: u32 = 4;
 
 /// The name of the run join: the join that waits for every last step of a run.
 pub const RUN_JOIN: &str = "_run";
-
-/// The longest retry delay; longer ones are shortened to it.
-pub const MAX_DELAY: Duration = Duration::from_millis(100 * ((1 << DELAY_TIERS) - 1));
 
 /// The kind of queue Inqubo declares for steps, delays and parked messages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -476,13 +469,8 @@ impl Topology {
     }
 }
 
-/// `delay` in whole ticks, rounded up and capped at the longest delay.
 fn ticks_for(delay: Duration) -> u64 {
-    let tick = DELAY_TICK.as_nanos();
-    let ticks = delay.as_nanos().div_ceil(tick);
-    u64::try_from(ticks)
-        .unwrap_or(u64::MAX)
-        .min((1 << DELAY_TIERS) - 1)
+    inqubo_core::protocol::delay_ticks(delay)
 }
 
 fn long_string(value: &str) -> AMQPValue {

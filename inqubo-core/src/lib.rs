@@ -16,6 +16,7 @@
 //! | `event` | [`LifecycleEvent`] and the JSON bodies of events |
 //! | `protocol` | routing keys and header names of the wire protocol |
 //! | `attempt` | [`run_attempt`]: one attempt of a step, and what must follow |
+//! | `testing` | (feature `test-util`) `testing::TestRunner`: run a workflow in-process, no broker |
 //! | `join` | [`join::JoinBook`]: which parents of which runs reported, and when a join fires |
 
 #![cfg_attr(
@@ -30,6 +31,8 @@ mod name;
 pub mod protocol;
 mod retry;
 mod step;
+#[cfg(feature = "test-util")]
+pub mod testing;
 mod workflow;
 
 pub use attempt::{AttemptOutcome, run_attempt};

@@ -42,6 +42,30 @@ pub mod header {
     pub const X_DELIVERY_COUNT: &str = "x-delivery-count";
 }
 
+/// The resolution of retry delays: every delay is rounded up to a multiple of this.
+pub const DELAY_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Number of retry delay tiers; delays are at most `2^DELAY_TIERS - 1` ticks.
+pub const DELAY_TIERS: u32 = 25;
+
+/// The longest retry delay; longer ones are shortened to it (about 38.8 days).
+pub const MAX_DELAY: std::time::Duration =
+    std::time::Duration::from_millis(100 * ((1 << DELAY_TIERS) - 1));
+
+/// `delay` in whole ticks, rounded up and capped at the longest delay.
+pub fn delay_ticks(delay: std::time::Duration) -> u64 {
+    let ticks = delay.as_nanos().div_ceil(DELAY_TICK.as_nanos());
+    u64::try_from(ticks)
+        .unwrap_or(u64::MAX)
+        .min((1 << DELAY_TIERS) - 1)
+}
+
+/// The delay a retry actually waits for a requested `delay`: rounded up to [`DELAY_TICK`],
+/// capped at [`MAX_DELAY`]. Every runtime applies it, and `retrying` events report it.
+pub fn effective_delay(delay: std::time::Duration) -> std::time::Duration {
+    DELAY_TICK * u32::try_from(delay_ticks(delay)).unwrap_or(u32::MAX)
+}
+
 /// The content type of every Inqubo message body.
 pub const CONTENT_TYPE: &str = "application/json";
 

@@ -40,3 +40,7 @@ pub use inqubo_core::{
     StepError, StepFn, StepName, Workflow, WorkflowDefinition, WorkflowError, WorkflowName,
     protocol,
 };
+
+/// Run workflows in-process, without a broker: see [`testing::TestRunner`].
+#[cfg(feature = "test-util")]
+pub use inqubo_core::testing;
