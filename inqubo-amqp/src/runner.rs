@@ -19,7 +19,7 @@ use lapin::{
 use serde::Serialize;
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{info, instrument, warn};
+use tracing::{error, info, instrument, warn};
 
 use crate::{
     client::{Client, DEFAULT_AMQP_URL, RunOutcome, split_urls},
@@ -146,7 +146,16 @@ impl RunnerBuilder {
             prefetch = self.prefetch,
             "runner started"
         );
-        let supervisor = tokio::spawn(supervise(Arc::clone(&shared), first, cancel.clone()));
+        let supervised = supervise(Arc::clone(&shared), first, cancel.clone());
+        let workflow_name = self.workflow.name().clone();
+        let supervisor = tokio::spawn(async move {
+            let result = supervised.await;
+            if let Err(error) = &result {
+                // Also returned by `Runner::run`; logged here for runners nobody awaits.
+                error!(workflow = %workflow_name, %error, "runner stopped consuming");
+            }
+            result
+        });
         Ok(Runner {
             shared,
             cancel,

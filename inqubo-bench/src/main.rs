@@ -44,6 +44,9 @@ struct Cli {
     /// The broker.
     #[arg(long, env = "AMQP_URL", default_value = inqubo::DEFAULT_AMQP_URL)]
     url: String,
+    /// Only this scenario (hop, chain, fanout, latency, scale).
+    #[arg(long)]
+    only: Option<String>,
     /// Prefetch of runners and of the raw relay.
     #[arg(long, default_value_t = 100)]
     prefetch: u16,
@@ -478,6 +481,13 @@ fn median(mut values: Vec<Measure>) -> Measure {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("inqubo=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     if let Some(Mode::Runner { prefix, classic }) = &cli.mode {
         let queue_type = if *classic {
@@ -540,6 +550,15 @@ async fn main() -> anyhow::Result<()> {
             "chain of 10 (steps/s, run latency)",
             chain.show()
         );
+        if cli.only.as_deref() == Some("fanout") {
+            let fanout = queued(&cli, queue_type, fanout_workflow(), fanout_runs).await?;
+            println!(
+                "{name:<8} {:<34} {:<34}",
+                "fanout 1 to 8 (steps/s)",
+                fanout.show()
+            );
+            continue;
+        }
         let fanout = queued(&cli, queue_type, fanout_workflow(), fanout_runs).await?;
         println!(
             "{name:<8} {:<34} {:<34}",
