@@ -520,9 +520,10 @@ async fn main() -> anyhow::Result<()> {
         body.len(),
         repeat
     );
+    let header = ["queues", "scenario", "inqubo", "raw lapin relay"];
     println!(
         "{:<8} {:<34} {:<34} {}",
-        "queues", "scenario", "inqubo", "raw lapin relay"
+        header[0], header[1], header[2], header[3]
     );
     for queue_type in [QueueType::Quorum, QueueType::Classic] {
         let name = if queue_type == QueueType::Quorum {

@@ -122,10 +122,10 @@ async fn relay(
                         persistent(),
                     )
                     .await;
-                if let Ok(confirm) = sent {
-                    if confirm.await.is_ok() {
-                        let _ = delivery.ack(BasicAckOptions::default()).await;
-                    }
+                if let Ok(confirm) = sent
+                    && confirm.await.is_ok()
+                {
+                    let _ = delivery.ack(BasicAckOptions::default()).await;
                 }
             });
         }
