@@ -216,6 +216,20 @@ pub(crate) fn single_leaf_outputs(step: &StepName, output: &[u8]) -> Vec<u8> {
     body
 }
 
+/// A runner's announcement of its workflow's definition, for tools.
+pub(crate) fn announcement(topology: &Topology, workflow: &inqubo_core::Workflow) -> Outgoing {
+    let mut headers = FieldTable::default();
+    headers.insert(header::WORKFLOW.into(), text(workflow.name().as_str()));
+    Outgoing {
+        exchange: String::new(),
+        routing_key: topology.registry_queue().as_str().to_owned(),
+        body: to_json(&workflow.definition()),
+        headers,
+        message_id: format!("announce:{}", workflow.name()),
+        mandatory: true,
+    }
+}
+
 /// The JSON bytes of `body`.
 pub(crate) fn json(body: &impl Serialize) -> Vec<u8> {
     to_json(body)

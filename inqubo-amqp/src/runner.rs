@@ -26,6 +26,7 @@ use crate::{
     consumer::{Limits, StepWorker, consume},
     error::{Error, Result},
     joiner::{JoinShard, consume_shard},
+    message,
     topology::{JOIN_SHARDS, QueueType, Topology},
 };
 
@@ -193,6 +194,11 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
         .declare_workflow(&setup, &shared.workflow)
         .await?;
     drop(setup);
+    // Tell tools (`inqubo workflows`) what this workflow looks like.
+    session
+        .publisher
+        .send_all(vec![message::announcement(&shared.topology, &shared.workflow)])
+        .await?;
     let mut consumers = JoinSet::new();
     for node in shared.workflow.steps() {
         let channel = session.channel().await?;

@@ -164,6 +164,18 @@ impl Topology {
         QueueName(format!("{}.{workflow}.parked", self.prefix))
     }
 
+    /// The queue where runners announce their workflow definitions (the latest 1,000
+    /// announcements of the prefix), read by tools such as `inqubo workflows`.
+    pub fn registry_queue(&self) -> QueueName {
+        QueueName(format!("{}.registry", self.prefix))
+    }
+
+    fn registry_args(&self) -> FieldTable {
+        let mut args = self.durable_queue_args();
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(1000));
+        args
+    }
+
     /// The direct exchange that carries join pieces to join shards.
     pub fn join_exchange(&self) -> String {
         format!("{}.join", self.prefix)
@@ -321,6 +333,7 @@ impl Topology {
     pub async fn declare_shared(&self, channel: &Channel) -> Result<()> {
         declare_topic(channel, self.exchange()).await?;
         declare_topic(channel, &self.retry_exchange()).await?;
+        declare_queue(channel, &self.registry_queue(), self.registry_args()).await?;
         for tier in 0..DELAY_TIERS {
             let exchange = self.delay_exchange(tier);
             declare_topic(channel, &exchange).await?;
@@ -441,6 +454,7 @@ impl Topology {
 
     /// Deletes the shared exchanges and delay tiers of this prefix. For tests and operators.
     pub async fn delete_shared(&self, channel: &Channel) -> Result<()> {
+        delete_queue(channel, &self.registry_queue()).await?;
         for tier in 0..DELAY_TIERS {
             delete_queue(channel, &self.delay_queue(tier)).await?;
             channel

@@ -34,6 +34,8 @@ pub mod header {
     /// On classic queues: how many times the message was redelivered unacknowledged
     /// (integer). Quorum queues count this themselves in `x-delivery-count`.
     pub const REDELIVERY_COUNT: &str = "redelivery-count";
+    /// On a workflow announcement: the workflow's name.
+    pub const WORKFLOW: &str = "workflow";
     /// On a join piece: the parent whose output it carries.
     pub const JOIN_PARENT: &str = "join-parent";
     /// On a join piece: present (true) when the piece reports a failed run instead.

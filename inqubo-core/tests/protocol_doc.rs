@@ -86,6 +86,7 @@ fn every_header_and_failure_reason_is_documented() {
         header::REDELIVERY_COUNT,
         header::JOIN_PARENT,
         header::JOIN_FAILED,
+        header::WORKFLOW,
     ] {
         assert!(
             doc.contains(&format!("| `{name}` |")),
