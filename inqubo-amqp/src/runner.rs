@@ -197,7 +197,10 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
     // Tell tools (`inqubo workflows`) what this workflow looks like.
     session
         .publisher
-        .send_all(vec![message::announcement(&shared.topology, &shared.workflow)])
+        .send_all(vec![message::announcement(
+            &shared.topology,
+            &shared.workflow,
+        )])
         .await?;
     let mut consumers = JoinSet::new();
     for node in shared.workflow.steps() {

@@ -1,0 +1,283 @@
+//! `inqubo`: the operator's command line for Inqubo workflows on RabbitMQ.
+//!
+//! Everything it shows comes from RabbitMQ itself: the workflows runners announced, queue
+//! depths, live events, parked messages. `--json` prints machine-readable output.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod broker;
+mod parked;
+mod workflows;
+
+use std::{io::IsTerminal, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use inqubo::{EventKind, RunOutcome};
+
+/// See and steer Inqubo workflows on RabbitMQ.
+#[derive(Debug, Parser)]
+#[command(name = "inqubo", version, about)]
+struct Cli {
+    /// The broker; several addresses of one cluster may be separated by commas.
+    #[arg(long, global = true, env = "AMQP_URL", default_value = inqubo::DEFAULT_AMQP_URL, hide_env_values = true)]
+    amqp_url: String,
+    /// The name prefix runners use.
+    #[arg(long, global = true, default_value = "inqubo")]
+    prefix: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The workflows runners announced, with each step's queue depth and consumers.
+    Workflows,
+    /// A workflow's graph.
+    Show {
+        /// The workflow.
+        workflow: String,
+        /// Print Graphviz DOT.
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Start a run; prints its run id.
+    Trigger {
+        /// The workflow.
+        workflow: String,
+        /// The run id (default: a random one).
+        #[arg(long)]
+        run_id: Option<String>,
+        /// The run input, as JSON (default `{}`).
+        #[arg(long, conflicts_with = "input_file")]
+        input: Option<String>,
+        /// Read the run input from a JSON file.
+        #[arg(long)]
+        input_file: Option<PathBuf>,
+        /// Wait for the run to end; exit non-zero if it failed.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, default_value_t = 300, requires = "wait")]
+        timeout: u64,
+    },
+    /// Follow lifecycle events live (leaves no queue behind).
+    Watch {
+        /// Only this workflow.
+        workflow: Option<String>,
+        /// Only this run.
+        #[arg(long)]
+        run_id: Option<String>,
+    },
+    /// Parked messages: inputs that failed for good.
+    Parked {
+        #[command(subcommand)]
+        action: parked::Action,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("inqubo=error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => std::process::exit(code),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Runs the command; returns the process exit code.
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let context = broker::Context {
+        url: cli.amqp_url.clone(),
+        prefix: cli.prefix.clone(),
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Workflows => workflows::list(&context).await.map(|()| 0),
+        Command::Show { workflow, dot } => {
+            workflows::show(&context, &workflow, dot).await.map(|()| 0)
+        }
+        Command::Trigger {
+            workflow,
+            run_id,
+            input,
+            input_file,
+            wait,
+            timeout,
+        } => {
+            trigger(
+                &context,
+                &workflow,
+                run_id,
+                input,
+                input_file,
+                wait.then(|| Duration::from_secs(timeout)),
+            )
+            .await
+        }
+        Command::Watch { workflow, run_id } => watch(&context, workflow, run_id).await.map(|()| 0),
+        Command::Parked { action } => parked::run(&context, action).await.map(|()| 0),
+    }
+}
+
+async fn trigger(
+    context: &broker::Context,
+    workflow: &str,
+    run_id: Option<String>,
+    input: Option<String>,
+    input_file: Option<PathBuf>,
+    wait: Option<Duration>,
+) -> anyhow::Result<i32> {
+    let text = match (input, input_file) {
+        (Some(text), _) => text,
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        (None, None) => "{}".to_owned(),
+    };
+    let input: serde_json::Value = serde_json::from_str(&text)
+        .context("the input is not valid JSON; nothing was published")?;
+    let run_id = run_id.unwrap_or_else(|| inqubo::RunId::random().to_string());
+    let client = context.client().await?;
+    let Some(timeout) = wait else {
+        let run_id = client.trigger(workflow, run_id, &input).await?;
+        if context.json {
+            println!("{}", serde_json::json!({"run_id": run_id.as_str()}));
+        } else {
+            println!("{run_id}");
+        }
+        return Ok(0);
+    };
+    if !context.json {
+        eprintln!(
+            "triggered {run_id}; waiting for it to end (up to {}s)",
+            timeout.as_secs()
+        );
+    }
+    let waiting = client.trigger_and_wait(workflow, run_id.clone(), &input, timeout);
+    let progress = async {
+        if !std::io::stderr().is_terminal() {
+            return std::future::pending::<()>().await;
+        }
+        let started = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            eprint!(
+                "\rrun {run_id} running for {:.0} s ",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = waiting => outcome,
+        () = progress => unreachable!("the progress display never ends"),
+    };
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    match outcome {
+        Ok(RunOutcome::Succeeded(outputs)) => {
+            if context.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"run_id": run_id, "status": "succeeded", "outputs": outputs})
+                );
+            } else {
+                println!("run {run_id} succeeded: {outputs}");
+            }
+            Ok(0)
+        }
+        Ok(RunOutcome::Failed(failure)) => {
+            if context.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"run_id": run_id, "status": "failed", "failure": failure})
+                );
+            } else {
+                println!(
+                    "run {run_id} failed: step {} ({}, attempt {}): {}",
+                    failure.step, failure.reason, failure.attempt, failure.error
+                );
+            }
+            Ok(1)
+        }
+        Ok(other) => {
+            println!("run {run_id} ended: {other:?}");
+            Ok(1)
+        }
+        Err(inqubo::Error::RunTimeout { .. }) => {
+            eprintln!("run {run_id} did not end within {} s", timeout.as_secs());
+            Ok(2)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+async fn watch(
+    context: &broker::Context,
+    workflow: Option<String>,
+    run_id: Option<String>,
+) -> anyhow::Result<()> {
+    let client = context.client().await?;
+    let workflow = workflow
+        .map(|w| w.parse())
+        .transpose()
+        .context("invalid workflow name")?;
+    let mut events = client.subscribe(workflow.as_ref()).await?;
+    let colour = std::io::stdout().is_terminal() && !context.json;
+    // On stderr even with --json, so that scripts can tell when the subscription is bound.
+    eprintln!(
+        "watching {} (Ctrl-C stops)",
+        workflow
+            .as_ref()
+            .map_or("every workflow".to_owned(), |w| format!("workflow {w}"))
+    );
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let Some(event) = event else {
+            anyhow::bail!("the event stream ended (connection lost?)");
+        };
+        let event = event?;
+        if run_id
+            .as_deref()
+            .is_some_and(|id| id != event.run_id.as_str())
+        {
+            continue;
+        }
+        if context.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "workflow": event.workflow, "step": event.step, "event": event.kind,
+                    "run_id": event.run_id, "attempt": event.attempt, "body": event.body,
+                })
+            );
+        } else if colour {
+            let code = match event.kind {
+                EventKind::Succeeded | EventKind::RunSucceeded => "32",
+                EventKind::Failed | EventKind::RunFailed => "31",
+                EventKind::Retrying => "33",
+                _ => "36",
+            };
+            println!("\x1b[{code}m{event}\x1b[0m");
+        } else {
+            println!("{event}");
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The real `inqubo` binary against the real RabbitMQ, each test under a prefix of its own.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Output, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use inqubo_core::{EventKind, Step, StepContext, StepError, Workflow};
+use inqubo_testkit::{Events, TestBroker};
+use serde_json::{Value, json};
+
+fn inqubo(broker: &TestBroker, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_inqubo"))
+        .args(["--amqp-url", broker.url(), "--prefix", broker.prefix()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the inqubo binary runs")
+}
+
+fn stdout_json(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+}
+
+async fn double(n: u64, _: StepContext) -> Result<u64, StepError> {
+    Ok(n * 2)
+}
+
+fn doubling() -> Workflow {
+    Workflow::builder("doubling")
+        .start(Step::new("double", double))
+        .then(Step::new("again", double))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workflows_and_show_describe_what_runners_announced() {
+    let broker = TestBroker::new();
+    let runner = broker.start_runner(&doubling()).await;
+
+    let listed = stdout_json(&inqubo(&broker, &["--json", "workflows"]));
+    let shown = inqubo(&broker, &["show", "doubling"]);
+    let dot = inqubo(&broker, &["show", "doubling", "--dot"]);
+    let missing = inqubo(&broker, &["show", "absent"]);
+
+    assert_eq!(listed[0]["workflow"], "doubling");
+    let steps = listed[0]["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[0]["step"], "double");
+    assert_eq!(steps[0]["depth"], 0);
+    assert_eq!(steps[0]["consumers"], 1);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains("again") && text.contains("after double"),
+        "{text}"
+    );
+    let graph = String::from_utf8_lossy(&dot.stdout);
+    assert!(graph.contains("\"double\" -> \"again\""), "{graph}");
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no runner announced workflow `absent`")
+    );
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trigger_prints_the_run_id_and_waits_for_the_outcome() {
+    let broker = TestBroker::new();
+    let runner = broker.start_runner(&doubling()).await;
+    let mut events = Events::subscribe_to(runner.client(), Some("doubling")).await;
+
+    let waited = stdout_json(&inqubo(
+        &broker,
+        &[
+            "--json",
+            "trigger",
+            "doubling",
+            "--run-id",
+            "w1",
+            "--input",
+            "5",
+            "--wait",
+            "--timeout",
+            "30",
+        ],
+    ));
+    let refused = inqubo(
+        &broker,
+        &["trigger", "doubling", "--run-id", "bad", "--input", "{nope"],
+    );
+    let plain = inqubo(
+        &broker,
+        &["trigger", "doubling", "--run-id", "p1", "--input", "1"],
+    );
+    let wrong_type = inqubo(
+        &broker,
+        &[
+            "trigger",
+            "doubling",
+            "--run-id",
+            "w2",
+            "--input",
+            "\"text\"",
+            "--wait",
+            "--timeout",
+            "30",
+        ],
+    );
+
+    assert_eq!(
+        waited,
+        json!({"run_id": "w1", "status": "succeeded", "outputs": {"again": 20}})
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not valid JSON; nothing was published")
+    );
+    assert_eq!(String::from_utf8_lossy(&plain.stdout).trim(), "p1");
+    assert_eq!(
+        wrong_type.status.code(),
+        Some(1),
+        "a failed run exits non-zero"
+    );
+    assert!(String::from_utf8_lossy(&wrong_type.stdout).contains("undecodable"));
+    events.wait_for("p1", "again", EventKind::Succeeded).await;
+    assert!(
+        events.trail("bad").is_empty(),
+        "nothing was published for invalid JSON"
+    );
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_follows_events_and_leaves_nothing_behind() {
+    let broker = TestBroker::new();
+    let runner = broker.start_runner(&doubling()).await;
+    let mut watcher = Command::new(env!("CARGO_BIN_EXE_inqubo"))
+        .args([
+            "--amqp-url",
+            broker.url(),
+            "--prefix",
+            broker.prefix(),
+            "--json",
+            "watch",
+            "doubling",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The watcher says it is watching once its queue is bound.
+    let mut stderr = BufReader::new(watcher.stderr.take().unwrap());
+    let mut ready = String::new();
+    stderr.read_line(&mut ready).unwrap();
+    assert!(ready.contains("watching workflow doubling"), "{ready}");
+
+    runner.trigger("seen", &2_u64).await.unwrap();
+    let lines = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in BufReader::new(watcher.stdout.take().unwrap()).lines() {
+            let event: Value = serde_json::from_str(&line.unwrap()).unwrap();
+            let end = event["event"] == "run_succeeded";
+            seen.push(event);
+            if end {
+                break;
+            }
+        }
+        watcher.kill().unwrap();
+        watcher.wait().unwrap();
+        seen
+    })
+    .join()
+    .unwrap();
+
+    let kinds: Vec<String> = lines
+        .iter()
+        .filter(|e| e["run_id"] == "seen")
+        .map(|e| {
+            format!(
+                "{}.{}",
+                e["step"].as_str().unwrap_or("run"),
+                e["event"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(kinds.first().unwrap(), "run.run_triggered");
+    assert!(kinds.contains(&"again.succeeded".to_owned()), "{kinds:?}");
+    assert_eq!(kinds.last().unwrap(), "run.run_succeeded");
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parked_messages_can_be_listed_replayed_and_purged() {
+    let broker = TestBroker::new();
+    let healthy = Arc::new(AtomicBool::new(false));
+    let gate = Arc::clone(&healthy);
+    let flow = Workflow::builder("flaky")
+        .start(Step::new("check", move |n: u64, _ctx: StepContext| {
+            let healthy = gate.load(Ordering::SeqCst);
+            async move {
+                if healthy {
+                    Ok(n)
+                } else {
+                    Err(StepError::fatal("dependency is down"))
+                }
+            }
+        }))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe_to(runner.client(), Some("flaky")).await;
+    for run in ["p1", "p2"] {
+        runner.trigger(run, &1_u64).await.unwrap();
+        events.wait_for(run, "check", EventKind::Failed).await;
+    }
+
+    let listed = stdout_json(&inqubo(&broker, &["--json", "parked", "list", "flaky"]));
+    let shown = stdout_json(&inqubo(
+        &broker,
+        &["--json", "parked", "show", "flaky", "2"],
+    ));
+    healthy.store(true, Ordering::SeqCst);
+    let replayed = stdout_json(&inqubo(
+        &broker,
+        &["--json", "parked", "replay", "flaky", "1"],
+    ));
+    let replayed_run = listed[0]["run_id"].as_str().unwrap().to_owned();
+    events
+        .wait_for(&replayed_run, "check", EventKind::Succeeded)
+        .await;
+    let refused = inqubo(&broker, &["parked", "purge", "flaky"]);
+    let purged = stdout_json(&inqubo(
+        &broker,
+        &["--json", "parked", "purge", "flaky", "--yes"],
+    ));
+    let after = stdout_json(&inqubo(&broker, &["--json", "parked", "list", "flaky"]));
+
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(listed[0]["reason"], "fatal");
+    assert_eq!(listed[0]["error"], "dependency is down");
+    assert_eq!(listed[0]["step"], "check");
+    assert_eq!(shown["number"], 2);
+    assert_eq!(shown["input"], "1");
+    assert_eq!(replayed, json!({"replayed": 1}));
+    assert!(
+        !refused.status.success(),
+        "purge without --yes and no terminal is refused"
+    );
+    assert_eq!(purged, json!({"purged": 1}));
+    assert_eq!(after, json!([]));
+    runner.shutdown().await.unwrap();
+}
