@@ -6,6 +6,16 @@ source scripts/rabbitmq.sh
 if [ -z "${AMQP_ADDR:-}" ]; then
     ensure_rabbitmq
 fi
+# The run-history tests need a PostgreSQL server they may create databases on.
+if [ -z "${INQUBO_TEST_POSTGRES:-}" ] && ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+    echo "PostgreSQL is not answering on 127.0.0.1:5432; installing and starting Debian's" >&2
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql
+    version=$(ls /etc/postgresql | sort -V | tail -1)
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    as_root su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\""
+    export INQUBO_TEST_POSTGRES="postgres://postgres:postgres@127.0.0.1:5432/postgres"
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest" >&2
     cargo install --locked cargo-nextest

@@ -6,6 +6,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod broker;
+mod history;
 mod parked;
 mod workflows;
 
@@ -73,6 +74,38 @@ enum Command {
         #[arg(long)]
         run_id: Option<String>,
     },
+    /// Record every run's events in a store, as run history (SQLite or PostgreSQL).
+    Monitor {
+        /// The store: `sqlite://inqubo.db` or `postgres://user@host/db`.
+        #[arg(long, env = "INQUBO_STORE", default_value = "sqlite://inqubo.db")]
+        store: String,
+        /// Delete runs that finished longer ago than this (e.g. 7d, 12h).
+        #[arg(long, default_value = "30d")]
+        retention: String,
+    },
+    /// Runs from the history, newest first.
+    Runs {
+        /// The store the monitor writes.
+        #[arg(long, env = "INQUBO_STORE", default_value = "sqlite://inqubo.db")]
+        store: String,
+        /// Only this workflow.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Only this status: running, retrying, succeeded, failed.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only runs updated within this long (e.g. 30m, 2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// One run from the history: its status and every step attempt.
+    Run {
+        /// The run id.
+        run_id: String,
+        /// The store the monitor writes.
+        #[arg(long, env = "INQUBO_STORE", default_value = "sqlite://inqubo.db")]
+        store: String,
+    },
     /// Parked messages: inputs that failed for good.
     Parked {
         #[command(subcommand)]
@@ -131,6 +164,29 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Watch { workflow, run_id } => watch(&context, workflow, run_id).await.map(|()| 0),
         Command::Parked { action } => parked::run(&context, action).await.map(|()| 0),
+        Command::Monitor { store, retention } => {
+            history::monitor(&context, &store, history::parse_age(&retention)?)
+                .await
+                .map(|()| 0)
+        }
+        Command::Runs {
+            store,
+            workflow,
+            status,
+            since,
+        } => {
+            let since = since.as_deref().map(history::parse_age).transpose()?;
+            history::runs(
+                &context,
+                &store,
+                workflow.as_deref(),
+                status.as_deref(),
+                since,
+            )
+            .await
+            .map(|()| 0)
+        }
+        Command::Run { run_id, store } => history::run(&context, &store, &run_id).await,
     }
 }
 

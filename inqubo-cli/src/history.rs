@@ -1,0 +1,399 @@
+//! Run history: `inqubo monitor` writes it, `inqubo runs` and `inqubo run` read it.
+//!
+//! The monitor consumes every step event and every run end through a durable queue of its own,
+//! `<prefix>.monitor` (single active consumer: start several monitors, one works, the others
+//! stand by), and records runs and attempts in SQLite (`sqlite://inqubo.db`, the default) or
+//! PostgreSQL (`postgres://...`). Migrations run at start.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use futures_util::StreamExt;
+use inqubo::{EventKind, LifecycleEvent, protocol::header};
+use lapin::{
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString},
+};
+use serde_json::json;
+use sqlx::{AnyPool, Row, migrate::Migrator};
+
+use crate::broker::Context;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// Opens (and creates, for SQLite) the store and brings its schema up to date.
+pub(crate) async fn open(store: &str) -> anyhow::Result<AnyPool> {
+    sqlx::any::install_default_drivers();
+    let url = if store.starts_with("sqlite:") && !store.contains("mode=") {
+        format!(
+            "{store}{}mode=rwc",
+            if store.contains('?') { "&" } else { "?" }
+        )
+    } else {
+        store.to_owned()
+    };
+    let pool = AnyPool::connect(&url)
+        .await
+        .with_context(|| format!("cannot open the store {store}"))?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .context("cannot migrate the store")?;
+    Ok(pool)
+}
+
+/// Records one event.
+pub(crate) async fn record(pool: &AnyPool, event: &LifecycleEvent) -> anyhow::Result<()> {
+    let workflow = event.workflow.as_str();
+    let run = event.run_id.as_str();
+    let now = now_ms();
+    let body = event.body.to_string();
+    let run_status = match event.kind {
+        EventKind::RunSucceeded => "succeeded",
+        EventKind::RunFailed => "failed",
+        EventKind::Retrying => "retrying",
+        _ => "running",
+    };
+    if event.kind.is_run_event() {
+        sqlx::query(
+            "INSERT INTO runs (workflow, run_id, status, created_ms, updated_ms, finished_ms, outcome)
+             VALUES ($1, $2, $3, $4, $4, $4, $5)
+             ON CONFLICT (workflow, run_id) DO UPDATE SET
+               status = excluded.status, updated_ms = excluded.updated_ms,
+               finished_ms = excluded.finished_ms, outcome = excluded.outcome",
+        )
+        .bind(workflow)
+        .bind(run)
+        .bind(run_status)
+        .bind(now)
+        .bind(body)
+        .execute(pool)
+        .await?;
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO runs (workflow, run_id, status, created_ms, updated_ms)
+         VALUES ($1, $2, $3, $4, $4)
+         ON CONFLICT (workflow, run_id) DO UPDATE SET
+           status = CASE WHEN runs.status IN ('succeeded', 'failed') THEN runs.status ELSE excluded.status END,
+           updated_ms = excluded.updated_ms",
+    )
+    .bind(workflow)
+    .bind(run)
+    .bind(run_status)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    let Some(step) = &event.step else {
+        return Ok(());
+    };
+    let attempt = i64::from(event.attempt.unwrap_or(0));
+    let (status, error, output, finished) = match event.kind {
+        EventKind::Started => ("started", None, None, None),
+        EventKind::Succeeded => ("succeeded", None, Some(body), Some(now)),
+        EventKind::Retrying => (
+            "retrying",
+            event.body["error"].as_str().map(str::to_owned),
+            None,
+            Some(now),
+        ),
+        EventKind::Failed => (
+            "failed",
+            event.body["error"].as_str().map(str::to_owned),
+            None,
+            Some(now),
+        ),
+        _ => return Ok(()),
+    };
+    sqlx::query(
+        "INSERT INTO attempts (workflow, run_id, step, attempt, status, started_ms, finished_ms, error, output)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (workflow, run_id, step, attempt) DO UPDATE SET
+           status = CASE WHEN excluded.status = 'started' THEN attempts.status ELSE excluded.status END,
+           finished_ms = COALESCE(excluded.finished_ms, attempts.finished_ms),
+           error = COALESCE(excluded.error, attempts.error),
+           output = COALESCE(excluded.output, attempts.output)",
+    )
+    .bind(workflow)
+    .bind(run)
+    .bind(step.as_str())
+    .bind(attempt)
+    .bind(status)
+    .bind(now)
+    .bind(finished)
+    .bind(error)
+    .bind(output)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Deletes runs that finished more than `retention` ago, and their attempts.
+async fn expire(pool: &AnyPool, retention: Duration) -> anyhow::Result<u64> {
+    let cutoff = now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    sqlx::query(
+        "DELETE FROM attempts WHERE EXISTS (SELECT 1 FROM runs r WHERE r.workflow = attempts.workflow
+           AND r.run_id = attempts.run_id AND r.finished_ms IS NOT NULL AND r.finished_ms < $1)",
+    )
+    .bind(cutoff)
+    .execute(pool)
+    .await?;
+    let deleted =
+        sqlx::query("DELETE FROM runs WHERE finished_ms IS NOT NULL AND finished_ms < $1")
+            .bind(cutoff)
+            .execute(pool)
+            .await?;
+    Ok(deleted.rows_affected())
+}
+
+/// `inqubo monitor`: consumes events into the store until Ctrl-C.
+pub(crate) async fn monitor(
+    context: &Context,
+    store: &str,
+    retention: Duration,
+) -> anyhow::Result<()> {
+    let pool = open(store).await?;
+    let topology = context.topology()?;
+    let (connection, channel) = context.channel().await?;
+    let queue = format!("{}.monitor", context.prefix);
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    channel
+        .exchange_declare(
+            topology.exchange().into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
+        .await?;
+    // Triggers are not bound: a monitor bound to them would make triggers of unknown
+    // workflows routable, hiding `Error::Unroutable` from callers.
+    for binding in ["*.step.#", "*.run.succeeded", "*.run.failed"] {
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                topology.exchange().into(),
+                binding.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    channel.basic_qos(200, BasicQosOptions::default()).await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    eprintln!(
+        "monitoring prefix {} into {} (Ctrl-C stops)",
+        context.prefix,
+        crate::broker::redact(store)
+    );
+    let mut sweep = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        let delivery = tokio::select! {
+            delivery = consumer.next() => delivery,
+            _ = sweep.tick() => {
+                let expired = expire(&pool, retention).await?;
+                if expired > 0 {
+                    eprintln!("retention: deleted {expired} finished run(s)");
+                }
+                continue;
+            }
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        let Some(delivery) = delivery else {
+            anyhow::bail!("the monitor's consumer stopped (connection lost?)");
+        };
+        let delivery = delivery?;
+        let headers = delivery.properties.headers().as_ref();
+        let text = |name: &str| match headers.and_then(|h| h.inner().get(name)) {
+            Some(AMQPValue::LongString(s)) => {
+                std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned)
+            }
+            _ => None,
+        };
+        let attempt = match headers.and_then(|h| h.inner().get(header::ATTEMPT)) {
+            Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).ok(),
+            _ => None,
+        };
+        let run_id = text(header::RUN_ID);
+        if let Ok(event) = LifecycleEvent::from_wire(
+            delivery.routing_key.as_str(),
+            run_id.as_deref(),
+            attempt,
+            &delivery.data,
+        ) {
+            // Stored before acknowledged: a crash replays the event, and recording is idempotent.
+            record(&pool, &event).await?;
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+    }
+    let _ = connection.close(200, "bye".into()).await;
+    Ok(())
+}
+
+/// Parses `30m`, `2h`, `7d` or `45s`.
+pub(crate) fn parse_age(text: &str) -> anyhow::Result<Duration> {
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("`{text}` is not a duration like 30m, 2h or 7d"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => anyhow::bail!("`{text}` is not a duration like 30m, 2h or 7d"),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+/// `inqubo runs`.
+pub(crate) async fn runs(
+    context: &Context,
+    store: &str,
+    workflow: Option<&str>,
+    status: Option<&str>,
+    since: Option<Duration>,
+) -> anyhow::Result<()> {
+    let pool = open(store).await?;
+    let since_ms = since.map_or(0, |age| {
+        now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX)
+    });
+    let rows = sqlx::query(
+        "SELECT workflow, run_id, status, created_ms, updated_ms, finished_ms FROM runs
+         WHERE ($1 = '' OR workflow = $1) AND ($2 = '' OR status = $2) AND updated_ms >= $3
+         ORDER BY updated_ms DESC LIMIT 500",
+    )
+    .bind(workflow.unwrap_or_default())
+    .bind(status.unwrap_or_default())
+    .bind(since_ms)
+    .fetch_all(&pool)
+    .await?;
+    let runs: Vec<_> = rows
+        .iter()
+        .map(|row| {
+            json!({
+                "workflow": row.get::<String, _>(0),
+                "run_id": row.get::<String, _>(1),
+                "status": row.get::<String, _>(2),
+                "created_ms": row.get::<i64, _>(3),
+                "updated_ms": row.get::<i64, _>(4),
+                "finished_ms": row.get::<Option<i64>, _>(5),
+            })
+        })
+        .collect();
+    if context.json {
+        println!("{}", serde_json::Value::Array(runs));
+    } else {
+        for run in runs {
+            let took = match (run["finished_ms"].as_i64(), run["created_ms"].as_i64()) {
+                (Some(end), Some(start)) => format!("{} ms", end - start),
+                _ => "-".to_owned(),
+            };
+            println!(
+                "{:<20} {:<36} {:<10} {took}",
+                run["workflow"].as_str().unwrap_or_default(),
+                run["run_id"].as_str().unwrap_or_default(),
+                run["status"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `inqubo run <id>`.
+pub(crate) async fn run(context: &Context, store: &str, run_id: &str) -> anyhow::Result<i32> {
+    let pool = open(store).await?;
+    let Some(run) = sqlx::query("SELECT workflow, status, created_ms, finished_ms, outcome FROM runs WHERE run_id = $1 ORDER BY updated_ms DESC LIMIT 1")
+        .bind(run_id)
+        .fetch_optional(&pool)
+        .await?
+    else {
+        eprintln!("run {run_id} is not in the history");
+        return Ok(1);
+    };
+    let workflow: String = run.get(0);
+    let attempts = sqlx::query(
+        "SELECT step, attempt, status, started_ms, finished_ms, error, output FROM attempts
+         WHERE workflow = $1 AND run_id = $2 ORDER BY started_ms, step, attempt",
+    )
+    .bind(workflow.as_str())
+    .bind(run_id)
+    .fetch_all(&pool)
+    .await?;
+    let parse = |text: Option<String>| {
+        text.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    };
+    let report = json!({
+        "workflow": workflow,
+        "run_id": run_id,
+        "status": run.get::<String, _>(1),
+        "created_ms": run.get::<i64, _>(2),
+        "finished_ms": run.get::<Option<i64>, _>(3),
+        "outcome": parse(run.get::<Option<String>, _>(4)),
+        "attempts": attempts.iter().map(|a| json!({
+            "step": a.get::<String, _>(0),
+            "attempt": a.get::<i64, _>(1),
+            "status": a.get::<String, _>(2),
+            "started_ms": a.get::<i64, _>(3),
+            "finished_ms": a.get::<Option<i64>, _>(4),
+            "error": a.get::<Option<String>, _>(5),
+            "output": parse(a.get::<Option<String>, _>(6)),
+        })).collect::<Vec<_>>(),
+    });
+    if context.json {
+        println!("{report}");
+    } else {
+        println!(
+            "run {run_id} of {}: {}",
+            report["workflow"].as_str().unwrap_or_default(),
+            report["status"].as_str().unwrap_or_default()
+        );
+        for attempt in report["attempts"].as_array().into_iter().flatten() {
+            let took = match (
+                attempt["finished_ms"].as_i64(),
+                attempt["started_ms"].as_i64(),
+            ) {
+                (Some(end), Some(start)) => format!("{} ms", end - start),
+                _ => "running".to_owned(),
+            };
+            println!(
+                "  {:<28} attempt {:<3} {:<10} {took:<10} {}",
+                attempt["step"].as_str().unwrap_or_default(),
+                attempt["attempt"],
+                attempt["status"].as_str().unwrap_or_default(),
+                attempt["error"]
+                    .as_str()
+                    .or_else(|| attempt["output"].is_null().then_some(""))
+                    .map_or_else(|| attempt["output"].to_string(), str::to_owned)
+            );
+        }
+    }
+    Ok(0)
+}
