@@ -350,6 +350,26 @@ impl Client {
     }
 }
 
+/// Reads a lifecycle event from a message received from the events exchange: its routing
+/// key, its `run-id` and `attempt` headers, and its body. For consumers of queues of their own
+/// (a monitor, a harness) that do not go through [`Client::subscribe`].
+pub fn event_from_delivery(
+    delivery: &lapin::message::Delivery,
+) -> std::result::Result<LifecycleEvent, inqubo_core::EventDecodeError> {
+    let headers = delivery.properties.headers().as_ref();
+    let get = |name: &str| headers.and_then(|h| h.inner().get(name));
+    let run_id = get(header::RUN_ID).and_then(string_value);
+    let attempt = get(header::ATTEMPT)
+        .and_then(integer_value)
+        .and_then(|n| u32::try_from(n).ok());
+    LifecycleEvent::from_wire(
+        delivery.routing_key.as_str(),
+        run_id.as_deref(),
+        attempt,
+        &delivery.data,
+    )
+}
+
 /// How a run ended; see [`Client::trigger_and_wait`].
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -387,18 +407,7 @@ impl Stream for EventStream {
                 Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error.into()))),
                 Poll::Ready(Some(Ok(delivery))) => delivery,
             };
-            let headers = delivery.properties.headers().as_ref();
-            let get = |name: &str| headers.and_then(|h| h.inner().get(name));
-            let run_id = get(header::RUN_ID).and_then(string_value);
-            let attempt = get(header::ATTEMPT)
-                .and_then(integer_value)
-                .and_then(|n| u32::try_from(n).ok());
-            match LifecycleEvent::from_wire(
-                delivery.routing_key.as_str(),
-                run_id.as_deref(),
-                attempt,
-                &delivery.data,
-            ) {
+            match event_from_delivery(&delivery) {
                 Ok(event) => return Poll::Ready(Some(Ok(event))),
                 Err(error) => warn!(%error, "skipped a message that is not an inqubo event"),
             }

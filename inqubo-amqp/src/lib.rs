@@ -22,7 +22,7 @@ mod publisher;
 mod runner;
 mod topology;
 
-pub use client::{Client, DEFAULT_AMQP_URL, EventStream, RunOutcome};
+pub use client::{Client, DEFAULT_AMQP_URL, EventStream, RunOutcome, event_from_delivery};
 pub use error::{Error, Result};
 pub use runner::{Runner, RunnerBuilder};
 pub use topology::{

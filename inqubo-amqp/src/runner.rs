@@ -22,12 +22,12 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, info, instrument, warn};
 
 use crate::{
-    client::{Client, DEFAULT_AMQP_URL, RunOutcome, split_urls},
+    client::{self, Client, DEFAULT_AMQP_URL, RunOutcome, split_urls},
     consumer::{Limits, StepWorker, consume},
     error::{Error, Result},
     joiner::{JoinShard, consume_shard},
     message,
-    topology::{JOIN_SHARDS, QueueType, Topology},
+    topology::{JOIN_SHARDS, QueueName, QueueType, Topology},
 };
 
 /// Unacknowledged pieces a join shard consumer may hold: one batch and the next.
@@ -204,21 +204,10 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
         .await?;
     let mut consumers = JoinSet::new();
     for node in shared.workflow.steps() {
-        let channel = session.channel().await?;
-        channel
-            .basic_qos(shared.prefetch, BasicQosOptions::default())
-            .await?;
         let queue = shared
             .topology
             .step_queue(shared.workflow.name(), node.name());
-        let consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let (channel, consumer) = consume_on(&session, &queue, shared.prefetch).await?;
         let worker = Arc::new(StepWorker {
             topology: shared.topology.clone(),
             workflow: shared.workflow.name().clone(),
@@ -238,21 +227,10 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
     }
     for join in Topology::joins(&shared.workflow) {
         for shard in 0..JOIN_SHARDS {
-            let channel = session.channel().await?;
-            channel
-                .basic_qos(JOIN_PREFETCH, BasicQosOptions::default())
-                .await?;
             let queue = shared
                 .topology
                 .join_queue(shared.workflow.name(), &join, shard);
-            let consumer = channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            let (channel, consumer) = consume_on(&session, &queue, JOIN_PREFETCH).await?;
             let shard = JoinShard {
                 topology: shared.topology.clone(),
                 workflow: shared.workflow.clone(),
@@ -264,6 +242,27 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
         }
     }
     Ok(Session { consumers, cancel })
+}
+
+/// A channel of its own with `prefetch`, consuming `queue`.
+async fn consume_on(
+    session: &client::Session,
+    queue: &QueueName,
+    prefetch: u16,
+) -> Result<(lapin::Channel, lapin::Consumer)> {
+    let channel = session.channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
 }
 
 /// Keeps a session running until `cancel`, reconnecting whenever a consumer fails.

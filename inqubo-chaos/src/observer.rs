@@ -8,7 +8,7 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use inqubo::{EventKind, LifecycleEvent, protocol::header};
+use inqubo::{EventKind, LifecycleEvent};
 use lapin::{
     Connection, ConnectionProperties, ExchangeKind,
     options::{
@@ -193,24 +193,7 @@ async fn consume(url: &str, queue: &str, tally: &Mutex<Tally>) -> anyhow::Result
     // silently: start over (the queue is durable, nothing is missed).
     while let Some(delivery) = tokio::time::timeout(STALL, consumer.next()).await? {
         let delivery = delivery?;
-        let headers = delivery.properties.headers().as_ref();
-        let get = |name: &str| headers.and_then(|h| h.inner().get(name));
-        let run_id = match get(header::RUN_ID) {
-            Some(AMQPValue::LongString(s)) => {
-                std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned)
-            }
-            _ => None,
-        };
-        let attempt = match get(header::ATTEMPT) {
-            Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).ok(),
-            _ => None,
-        };
-        if let Ok(event) = LifecycleEvent::from_wire(
-            delivery.routing_key.as_str(),
-            run_id.as_deref(),
-            attempt,
-            &delivery.data,
-        ) {
+        if let Ok(event) = inqubo::event_from_delivery(&delivery) {
             tally
                 .lock()
                 .map_err(|_| anyhow::anyhow!("tally poisoned"))?

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
-use inqubo::{EventKind, LifecycleEvent, protocol::header};
+use inqubo::{EventKind, LifecycleEvent};
 use lapin::{
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions,
@@ -230,24 +230,7 @@ pub(crate) async fn monitor(
             anyhow::bail!("the monitor's consumer stopped (connection lost?)");
         };
         let delivery = delivery?;
-        let headers = delivery.properties.headers().as_ref();
-        let text = |name: &str| match headers.and_then(|h| h.inner().get(name)) {
-            Some(AMQPValue::LongString(s)) => {
-                std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned)
-            }
-            _ => None,
-        };
-        let attempt = match headers.and_then(|h| h.inner().get(header::ATTEMPT)) {
-            Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).ok(),
-            _ => None,
-        };
-        let run_id = text(header::RUN_ID);
-        if let Ok(event) = LifecycleEvent::from_wire(
-            delivery.routing_key.as_str(),
-            run_id.as_deref(),
-            attempt,
-            &delivery.data,
-        ) {
+        if let Ok(event) = inqubo::event_from_delivery(&delivery) {
             // Stored before acknowledged: a crash replays the event, and recording is idempotent.
             record(&pool, &event).await?;
         }

@@ -31,7 +31,7 @@
 
 pub use inqubo_amqp::{
     Client, DEFAULT_AMQP_URL, DELAY_TICK, DELAY_TIERS, DelayRoute, Error, EventStream, MAX_DELAY,
-    QueueName, QueueType, Result, RunOutcome, Runner, RunnerBuilder, Topology,
+    QueueName, QueueType, Result, RunOutcome, Runner, RunnerBuilder, Topology, event_from_delivery,
 };
 pub use inqubo_core::{
     AttemptOutcome, Chain, DEFAULT_STEP_TIMEOUT, EventKind, ExponentialBackoff, FailedBody,
