@@ -49,6 +49,8 @@ pub(crate) struct Limits {
     pub(crate) max_redeliveries: u32,
     /// The largest input accepted, in bytes.
     pub(crate) max_input_bytes: usize,
+    /// Whether attempts announce themselves with `started`.
+    pub(crate) publish_started: bool,
 }
 
 impl Default for Limits {
@@ -56,6 +58,7 @@ impl Default for Limits {
         Self {
             max_redeliveries: 5,
             max_input_bytes: 16 * 1024 * 1024,
+            publish_started: true,
         }
     }
 }
@@ -140,8 +143,14 @@ impl StepWorker {
             attempt
         );
         async {
-            let started_event = id.notice(EventKind::Started, &StartedBody { attempt });
-            let started = self.publisher.send(&started_event).await;
+            let started_event = self
+                .limits
+                .publish_started
+                .then(|| id.notice(EventKind::Started, &StartedBody { attempt }));
+            let started = match &started_event {
+                Some(event) => Some(self.publisher.send(event).await),
+                None => None,
+            };
             let ctx = StepContext {
                 run_id: run_id.clone(),
                 workflow: self.workflow.clone(),
@@ -151,11 +160,12 @@ impl StepWorker {
             let outcome = run_attempt(&self.node, ctx, received.body).await;
             let published = self.publish_outcome(&id, received, outcome).await;
             let started = match started {
-                Ok(confirm) => confirm.wait().await,
-                Err(error) => Err(error),
+                Some(Ok(confirm)) => confirm.wait().await,
+                Some(Err(error)) => Err(error),
+                None => Ok(()),
             };
-            if started.is_err() {
-                self.publisher.send_all(vec![started_event]).await?;
+            if let (Err(_), Some(event)) = (started, started_event) {
+                self.publisher.send_all(vec![event]).await?;
             }
             match published {
                 Err(Error::Unroutable { routing_key, .. }) => {

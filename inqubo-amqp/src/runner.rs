@@ -122,6 +122,15 @@ impl RunnerBuilder {
         self
     }
 
+    /// Whether each attempt publishes `started` (default true). Turning it off saves one
+    /// broker message per step, for deployments where nobody watches steps start; every
+    /// outcome event is still published.
+    #[must_use]
+    pub fn publish_started(mut self, publish: bool) -> Self {
+        self.limits.publish_started = publish;
+        self
+    }
+
     /// Connects, declares the topology and starts consuming.
     ///
     /// Errors of this first connection are returned; later connection losses are handled by

@@ -438,3 +438,29 @@ async fn redeclaring_with_another_queue_type_is_a_topology_mismatch() {
     assert!(matches!(error, Error::TopologyMismatch { .. }), "{error:?}");
     runner.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn started_events_can_be_turned_off_without_losing_outcomes() {
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("quiet")
+        .start(Step::new("get_data", get_data))
+        .then(Step::new("sum", sum))
+        .build()
+        .unwrap();
+    let runner = broker
+        .runner(&flow)
+        .publish_started(false)
+        .connect()
+        .await
+        .unwrap();
+    let mut events = Events::subscribe(runner.client()).await;
+
+    runner.trigger("q", &json!({})).await.unwrap();
+    events.wait_for("q", "sum", EventKind::Succeeded).await;
+
+    assert_eq!(
+        events.trail("q"),
+        ["run.triggered", "get_data.succeeded", "sum.succeeded"]
+    );
+    runner.shutdown().await.unwrap();
+}

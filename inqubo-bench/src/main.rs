@@ -336,6 +336,17 @@ async fn queued(
     workflow: Workflow,
     runs: usize,
 ) -> anyhow::Result<Measure> {
+    queued_with(cli, queue_type, workflow, runs, true).await
+}
+
+/// Like [`queued`], choosing whether attempts publish `started`.
+async fn queued_with(
+    cli: &Cli,
+    queue_type: QueueType,
+    workflow: Workflow,
+    runs: usize,
+    publish_started: bool,
+) -> anyhow::Result<Measure> {
     let steps = workflow.steps().len();
     let mut prepared = Prepared::new(&cli.url, queue_type, workflow).await?;
     prepared.trigger(runs, 0).await?;
@@ -343,6 +354,7 @@ async fn queued(
     let runner = prepared
         .runner(cli.prefetch)
         .url(&cli.url)
+        .publish_started(publish_started)
         .connect()
         .await?;
     let (last, _) = prepared.wait(runs).await?;
@@ -539,12 +551,24 @@ async fn main() -> anyhow::Result<()> {
             inqubo_hops.push(queued(&cli, queue_type, hop_workflow(), hop_runs).await?);
         }
         let (raw_hop, inqubo_hop) = (median(raw_hops), median(inqubo_hops));
+        let quiet_hop = queued_with(&cli, queue_type, hop_workflow(), hop_runs, false).await?;
         println!(
             "{name:<8} {:<34} {:<34} {}",
             "hop (steps/s, runs queued)",
             inqubo_hop.show(),
             raw_hop.show()
         );
+        println!(
+            "{name:<8} {:<34} {:<34}",
+            "hop without started events",
+            quiet_hop.show()
+        );
+        if let (Some(ours), Some(theirs)) = (quiet_hop.rate, raw_hop.rate) {
+            println!(
+                "{name:<8} hop ratio without started events: {:.2}",
+                ours / theirs
+            );
+        }
         let chain = live(&cli, queue_type, chain_workflow(), chain_runs).await?;
         println!(
             "{name:<8} {:<34} {:<34}",
