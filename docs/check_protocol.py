@@ -35,6 +35,7 @@ def cleanup(ch, prefix):
         ch.queue_delete(f"{prefix}.simple._run.shard-{shard}")
         ch.queue_delete(f"{prefix}.simple._run.state-{shard}")
     ch.exchange_delete(f"{prefix}.join")
+    ch.queue_delete(f"{prefix}.registry")
     for tier in range(25):
         ch.queue_delete(f"{prefix}.delay.{tier}")
         ch.exchange_delete(f"{prefix}.delay.{tier}")

@@ -172,6 +172,13 @@ impl TestBroker {
         for workflow in &workflows {
             let _ = topology.delete_workflow(&channel, workflow).await;
         }
+        // Queues that tools (such as `inqubo monitor`) declare under the prefix.
+        let _ = channel
+            .queue_delete(
+                format!("{}.monitor", topology.prefix()).as_str().into(),
+                Default::default(),
+            )
+            .await;
         let _ = topology.delete_shared(&channel).await;
         let _ = connection.close(200, "cleaned".into()).await;
     }
