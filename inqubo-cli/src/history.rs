@@ -64,6 +64,20 @@ pub(crate) async fn record(pool: &AnyPool, event: &LifecycleEvent) -> anyhow::Re
         EventKind::Retrying => "retrying",
         _ => "running",
     };
+    if event.kind == EventKind::RunTriggered {
+        sqlx::query(
+            "INSERT INTO runs (workflow, run_id, status, created_ms, updated_ms, input)
+             VALUES ($1, $2, 'running', $3, $3, $4)
+             ON CONFLICT (workflow, run_id) DO UPDATE SET input = excluded.input",
+        )
+        .bind(workflow)
+        .bind(run)
+        .bind(now)
+        .bind(body)
+        .execute(pool)
+        .await?;
+        return Ok(());
+    }
     if event.kind.is_run_event() {
         sqlx::query(
             "INSERT INTO runs (workflow, run_id, status, created_ms, updated_ms, finished_ms, outcome)
@@ -199,6 +213,8 @@ pub(crate) async fn monitor(
             )
             .await?;
     }
+    let mut known = std::collections::BTreeSet::new();
+    follow_triggers(context, &pool, &channel, &queue, &mut known).await?;
     channel.basic_qos(200, BasicQosOptions::default()).await?;
     let mut consumer = channel
         .basic_consume(
@@ -213,11 +229,12 @@ pub(crate) async fn monitor(
         context.prefix,
         crate::broker::redact(store)
     );
-    let mut sweep = tokio::time::interval(Duration::from_secs(60));
+    let mut sweep = tokio::time::interval(Duration::from_secs(30));
     loop {
         let delivery = tokio::select! {
             delivery = consumer.next() => delivery,
             _ = sweep.tick() => {
+                follow_triggers(context, &pool, &channel, &queue, &mut known).await?;
                 let expired = expire(&pool, retention).await?;
                 if expired > 0 {
                     eprintln!("retention: deleted {expired} finished run(s)");
@@ -238,6 +255,68 @@ pub(crate) async fn monitor(
     }
     let _ = connection.close(200, "bye".into()).await;
     Ok(())
+}
+
+/// Binds the monitor's queue to the triggers of every workflow runners announced, and keeps
+/// their definitions in the store. Only announced workflows are bound, so that triggers of
+/// unknown workflows stay unroutable and their callers still get the error.
+async fn follow_triggers(
+    context: &Context,
+    pool: &AnyPool,
+    channel: &lapin::Channel,
+    queue: &str,
+    known: &mut std::collections::BTreeSet<String>,
+) -> anyhow::Result<()> {
+    let topology = context.topology()?;
+    for (name, definition) in crate::workflows::announced(context).await? {
+        sqlx::query(
+            "INSERT INTO workflows (workflow, definition, seen_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (workflow) DO UPDATE SET definition = excluded.definition, seen_ms = excluded.seen_ms",
+        )
+        .bind(name.as_str())
+        .bind(serde_json::to_string(&definition)?)
+        .bind(now_ms())
+        .execute(pool)
+        .await?;
+        if known.insert(name.clone()) {
+            channel
+                .queue_bind(
+                    queue.into(),
+                    topology.exchange().into(),
+                    format!("{name}.run.triggered").as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// What each step of `workflow` received in a run: the run input for first steps, the
+/// parent's output otherwise, a JSON array of the parents' outputs for a join.
+fn step_inputs(
+    definition: Option<&inqubo::WorkflowDefinition>,
+    run_input: Option<&serde_json::Value>,
+    outputs: &std::collections::HashMap<String, serde_json::Value>,
+) -> std::collections::HashMap<String, serde_json::Value> {
+    let mut inputs = std::collections::HashMap::new();
+    for step in definition.map(|d| d.steps.as_slice()).unwrap_or_default() {
+        let input = match step.parents.as_slice() {
+            [] => run_input.cloned(),
+            [parent] => outputs.get(parent.as_str()).cloned(),
+            parents => Some(serde_json::Value::Array(
+                parents
+                    .iter()
+                    .map(|p| outputs.get(p.as_str()).cloned().unwrap_or_default())
+                    .collect(),
+            )),
+        };
+        if let Some(input) = input {
+            inputs.insert(step.name.to_string(), input);
+        }
+    }
+    inputs
 }
 
 /// Parses `30m`, `2h`, `7d` or `45s`.
@@ -313,7 +392,7 @@ pub(crate) async fn runs(
 /// `inqubo run <id>`.
 pub(crate) async fn run(context: &Context, store: &str, run_id: &str) -> anyhow::Result<i32> {
     let pool = open(store).await?;
-    let Some(run) = sqlx::query("SELECT workflow, status, created_ms, finished_ms, outcome FROM runs WHERE run_id = $1 ORDER BY updated_ms DESC LIMIT 1")
+    let Some(run) = sqlx::query("SELECT workflow, status, created_ms, finished_ms, outcome, input FROM runs WHERE run_id = $1 ORDER BY updated_ms DESC LIMIT 1")
         .bind(run_id)
         .fetch_optional(&pool)
         .await?
@@ -333,6 +412,19 @@ pub(crate) async fn run(context: &Context, store: &str, run_id: &str) -> anyhow:
     let parse = |text: Option<String>| {
         text.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
     };
+    let definition = sqlx::query("SELECT definition FROM workflows WHERE workflow = $1")
+        .bind(workflow.as_str())
+        .fetch_optional(&pool)
+        .await?
+        .and_then(|row| {
+            serde_json::from_str::<inqubo::WorkflowDefinition>(&row.get::<String, _>(0)).ok()
+        });
+    let run_input = parse(run.get::<Option<String>, _>(5));
+    let outputs: std::collections::HashMap<String, serde_json::Value> = attempts
+        .iter()
+        .filter_map(|a| Some((a.get::<String, _>(0), parse(a.get::<Option<String>, _>(6))?)))
+        .collect();
+    let inputs = step_inputs(definition.as_ref(), run_input.as_ref(), &outputs);
     let report = json!({
         "workflow": workflow,
         "run_id": run_id,
@@ -340,6 +432,7 @@ pub(crate) async fn run(context: &Context, store: &str, run_id: &str) -> anyhow:
         "created_ms": run.get::<i64, _>(2),
         "finished_ms": run.get::<Option<i64>, _>(3),
         "outcome": parse(run.get::<Option<String>, _>(4)),
+        "input": run_input,
         "attempts": attempts.iter().map(|a| json!({
             "step": a.get::<String, _>(0),
             "attempt": a.get::<i64, _>(1),
@@ -347,6 +440,7 @@ pub(crate) async fn run(context: &Context, store: &str, run_id: &str) -> anyhow:
             "started_ms": a.get::<i64, _>(3),
             "finished_ms": a.get::<Option<i64>, _>(4),
             "error": a.get::<Option<String>, _>(5),
+            "input": inputs.get(&a.get::<String, _>(0)),
             "output": parse(a.get::<Option<String>, _>(6)),
         })).collect::<Vec<_>>(),
     });

@@ -95,6 +95,11 @@ async fn history_is_recorded(store: &str) {
     let mut monitor = start_monitor(&broker, store);
     let mut events = Events::subscribe_to(runner.client(), Some("recorded")).await;
 
+    let unknown = runner.client().trigger("nobody", "x", &1_u64).await;
+    assert!(
+        matches!(unknown, Err(inqubo::Error::Unroutable { .. })),
+        "a monitor must not make triggers of unknown workflows routable: {unknown:?}"
+    );
     runner.trigger("good", &5_u64).await.unwrap();
     runner.trigger("bad", &500_u64).await.unwrap();
     events.wait_for("good", "check", EventKind::Succeeded).await;
@@ -134,6 +139,9 @@ async fn history_is_recorded(store: &str) {
     );
     assert_eq!(attempts[0]["error"], "injected failure of attempt 1");
     assert_eq!(attempts[1]["output"], 10);
+    assert_eq!(good["input"], 5, "the run input, from the trigger");
+    assert_eq!(attempts[0]["input"], 5);
+    assert_eq!(attempts[2]["input"], 10, "check received double's output");
     assert_eq!(bad["outcome"]["step"], "check");
     assert_eq!(bad["outcome"]["reason"], "fatal");
     let failed: Value = serde_json::from_slice(&failed.stdout).unwrap();
