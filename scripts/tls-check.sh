@@ -7,6 +7,9 @@
 # with SSL_CERT_FILE pointing at the CA (the rustls verifier reads it), and stops the node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v openssl >/dev/null 2>&1; then
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl
+fi
 dir=${INQUBO_TLS_DIR:-/tmp/inqubo-tls}/tls
 rm -rf "$(dirname "$dir")"
 mkdir -p "$dir"
