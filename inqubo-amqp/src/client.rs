@@ -220,7 +220,8 @@ impl Client {
         let workflow = WorkflowName::new(workflow)?;
         let run_id = RunId::new(run_id)?;
         tracing::Span::current().record("run_id", tracing::field::display(&run_id));
-        let trigger = message::trigger(&self.inner.topology, &workflow, &run_id, input);
+        let trigger = message::trigger(&self.inner.topology, &workflow, &run_id, input)
+            .with_trace(&inqubo_core::trace::new_traceparent());
         let session = self.session().await?;
         session.publisher.send(&trigger).await?.wait().await?;
         Ok(run_id)

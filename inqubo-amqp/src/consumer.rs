@@ -19,8 +19,9 @@ use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use inqubo_core::{
-    AttemptOutcome, EventKind, FailedBody, FailureReason, RunFailedBody, RunId, StartedBody,
-    StepContext, StepNode, Workflow, WorkflowName, run_attempt,
+    AttemptOutcome, EventKind, FailedBody, FailureReason, RunFailedBody, StartedBody, StepContext,
+    StepNode, Workflow, WorkflowName, run_attempt,
+    trace::{child_traceparent, trace_id},
 };
 use lapin::{
     Channel, Consumer,
@@ -128,15 +129,18 @@ impl StepWorker {
                 return self.park(received, message::undecodable(error)).await;
             }
         };
+        let trace = child_traceparent(received.traceparent().as_deref());
         let id = AttemptId {
             topology: &self.topology,
             workflow: &self.workflow,
             step: self.node.name(),
             run_id: &run_id,
             attempt,
+            trace: &trace,
         };
         let span = info_span!(
             "step",
+            trace_id = trace_id(&trace).unwrap_or_default(),
             run_id = %run_id,
             workflow = %self.workflow,
             step = %self.node.name(),
@@ -256,7 +260,7 @@ impl StepWorker {
                         &body,
                     ),
                 ];
-                messages.extend(self.run_failure_notices(id.run_id, &body));
+                messages.extend(self.run_failure_notices(id, &body));
                 messages
             }
         };
@@ -312,11 +316,15 @@ impl StepWorker {
         }
         messages.insert(0, id.event(EventKind::Succeeded, output, plain_children));
         messages
+            .into_iter()
+            .map(|m| m.with_trace(id.trace))
+            .collect()
     }
 
     /// What must learn that this step failed for good: the run's end (at once for a chain,
     /// through the run join otherwise), and every join downstream, which can no longer fire.
-    fn run_failure_notices(&self, run_id: &RunId, failure: &FailedBody) -> Vec<Outgoing> {
+    fn run_failure_notices(&self, id: &AttemptId<'_>, failure: &FailedBody) -> Vec<Outgoing> {
+        let run_id = id.run_id;
         let body = message::json(&RunFailedBody {
             step: self.node.name().clone(),
             error: failure.error.clone(),
@@ -324,13 +332,16 @@ impl StepWorker {
             reason: failure.reason,
         });
         if self.graph.is_chain() {
-            return vec![message::run_event(
-                &self.topology,
-                &self.workflow,
-                run_id,
-                EventKind::RunFailed,
-                body,
-            )];
+            return vec![
+                message::run_event(
+                    &self.topology,
+                    &self.workflow,
+                    run_id,
+                    EventKind::RunFailed,
+                    body,
+                )
+                .with_trace(id.trace),
+            ];
         }
         let step = self.node.name();
         self.graph
@@ -348,6 +359,7 @@ impl StepWorker {
                     body.clone(),
                     true,
                 )
+                .with_trace(id.trace)
             })
             .collect()
     }
@@ -364,16 +376,18 @@ impl StepWorker {
         let mut messages = vec![parked];
         match received.run_id_if_valid() {
             Some(run_id) => {
+                let trace = child_traceparent(received.traceparent().as_deref());
                 let id = AttemptId {
                     topology: &self.topology,
                     workflow: &self.workflow,
                     step: self.node.name(),
                     run_id: &run_id,
                     attempt: failure.attempt,
+                    trace: &trace,
                 };
                 warn!(run_id = %run_id, step = %self.node.name(), reason = %failure.reason, error = %failure.error, "parked");
                 messages.push(id.notice(EventKind::Failed, &failure));
-                messages.extend(self.run_failure_notices(&run_id, &failure));
+                messages.extend(self.run_failure_notices(&id, &failure));
                 self.publisher.send_all(messages).await
             }
             None => {

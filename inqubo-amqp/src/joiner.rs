@@ -24,6 +24,7 @@ use inqubo_core::{
     EventKind, RunFailedBody, StepName, Workflow,
     join::{JoinBook, JoinDecision, JoinTarget, Piece},
     protocol::header,
+    trace::child_traceparent,
 };
 use lapin::{
     Channel, Consumer,
@@ -135,7 +136,8 @@ impl JoinShard {
             }
         };
         let wf = self.workflow.name();
-        match book.add(&run_id, piece, target) {
+        let trace = child_traceparent(received.traceparent().as_deref());
+        let fired = match book.add(&run_id, piece, target) {
             JoinDecision::Fire(body) if self.join == RUN_JOIN => {
                 debug!(run_id = %run_id, "run succeeded");
                 Some(message::run_event(
@@ -165,7 +167,8 @@ impl JoinShard {
                 message::json(&failure),
             )),
             _ => None,
-        }
+        };
+        fired.map(|message| message.with_trace(&trace))
     }
 }
 

@@ -30,6 +30,13 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
+    /// Sets the message's `traceparent` header.
+    pub(crate) fn with_trace(mut self, traceparent: &str) -> Self {
+        self.headers
+            .insert(header::TRACEPARENT.into(), text(traceparent));
+        self
+    }
+
     pub(crate) fn properties(&self) -> BasicProperties {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -83,6 +90,8 @@ pub(crate) struct AttemptId<'a> {
     pub(crate) step: &'a StepName,
     pub(crate) run_id: &'a RunId,
     pub(crate) attempt: u32,
+    /// The attempt's `traceparent`: the run's trace, a span of its own.
+    pub(crate) trace: &'a str,
 }
 
 impl AttemptId<'_> {
@@ -103,6 +112,7 @@ impl AttemptId<'_> {
             ),
             mandatory,
         }
+        .with_trace(self.trace)
     }
 
     /// A JSON-bodied lifecycle event that no queue is required to receive.
@@ -126,6 +136,7 @@ impl AttemptId<'_> {
             ),
             mandatory: true,
         }
+        .with_trace(self.trace)
     }
 }
 
@@ -361,6 +372,11 @@ impl<'a> Received<'a> {
     /// Whether the broker counts redeliveries of this message itself (quorum queues).
     pub(crate) fn counted_by_broker(&self) -> bool {
         self.header(header::X_DELIVERY_COUNT).is_some()
+    }
+
+    /// The `traceparent` the delivery carries, if any.
+    pub(crate) fn traceparent(&self) -> Option<String> {
+        self.header(header::TRACEPARENT).and_then(string_value)
     }
 
     /// The attempt this delivery starts: `retry-attempt` on retries, 1 otherwise.

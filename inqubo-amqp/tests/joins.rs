@@ -257,3 +257,82 @@ async fn a_chain_reports_its_end_without_join_state() {
     assert_eq!(outcome, RunOutcome::Succeeded(json!({"b": 2})));
     runner.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn every_event_of_a_run_carries_one_trace_id() {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+
+    let broker = TestBroker::new();
+    let runner = broker.start_runner(&diamond()).await;
+    let (connection, channel) = broker.raw_channel().await;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            broker.prefix().into(),
+            "diamond.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    runner.trigger("traced", &1_u64).await.unwrap();
+    let mut traces = Vec::new();
+    loop {
+        let delivery = tokio::time::timeout(WAIT, consumer.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let traceparent = match delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("traceparent"))
+        {
+            Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            other => panic!("{} has traceparent {other:?}", delivery.routing_key),
+        };
+        traces.push((delivery.routing_key.to_string(), traceparent));
+        if delivery.routing_key.as_str() == "diamond.run.succeeded" {
+            break;
+        }
+    }
+
+    let trace_of = |tp: &str| inqubo_core::trace::trace_id(tp).map(str::to_owned);
+    let first = trace_of(&traces[0].1).expect("the trigger starts a trace");
+    for (key, traceparent) in &traces {
+        assert_eq!(
+            trace_of(traceparent).as_deref(),
+            Some(first.as_str()),
+            "{key}"
+        );
+    }
+    assert!(traces.len() >= 10, "{traces:?}");
+    let _ = connection.close(200, "done".into()).await;
+    runner.shutdown().await.unwrap();
+}

@@ -17,6 +17,7 @@
 //! | `protocol` | routing keys and header names of the wire protocol |
 //! | `attempt` | [`run_attempt`]: one attempt of a step, and what must follow |
 //! | `testing` | (feature `test-util`) `testing::TestRunner`: run a workflow in-process, no broker |
+//! | `trace` | W3C `traceparent` values: one run, one trace |
 //! | `join` | [`join::JoinBook`]: which parents of which runs reported, and when a join fires |
 
 #![cfg_attr(
@@ -33,6 +34,7 @@ mod retry;
 mod step;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod trace;
 mod workflow;
 
 pub use attempt::{AttemptOutcome, run_attempt};

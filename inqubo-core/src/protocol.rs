@@ -34,6 +34,9 @@ pub mod header {
     /// On classic queues: how many times the message was redelivered unacknowledged
     /// (integer). Quorum queues count this themselves in `x-delivery-count`.
     pub const REDELIVERY_COUNT: &str = "redelivery-count";
+    /// W3C trace context (`00-<trace id>-<span id>-01`): the same trace id on every message
+    /// of a run.
+    pub const TRACEPARENT: &str = "traceparent";
     /// On a workflow announcement: the workflow's name.
     pub const WORKFLOW: &str = "workflow";
     /// On a join piece: the parent whose output it carries.

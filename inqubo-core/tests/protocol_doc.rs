@@ -87,6 +87,7 @@ fn every_header_and_failure_reason_is_documented() {
         header::JOIN_PARENT,
         header::JOIN_FAILED,
         header::WORKFLOW,
+        header::TRACEPARENT,
     ] {
         assert!(
             doc.contains(&format!("| `{name}` |")),
