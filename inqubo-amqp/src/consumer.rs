@@ -39,6 +39,11 @@ use crate::{
     topology::{RUN_JOIN, Topology},
 };
 
+/// How long an ack or nack may take. On a connection that is dying (a broker restart) it may
+/// never be answered; the attempt's task must not hang on it and keep its place in the
+/// runner's in-flight limit. The broker redelivers what was not settled.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long to wait before returning a delivery whose outcome could not be published, so that
 /// a broken broker does not turn the runner into a busy loop.
 const REQUEUE_BACKOFF: Duration = Duration::from_secs(1);
@@ -82,8 +87,15 @@ impl StepWorker {
         let received = Received::from_delivery(&delivery);
         match self.process(&received).await {
             Ok(()) => {
-                if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                    warn!(step = %self.node.name(), %error, "ack failed; the broker will redeliver");
+                let ack = delivery.ack(BasicAckOptions::default());
+                match tokio::time::timeout(SETTLE_TIMEOUT, ack).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => {
+                        warn!(step = %self.node.name(), %error, "ack failed; the broker will redeliver");
+                    }
+                    Err(_) => {
+                        warn!(step = %self.node.name(), "ack not answered; the broker will redeliver");
+                    }
                 }
             }
             Err(error) => {
@@ -97,8 +109,14 @@ impl StepWorker {
                     requeue: true,
                     ..BasicNackOptions::default()
                 };
-                if let Err(error) = delivery.nack(requeue).await {
-                    warn!(step = %self.node.name(), %error, "nack failed; the broker will redeliver");
+                match tokio::time::timeout(SETTLE_TIMEOUT, delivery.nack(requeue)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => {
+                        warn!(step = %self.node.name(), %error, "nack failed; the broker will redeliver");
+                    }
+                    Err(_) => {
+                        warn!(step = %self.node.name(), "nack not answered; the broker will redeliver");
+                    }
                 }
             }
         }

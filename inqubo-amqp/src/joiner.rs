@@ -44,6 +44,9 @@ use crate::{
 /// The most pieces handled in one batch.
 const BATCH: usize = 256;
 
+/// How long the acknowledgement of a batch may take.
+const BATCH_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long a batch waits for more pieces once it has one.
 const BATCH_WINDOW: Duration = Duration::from_millis(2);
 
@@ -218,7 +221,16 @@ pub(crate) async fn consume_shard(
         let snapshot = message::join_snapshot(&shard.state_queue(), book.snapshot());
         shard.publisher.send_all(vec![snapshot]).await?;
         if let Some(last) = batch.last() {
-            last.ack(BasicAckOptions { multiple: true }).await?;
+            // Bounded: on a dying connection the ack may never be answered; the pieces are
+            // then redelivered and recognised from the snapshot.
+            tokio::time::timeout(
+                BATCH_ACK_TIMEOUT,
+                last.ack(BasicAckOptions { multiple: true }),
+            )
+            .await
+            .map_err(|_| Error::ConsumerStopped {
+                queue: queue.clone(),
+            })??;
         }
         debug!(join = %shard.join, shard = shard.shard, pieces = batch.len(), pending = book.pending_runs(), "join batch");
     }

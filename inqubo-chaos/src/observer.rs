@@ -174,21 +174,23 @@ pub(crate) async fn observe(urls: Vec<String>, queue: String, tally: Arc<Mutex<T
 const STALL: Duration = Duration::from_secs(10);
 
 async fn consume(url: &str, queue: &str, tally: &Mutex<Tally>) -> anyhow::Result<()> {
-    let connection = tokio::time::timeout(
-        STALL,
-        Connection::connect(url, ConnectionProperties::default()),
-    )
+    // Every broker call is bounded: across a broker restart a call on a dying connection may
+    // never be answered.
+    let (_connection, mut consumer) = tokio::time::timeout(STALL, async {
+        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel.basic_qos(500, Default::default()).await?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        anyhow::Ok((connection, consumer))
+    })
     .await??;
-    let channel = connection.create_channel().await?;
-    channel.basic_qos(500, Default::default()).await?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
     // A consumer that hears nothing for a while may be attached to a connection that died
     // silently: start over (the queue is durable, nothing is missed).
     while let Some(delivery) = tokio::time::timeout(STALL, consumer.next()).await? {
@@ -199,7 +201,7 @@ async fn consume(url: &str, queue: &str, tally: &Mutex<Tally>) -> anyhow::Result
                 .map_err(|_| anyhow::anyhow!("tally poisoned"))?
                 .record(&event);
         }
-        delivery.ack(BasicAckOptions::default()).await?;
+        tokio::time::timeout(STALL, delivery.ack(BasicAckOptions::default())).await??;
     }
     anyhow::bail!("observer consumer ended")
 }
