@@ -88,15 +88,7 @@ impl StepWorker {
         match self.process(&received).await {
             Ok(()) => {
                 let ack = delivery.ack(BasicAckOptions::default());
-                match tokio::time::timeout(SETTLE_TIMEOUT, ack).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => {
-                        warn!(step = %self.node.name(), %error, "ack failed; the broker will redeliver");
-                    }
-                    Err(_) => {
-                        warn!(step = %self.node.name(), "ack not answered; the broker will redeliver");
-                    }
-                }
+                self.settle("ack", ack).await;
             }
             Err(error) => {
                 warn!(
@@ -109,15 +101,25 @@ impl StepWorker {
                     requeue: true,
                     ..BasicNackOptions::default()
                 };
-                match tokio::time::timeout(SETTLE_TIMEOUT, delivery.nack(requeue)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => {
-                        warn!(step = %self.node.name(), %error, "nack failed; the broker will redeliver");
-                    }
-                    Err(_) => {
-                        warn!(step = %self.node.name(), "nack not answered; the broker will redeliver");
-                    }
-                }
+                self.settle("nack", delivery.nack(requeue)).await;
+            }
+        }
+    }
+
+    /// Waits (bounded) for an ack or nack; a failure only needs a warning, since the broker
+    /// redelivers whatever was not settled.
+    async fn settle(
+        &self,
+        what: &str,
+        settling: impl std::future::Future<Output = lapin::Result<bool>>,
+    ) {
+        match tokio::time::timeout(SETTLE_TIMEOUT, settling).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                warn!(step = %self.node.name(), %error, "{what} failed; the broker will redeliver");
+            }
+            Err(_) => {
+                warn!(step = %self.node.name(), "{what} not answered; the broker will redeliver");
             }
         }
     }
@@ -196,9 +198,7 @@ impl StepWorker {
                         attempt,
                         reason: FailureReason::Unroutable,
                     };
-                    self.publisher
-                        .send_all(vec![id.notice(EventKind::Failed, &failure)])
-                        .await?;
+                    // `park` publishes the `failed` event and tells the run's end.
                     self.park(received, failure).await
                 }
                 other => other,

@@ -117,7 +117,7 @@ impl AttemptId<'_> {
 
     /// A JSON-bodied lifecycle event that no queue is required to receive.
     pub(crate) fn notice(&self, kind: EventKind, body: &impl Serialize) -> Outgoing {
-        self.event(kind, to_json(body), false)
+        self.event(kind, json(body), false)
     }
 
     /// The step's input again, bound for the step's own queue after a delay.
@@ -234,16 +234,11 @@ pub(crate) fn announcement(topology: &Topology, workflow: &inqubo_core::Workflow
     Outgoing {
         exchange: String::new(),
         routing_key: topology.registry_queue().as_str().to_owned(),
-        body: to_json(&workflow.definition()),
+        body: json(&workflow.definition()),
         headers,
         message_id: format!("announce:{}", workflow.name()),
         mandatory: true,
     }
-}
-
-/// The JSON bytes of `body`.
-pub(crate) fn json(body: &impl Serialize) -> Vec<u8> {
-    to_json(body)
 }
 
 /// An input that failed for good, bound for the workflow's parked queue.
@@ -279,7 +274,8 @@ pub(crate) fn parked(
     }
 }
 
-fn to_json(body: &impl Serialize) -> Vec<u8> {
+/// The JSON bytes of `body`.
+pub(crate) fn json(body: &impl Serialize) -> Vec<u8> {
     // Bodies are plain structs of strings and numbers; encoding cannot fail.
     serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec())
 }
