@@ -285,7 +285,11 @@ impl<T> WorkflowBuilder<T> {
             }
         }
         Ok(Workflow {
-            inner: Arc::new(WorkflowInner { name, steps }),
+            inner: Arc::new(WorkflowInner {
+                chain: is_chain(&steps),
+                name,
+                steps,
+            }),
         })
     }
 }
@@ -454,6 +458,14 @@ impl StepNode {
 struct WorkflowInner {
     name: WorkflowName,
     steps: Vec<StepNode>,
+    /// Computed once: runtimes ask for every step they run.
+    chain: bool,
+}
+
+/// One first step, no fan-out, no join.
+fn is_chain(steps: &[StepNode]) -> bool {
+    let roots = steps.iter().filter(|s| s.parents.is_empty()).count();
+    roots == 1 && steps.iter().all(|s| s.children.len() <= 1 && !s.is_join())
 }
 
 /// A validated workflow: a named graph of steps. Cheap to clone.
@@ -504,12 +516,7 @@ impl Workflow {
     /// Whether the workflow is a single chain (one first step, no fan-out, no join). A chain
     /// needs no join state to know when a run ends.
     pub fn is_chain(&self) -> bool {
-        let roots = self.steps().iter().filter(|s| s.parents.is_empty()).count();
-        roots == 1
-            && self
-                .steps()
-                .iter()
-                .all(|s| s.children.len() <= 1 && !s.is_join())
+        self.inner.chain
     }
 
     /// The join steps that can no longer run once `step` failed: joins downstream of it.
