@@ -464,3 +464,66 @@ async fn started_events_can_be_turned_off_without_losing_outcomes() {
     );
     runner.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_outcome_no_queue_receives_fails_the_step_once_and_parks_its_input() {
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("orphan")
+        .start(Step::new("get_data", get_data))
+        .then(Step::new("sum", sum))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    // Watch failures only: a watcher bound to `succeeded` keys would make the outcome routable.
+    let mut failures = runner
+        .client()
+        .subscribe_to("orphan.step.*.failed")
+        .await
+        .unwrap();
+    // Cut the child's queue off its parent's `succeeded` key, as if it had been removed.
+    let (connection, channel) = broker.raw_channel().await;
+    channel
+        .queue_unbind(
+            format!("{}.orphan.sum", broker.prefix()).as_str().into(),
+            broker.prefix().into(),
+            "orphan.step.get_data.succeeded".into(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let _ = connection.close(200, "done".into()).await;
+
+    let outcome = runner
+        .trigger_and_wait("o", &json!({}), Duration::from_secs(30))
+        .await
+        .unwrap();
+    // The run's end comes after the step's `failed`; one more confirmed run flushes the stream.
+    runner
+        .trigger_and_wait("o2", &json!({}), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut failed = Vec::new();
+    while let Ok(Some(event)) = tokio::time::timeout(
+        Duration::from_millis(500),
+        futures_util::StreamExt::next(&mut failures),
+    )
+    .await
+    {
+        failed.push(event.unwrap());
+    }
+
+    let inqubo_amqp::RunOutcome::Failed(failure) = outcome else {
+        panic!("expected a failed run, got {outcome:?}");
+    };
+    assert_eq!(failure.reason, FailureReason::Unroutable);
+    assert_eq!(failure.step.as_str(), "get_data");
+    let of_o: Vec<_> = failed.iter().filter(|e| e.run_id.as_str() == "o").collect();
+    assert_eq!(of_o.len(), 1, "one failed event, not two: {failed:?}");
+    let body: FailedBody = serde_json::from_value(of_o[0].body.clone()).unwrap();
+    assert_eq!(body.reason, FailureReason::Unroutable);
+    let parked = broker
+        .drain(&format!("{}.orphan.parked", broker.prefix()), 1)
+        .await;
+    assert_eq!(text_header(&parked[0], "parked-reason"), "unroutable");
+    runner.shutdown().await.unwrap();
+}
