@@ -6,7 +6,9 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod broker;
+mod dashboard;
 mod history;
+mod metric;
 mod parked;
 mod workflows;
 
@@ -82,6 +84,20 @@ enum Command {
         /// Delete runs that finished longer ago than this (e.g. 7d, 12h).
         #[arg(long, default_value = "30d")]
         retention: String,
+        /// Serve the dashboard, its JSON API and Prometheus `/metrics` on this address
+        /// (e.g. 127.0.0.1:8080; port 0 picks a free one). Bind another interface only with
+        /// a token.
+        #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:8080")]
+        listen: Option<std::net::SocketAddr>,
+        /// Require `Authorization: Bearer <token>` on the API (and so on the dashboard's
+        /// data and buttons).
+        #[arg(
+            long,
+            env = "INQUBO_TOKEN",
+            hide_env_values = true,
+            requires = "listen"
+        )]
+        token: Option<String>,
     },
     /// Runs from the history, newest first.
     Runs {
@@ -164,10 +180,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Watch { workflow, run_id } => watch(&context, workflow, run_id).await.map(|()| 0),
         Command::Parked { action } => parked::run(&context, action).await.map(|()| 0),
-        Command::Monitor { store, retention } => {
-            history::monitor(&context, &store, history::parse_age(&retention)?)
-                .await
-                .map(|()| 0)
+        Command::Monitor {
+            store,
+            retention,
+            listen,
+            token,
+        } => {
+            let options = history::MonitorOptions {
+                store,
+                retention: history::parse_age(&retention)?,
+                listen,
+                token: token.filter(|t| !t.is_empty()),
+            };
+            history::monitor(&context, options).await.map(|()| 0)
         }
         Command::Runs {
             store,
@@ -176,15 +201,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             since,
         } => {
             let since = since.as_deref().map(history::parse_age).transpose()?;
-            history::runs(
-                &context,
-                &store,
-                workflow.as_deref(),
-                status.as_deref(),
-                since,
-            )
-            .await
-            .map(|()| 0)
+            let filter = history::query::RunFilter {
+                workflow: workflow.unwrap_or_default(),
+                status: status.unwrap_or_default(),
+                search: String::new(),
+                since_ms: since.map_or(0, |age| {
+                    history::now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX)
+                }),
+            };
+            history::runs(&context, &store, filter).await.map(|()| 0)
         }
         Command::Run { run_id, store } => history::run(&context, &store, &run_id).await,
     }

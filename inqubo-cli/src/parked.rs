@@ -104,31 +104,85 @@ async fn take(channel: &Channel, queue: &str, count: usize) -> anyhow::Result<Ve
     Ok(taken)
 }
 
-pub(crate) async fn run(context: &Context, action: Action) -> anyhow::Result<()> {
+/// Which parked messages to replay.
+#[derive(Debug, Clone)]
+pub(crate) enum Selection {
+    /// The message at this position (from 1), if it still belongs to `run_id` when given:
+    /// positions shift as messages come and go, and a dashboard must not replay another one.
+    One {
+        /// Its position in the parked queue, from 1.
+        number: usize,
+        /// The run the message must belong to.
+        run_id: Option<String>,
+    },
+    /// Every parked message.
+    All,
+}
+
+/// A workflow's parked queue and its depth; an error naming the workflow if it has none.
+async fn parked_queue(context: &Context, workflow: &str) -> anyhow::Result<(String, usize)> {
     let topology = context.topology()?;
-    let workflow = match &action {
-        Action::List { workflow }
-        | Action::Show { workflow, .. }
-        | Action::Replay { workflow, .. }
-        | Action::Purge { workflow, .. } => workflow.clone(),
-    };
     let name = workflow.parse().context("invalid workflow name")?;
-    let queue = topology.parked_queue(&name);
-    let Some((depth, _)) = queue_stats(context, queue.as_str()).await? else {
+    let queue = topology.parked_queue(&name).as_str().to_owned();
+    let Some((depth, _)) = queue_stats(context, &queue).await? else {
         anyhow::bail!(
             "workflow `{workflow}` has no parked queue under prefix `{}`",
             context.prefix
         );
     };
+    Ok((queue, depth as usize))
+}
+
+/// A workflow's parked messages, described (inputs cut at 80 characters).
+pub(crate) async fn list(
+    context: &Context,
+    workflow: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let (queue, depth) = parked_queue(context, workflow).await?;
     let (connection, channel) = context.channel().await?;
-    let result = match action {
-        Action::List { .. } => {
-            let parked = take(&channel, queue.as_str(), depth as usize).await?;
-            let rows: Vec<_> = parked
-                .iter()
-                .enumerate()
-                .map(|(i, d)| describe(i + 1, d, false))
-                .collect();
+    let parked = take(&channel, &queue, depth).await;
+    // Closing without acknowledging returns every message to the parked queue.
+    let _ = connection.close(200, "listed".into()).await;
+    Ok(parked?
+        .iter()
+        .enumerate()
+        .map(|(i, d)| describe(i + 1, d, false))
+        .collect())
+}
+
+/// Deletes every parked message of a workflow; returns how many.
+pub(crate) async fn purge(context: &Context, workflow: &str) -> anyhow::Result<u32> {
+    let (queue, _) = parked_queue(context, workflow).await?;
+    let (connection, channel) = context.channel().await?;
+    let purged = channel
+        .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
+        .await;
+    let _ = connection.close(200, "purged".into()).await;
+    Ok(purged?)
+}
+
+/// Sends parked messages back to their steps; returns how many.
+pub(crate) async fn replay(
+    context: &Context,
+    workflow: &str,
+    selection: Selection,
+    progress: bool,
+) -> anyhow::Result<usize> {
+    let (queue, depth) = parked_queue(context, workflow).await?;
+    let (connection, channel) = context.channel().await?;
+    let replayed = replay_on(
+        context, &channel, &queue, workflow, selection, depth, progress,
+    )
+    .await;
+    // Anything taken and not acknowledged returns to the parked queue.
+    let _ = connection.close(200, "replayed".into()).await;
+    replayed
+}
+
+pub(crate) async fn run(context: &Context, action: Action) -> anyhow::Result<()> {
+    match action {
+        Action::List { workflow } => {
+            let rows = list(context, &workflow).await?;
             if context.json {
                 println!("{}", serde_json::Value::Array(rows));
             } else if rows.is_empty() {
@@ -145,10 +199,13 @@ pub(crate) async fn run(context: &Context, action: Action) -> anyhow::Result<()>
                     );
                 }
             }
-            Ok(())
         }
-        Action::Show { number, .. } => {
-            let parked = take(&channel, queue.as_str(), number).await?;
+        Action::Show { workflow, number } => {
+            let (queue, _) = parked_queue(context, &workflow).await?;
+            let (connection, channel) = context.channel().await?;
+            let parked = take(&channel, &queue, number).await;
+            let _ = connection.close(200, "shown".into()).await;
+            let parked = parked?;
             let delivery = parked
                 .get(number.saturating_sub(1))
                 .filter(|_| number >= 1)
@@ -157,20 +214,29 @@ pub(crate) async fn run(context: &Context, action: Action) -> anyhow::Result<()>
                 "{}",
                 serde_json::to_string_pretty(&describe(number, delivery, true))?
             );
-            Ok(())
         }
-        Action::Replay { number, all, .. } => {
-            replay(
-                context,
-                &channel,
-                queue.as_str(),
-                &workflow,
-                if all { None } else { number },
-                depth as usize,
-            )
-            .await
+        Action::Replay {
+            workflow,
+            number,
+            all,
+        } => {
+            let selection = match (all, number) {
+                (false, Some(number)) => Selection::One {
+                    number,
+                    run_id: None,
+                },
+                _ => Selection::All,
+            };
+            let progress = std::io::stderr().is_terminal() && !context.json;
+            let replayed = replay(context, &workflow, selection, progress).await?;
+            if context.json {
+                println!("{}", json!({"replayed": replayed}));
+            } else {
+                println!("replayed {replayed} message(s)");
+            }
         }
-        Action::Purge { yes, .. } => {
+        Action::Purge { workflow, yes } => {
+            let (_, depth) = parked_queue(context, &workflow).await?;
             if !yes
                 && !confirm(&format!(
                     "purge {depth} parked message(s) of workflow {workflow}?"
@@ -178,20 +244,15 @@ pub(crate) async fn run(context: &Context, action: Action) -> anyhow::Result<()>
             {
                 anyhow::bail!("not purged");
             }
-            let purged = channel
-                .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
-                .await?;
+            let purged = purge(context, &workflow).await?;
             if context.json {
                 println!("{}", json!({"purged": purged}));
             } else {
                 println!("purged {purged} parked message(s)");
             }
-            Ok(())
         }
-    };
-    // Anything taken and not acknowledged returns to the parked queue.
-    let _ = connection.close(200, "done".into()).await;
-    result
+    }
+    Ok(())
 }
 
 fn confirm(question: &str) -> anyhow::Result<bool> {
@@ -205,28 +266,37 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
-async fn replay(
+async fn replay_on(
     context: &Context,
     channel: &Channel,
     queue: &str,
     workflow: &str,
-    number: Option<usize>,
+    selection: Selection,
     depth: usize,
-) -> anyhow::Result<()> {
+    progress: bool,
+) -> anyhow::Result<usize> {
     let topology = context.topology()?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let (skip, count) = match number {
-        Some(0) => anyhow::bail!("messages are numbered from 1"),
-        Some(n) => (n - 1, 1),
-        None => (0, depth),
+    let (skip, count, expected_run) = match selection {
+        Selection::One { number: 0, .. } => anyhow::bail!("messages are numbered from 1"),
+        Selection::One { number, run_id } => (number - 1, 1, run_id),
+        Selection::All => (0, depth, None),
     };
     let taken = take(channel, queue, skip + count).await?;
     if taken.len() <= skip {
         anyhow::bail!("there is no parked message number {}", skip + 1);
     }
-    let progress = std::io::stderr().is_terminal() && !context.json;
+    if let Some(expected) = expected_run {
+        let found = text(taken[skip].properties.headers().as_ref(), "run-id");
+        if found.as_deref() != Some(expected.as_str()) {
+            anyhow::bail!(
+                "parked message number {} is no longer the one of run {expected}; list again",
+                skip + 1
+            );
+        }
+    }
     let total = taken.len() - skip;
     let mut replayed = 0;
     for delivery in taken.iter().skip(skip) {
@@ -271,10 +341,5 @@ async fn replay(
     if progress {
         eprintln!();
     }
-    if context.json {
-        println!("{}", json!({"replayed": replayed}));
-    } else {
-        println!("replayed {replayed} message(s)");
-    }
-    Ok(())
+    Ok(replayed)
 }

@@ -17,14 +17,15 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable, LongString},
 };
-use serde_json::json;
 use sqlx::{AnyPool, Row, migrate::Migrator};
+
+pub(crate) mod query;
 
 use crate::broker::Context;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -52,8 +53,12 @@ pub(crate) async fn open(store: &str) -> anyhow::Result<AnyPool> {
     Ok(pool)
 }
 
-/// Records one event.
-pub(crate) async fn record(pool: &AnyPool, event: &LifecycleEvent) -> anyhow::Result<()> {
+/// Records one event; for the end of a step attempt, returns how long the attempt took as the
+/// monitor saw it (from its `started` event, when there was one).
+pub(crate) async fn record(
+    pool: &AnyPool,
+    event: &LifecycleEvent,
+) -> anyhow::Result<Option<Duration>> {
     let workflow = event.workflow.as_str();
     let run = event.run_id.as_str();
     let now = now_ms();
@@ -76,7 +81,7 @@ pub(crate) async fn record(pool: &AnyPool, event: &LifecycleEvent) -> anyhow::Re
         .bind(body)
         .execute(pool)
         .await?;
-        return Ok(());
+        return Ok(None);
     }
     if event.kind.is_run_event() {
         sqlx::query(
@@ -93,7 +98,7 @@ pub(crate) async fn record(pool: &AnyPool, event: &LifecycleEvent) -> anyhow::Re
         .bind(body)
         .execute(pool)
         .await?;
-        return Ok(());
+        return Ok(None);
     }
     sqlx::query(
         "INSERT INTO runs (workflow, run_id, status, created_ms, updated_ms)
@@ -109,7 +114,7 @@ pub(crate) async fn record(pool: &AnyPool, event: &LifecycleEvent) -> anyhow::Re
     .execute(pool)
     .await?;
     let Some(step) = &event.step else {
-        return Ok(());
+        return Ok(None);
     };
     let attempt = i64::from(event.attempt.unwrap_or(0));
     let (status, error, output, finished) = match event.kind {
@@ -127,16 +132,17 @@ pub(crate) async fn record(pool: &AnyPool, event: &LifecycleEvent) -> anyhow::Re
             None,
             Some(now),
         ),
-        _ => return Ok(()),
+        _ => return Ok(None),
     };
-    sqlx::query(
+    let row = sqlx::query(
         "INSERT INTO attempts (workflow, run_id, step, attempt, status, started_ms, finished_ms, error, output)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (workflow, run_id, step, attempt) DO UPDATE SET
            status = CASE WHEN excluded.status = 'started' THEN attempts.status ELSE excluded.status END,
            finished_ms = COALESCE(excluded.finished_ms, attempts.finished_ms),
            error = COALESCE(excluded.error, attempts.error),
-           output = COALESCE(excluded.output, attempts.output)",
+           output = COALESCE(excluded.output, attempts.output)
+         RETURNING started_ms, finished_ms",
     )
     .bind(workflow)
     .bind(run)
@@ -147,9 +153,15 @@ pub(crate) async fn record(pool: &AnyPool, event: &LifecycleEvent) -> anyhow::Re
     .bind(finished)
     .bind(error)
     .bind(output)
-    .execute(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(())
+    let took = match (row.get::<i64, _>(0), row.get::<Option<i64>, _>(1)) {
+        (start, Some(end)) if status != "started" && end >= start => Some(Duration::from_millis(
+            u64::try_from(end - start).unwrap_or(0),
+        )),
+        _ => None,
+    };
+    Ok(took)
 }
 
 /// Deletes runs that finished more than `retention` ago, and their attempts.
@@ -170,13 +182,31 @@ async fn expire(pool: &AnyPool, retention: Duration) -> anyhow::Result<u64> {
     Ok(deleted.rows_affected())
 }
 
-/// `inqubo monitor`: consumes events into the store until Ctrl-C.
-pub(crate) async fn monitor(
-    context: &Context,
-    store: &str,
-    retention: Duration,
-) -> anyhow::Result<()> {
+/// How `inqubo monitor` runs.
+#[derive(Debug)]
+pub(crate) struct MonitorOptions {
+    /// The store URL.
+    pub(crate) store: String,
+    /// How long finished runs are kept.
+    pub(crate) retention: Duration,
+    /// Where to serve the dashboard, its API and `/metrics`; none when `None`.
+    pub(crate) listen: Option<std::net::SocketAddr>,
+    /// The bearer token the API asks for, if any.
+    pub(crate) token: Option<String>,
+}
+
+/// `inqubo monitor`: consumes events into the store until Ctrl-C, and serves the dashboard
+/// when asked to.
+pub(crate) async fn monitor(context: &Context, options: MonitorOptions) -> anyhow::Result<()> {
+    let MonitorOptions {
+        store,
+        retention,
+        listen,
+        token,
+    } = options;
+    let store = store.as_str();
     let pool = open(store).await?;
+    let (live, _) = tokio::sync::broadcast::channel::<std::sync::Arc<str>>(1024);
     let topology = context.topology()?;
     let (connection, channel) = context.channel().await?;
     let queue = format!("{}.monitor", context.prefix);
@@ -229,6 +259,29 @@ pub(crate) async fn monitor(
         context.prefix,
         crate::broker::redact(store)
     );
+    if let Some(address) = listen {
+        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(crate::metric::DURATION_BUCKETS)?
+            .install_recorder()
+            .context("cannot install the metrics recorder")?;
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        let bound = listener.local_addr()?;
+        eprintln!("dashboard on http://{bound}/ (API under /api, metrics at /metrics)");
+        let state = crate::dashboard::State::new(
+            context.clone(),
+            pool.clone(),
+            live.clone(),
+            metrics,
+            token,
+        );
+        tokio::spawn(async move {
+            if let Err(error) = crate::dashboard::serve(listener, state).await {
+                eprintln!("the dashboard stopped: {error:#}");
+            }
+        });
+    }
     let mut sweep = tokio::time::interval(Duration::from_secs(30));
     loop {
         let delivery = tokio::select! {
@@ -249,7 +302,11 @@ pub(crate) async fn monitor(
         let delivery = delivery?;
         if let Ok(event) = inqubo::event_from_delivery(&delivery) {
             // Stored before acknowledged: a crash replays the event, and recording is idempotent.
-            record(&pool, &event).await?;
+            let took = record(&pool, &event).await?;
+            crate::metric::observe(&event, took);
+            if live.receiver_count() > 0 {
+                let _ = live.send(crate::dashboard::event_json(&event).into());
+            }
         }
         delivery.ack(BasicAckOptions::default()).await?;
     }
@@ -293,32 +350,6 @@ async fn follow_triggers(
     Ok(())
 }
 
-/// What each step of `workflow` received in a run: the run input for first steps, the
-/// parent's output otherwise, a JSON array of the parents' outputs for a join.
-fn step_inputs(
-    definition: Option<&inqubo::WorkflowDefinition>,
-    run_input: Option<&serde_json::Value>,
-    outputs: &std::collections::HashMap<String, serde_json::Value>,
-) -> std::collections::HashMap<String, serde_json::Value> {
-    let mut inputs = std::collections::HashMap::new();
-    for step in definition.map(|d| d.steps.as_slice()).unwrap_or_default() {
-        let input = match step.parents.as_slice() {
-            [] => run_input.cloned(),
-            [parent] => outputs.get(parent.as_str()).cloned(),
-            parents => Some(serde_json::Value::Array(
-                parents
-                    .iter()
-                    .map(|p| outputs.get(p.as_str()).cloned().unwrap_or_default())
-                    .collect(),
-            )),
-        };
-        if let Some(input) = input {
-            inputs.insert(step.name.to_string(), input);
-        }
-    }
-    inputs
-}
-
 /// Parses `30m`, `2h`, `7d` or `45s`.
 pub(crate) fn parse_age(text: &str) -> anyhow::Result<Duration> {
     let (number, unit) = text.split_at(text.len().saturating_sub(1));
@@ -339,52 +370,26 @@ pub(crate) fn parse_age(text: &str) -> anyhow::Result<Duration> {
 pub(crate) async fn runs(
     context: &Context,
     store: &str,
-    workflow: Option<&str>,
-    status: Option<&str>,
-    since: Option<Duration>,
+    filter: query::RunFilter,
 ) -> anyhow::Result<()> {
     let pool = open(store).await?;
-    let since_ms = since.map_or(0, |age| {
-        now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX)
-    });
-    let rows = sqlx::query(
-        "SELECT workflow, run_id, status, created_ms, updated_ms, finished_ms FROM runs
-         WHERE ($1 = '' OR workflow = $1) AND ($2 = '' OR status = $2) AND updated_ms >= $3
-         ORDER BY updated_ms DESC LIMIT 500",
-    )
-    .bind(workflow.unwrap_or_default())
-    .bind(status.unwrap_or_default())
-    .bind(since_ms)
-    .fetch_all(&pool)
-    .await?;
-    let runs: Vec<_> = rows
-        .iter()
-        .map(|row| {
-            json!({
-                "workflow": row.get::<String, _>(0),
-                "run_id": row.get::<String, _>(1),
-                "status": row.get::<String, _>(2),
-                "created_ms": row.get::<i64, _>(3),
-                "updated_ms": row.get::<i64, _>(4),
-                "finished_ms": row.get::<Option<i64>, _>(5),
-            })
-        })
-        .collect();
+    let page = query::list_runs(&pool, &filter, 1, 500).await?;
+    let runs = page["runs"].as_array().cloned().unwrap_or_default();
     if context.json {
         println!("{}", serde_json::Value::Array(runs));
-    } else {
-        for run in runs {
-            let took = match (run["finished_ms"].as_i64(), run["created_ms"].as_i64()) {
-                (Some(end), Some(start)) => format!("{} ms", end - start),
-                _ => "-".to_owned(),
-            };
-            println!(
-                "{:<20} {:<36} {:<10} {took}",
-                run["workflow"].as_str().unwrap_or_default(),
-                run["run_id"].as_str().unwrap_or_default(),
-                run["status"].as_str().unwrap_or_default()
-            );
-        }
+        return Ok(());
+    }
+    for run in runs {
+        let took = match (run["finished_ms"].as_i64(), run["created_ms"].as_i64()) {
+            (Some(end), Some(start)) => format!("{} ms", end - start),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "{:<20} {:<36} {:<10} {took}",
+            run["workflow"].as_str().unwrap_or_default(),
+            run["run_id"].as_str().unwrap_or_default(),
+            run["status"].as_str().unwrap_or_default()
+        );
     }
     Ok(())
 }
@@ -392,85 +397,40 @@ pub(crate) async fn runs(
 /// `inqubo run <id>`.
 pub(crate) async fn run(context: &Context, store: &str, run_id: &str) -> anyhow::Result<i32> {
     let pool = open(store).await?;
-    let Some(run) = sqlx::query("SELECT workflow, status, created_ms, finished_ms, outcome, input FROM runs WHERE run_id = $1 ORDER BY updated_ms DESC LIMIT 1")
-        .bind(run_id)
-        .fetch_optional(&pool)
-        .await?
-    else {
+    let Some(mut report) = query::run_detail(&pool, run_id).await? else {
         eprintln!("run {run_id} is not in the history");
         return Ok(1);
     };
-    let workflow: String = run.get(0);
-    let attempts = sqlx::query(
-        "SELECT step, attempt, status, started_ms, finished_ms, error, output FROM attempts
-         WHERE workflow = $1 AND run_id = $2 ORDER BY started_ms, step, attempt",
-    )
-    .bind(workflow.as_str())
-    .bind(run_id)
-    .fetch_all(&pool)
-    .await?;
-    let parse = |text: Option<String>| {
-        text.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-    };
-    let definition = sqlx::query("SELECT definition FROM workflows WHERE workflow = $1")
-        .bind(workflow.as_str())
-        .fetch_optional(&pool)
-        .await?
-        .and_then(|row| {
-            serde_json::from_str::<inqubo::WorkflowDefinition>(&row.get::<String, _>(0)).ok()
-        });
-    let run_input = parse(run.get::<Option<String>, _>(5));
-    let outputs: std::collections::HashMap<String, serde_json::Value> = attempts
-        .iter()
-        .filter_map(|a| Some((a.get::<String, _>(0), parse(a.get::<Option<String>, _>(6))?)))
-        .collect();
-    let inputs = step_inputs(definition.as_ref(), run_input.as_ref(), &outputs);
-    let report = json!({
-        "workflow": workflow,
-        "run_id": run_id,
-        "status": run.get::<String, _>(1),
-        "created_ms": run.get::<i64, _>(2),
-        "finished_ms": run.get::<Option<i64>, _>(3),
-        "outcome": parse(run.get::<Option<String>, _>(4)),
-        "input": run_input,
-        "attempts": attempts.iter().map(|a| json!({
-            "step": a.get::<String, _>(0),
-            "attempt": a.get::<i64, _>(1),
-            "status": a.get::<String, _>(2),
-            "started_ms": a.get::<i64, _>(3),
-            "finished_ms": a.get::<Option<i64>, _>(4),
-            "error": a.get::<Option<String>, _>(5),
-            "input": inputs.get(&a.get::<String, _>(0)),
-            "output": parse(a.get::<Option<String>, _>(6)),
-        })).collect::<Vec<_>>(),
-    });
+    if let Some(fields) = report.as_object_mut() {
+        fields.remove("definition");
+    }
     if context.json {
         println!("{report}");
-    } else {
+        return Ok(0);
+    }
+    println!(
+        "run {run_id} of {}: {}",
+        report["workflow"].as_str().unwrap_or_default(),
+        report["status"].as_str().unwrap_or_default()
+    );
+    for attempt in report["attempts"].as_array().into_iter().flatten() {
+        let took = match (
+            attempt["finished_ms"].as_i64(),
+            attempt["started_ms"].as_i64(),
+        ) {
+            (Some(end), Some(start)) => format!("{} ms", end - start),
+            _ => "running".to_owned(),
+        };
         println!(
-            "run {run_id} of {}: {}",
-            report["workflow"].as_str().unwrap_or_default(),
-            report["status"].as_str().unwrap_or_default()
+            "  {:<28} attempt {:<3} {:<10} {took:<10} {}",
+            attempt["step"].as_str().unwrap_or_default(),
+            attempt["attempt"],
+            attempt["status"].as_str().unwrap_or_default(),
+            attempt["error"]
+                .as_str()
+                .or_else(|| attempt["output"].is_null().then_some(""))
+                .map_or_else(|| attempt["output"].to_string(), str::to_owned)
         );
-        for attempt in report["attempts"].as_array().into_iter().flatten() {
-            let took = match (
-                attempt["finished_ms"].as_i64(),
-                attempt["started_ms"].as_i64(),
-            ) {
-                (Some(end), Some(start)) => format!("{} ms", end - start),
-                _ => "running".to_owned(),
-            };
-            println!(
-                "  {:<28} attempt {:<3} {:<10} {took:<10} {}",
-                attempt["step"].as_str().unwrap_or_default(),
-                attempt["attempt"],
-                attempt["status"].as_str().unwrap_or_default(),
-                attempt["error"]
-                    .as_str()
-                    .or_else(|| attempt["output"].is_null().then_some(""))
-                    .map_or_else(|| attempt["output"].to_string(), str::to_owned)
-            );
-        }
     }
     Ok(0)
 }

@@ -1,0 +1,206 @@
+//! The JSON API under `/api`, which the pages use and scripts may too. Documented in
+//! `docs/dashboard.md`.
+
+use std::{convert::Infallible, time::Duration};
+
+use axum::{
+    Json,
+    extract::{Path, Query, State as Extract},
+    http::StatusCode,
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+};
+use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+
+use super::State;
+use crate::{
+    history::query::{self, RunFilter},
+    parked::{self, Selection},
+    workflows::queue_stats,
+};
+
+/// An error the API answers with: a status and `{"error": "..."}`.
+pub(super) struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(error: anyhow::Error) -> Self {
+        Self(StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}"))
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// `?workflow=&status=&q=&page=&per_page=`
+#[derive(Debug, Deserialize)]
+pub(super) struct RunsQuery {
+    #[serde(flatten)]
+    filter: RunFilter,
+    #[serde(default = "first_page")]
+    page: u32,
+    #[serde(default = "default_per_page")]
+    per_page: u32,
+}
+
+fn first_page() -> u32 {
+    1
+}
+
+fn default_per_page() -> u32 {
+    50
+}
+
+/// `GET /api/runs`: a page of runs, newest first, with counts per status.
+pub(super) async fn runs(Extract(state): Extract<State>, Query(q): Query<RunsQuery>) -> ApiResult {
+    if !q.filter.status.is_empty() && !query::RUN_STATUSES.contains(&q.filter.status.as_str()) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unknown status `{}`; use one of {}",
+                q.filter.status,
+                query::RUN_STATUSES.join(", ")
+            ),
+        ));
+    }
+    Ok(Json(
+        query::list_runs(&state.pool, &q.filter, q.page, q.per_page).await?,
+    ))
+}
+
+/// `GET /api/runs/{run_id}`: one run with its attempts and its workflow's graph.
+pub(super) async fn run(Extract(state): Extract<State>, Path(run_id): Path<String>) -> ApiResult {
+    match query::run_detail(&state.pool, &run_id).await? {
+        Some(run) => Ok(Json(run)),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("run {run_id} is not in the history"),
+        )),
+    }
+}
+
+/// `GET /api/workflows`: each workflow's graph, per-step activity over the last hour, queue
+/// depths and parked counts.
+pub(super) async fn workflows(Extract(state): Extract<State>) -> ApiResult {
+    const HOUR_MS: i64 = 3_600_000;
+    let mut report = query::workflow_activity(&state.pool, HOUR_MS).await?;
+    let topology = state.context.topology()?;
+    for workflow in report["workflows"].as_array_mut().into_iter().flatten() {
+        let Some(name) = workflow["workflow"]
+            .as_str()
+            .and_then(|n| n.parse::<inqubo::WorkflowName>().ok())
+        else {
+            continue;
+        };
+        let parked = queue_stats(&state.context, topology.parked_queue(&name).as_str()).await?;
+        workflow["parked"] = json!(parked.map(|(depth, _)| depth));
+        for step in workflow["steps"].as_array_mut().into_iter().flatten() {
+            let Some(step_name) = step["step"]
+                .as_str()
+                .and_then(|s| s.parse::<inqubo::StepName>().ok())
+            else {
+                continue;
+            };
+            let queue = topology.step_queue(&name, &step_name);
+            let stats = queue_stats(&state.context, queue.as_str()).await?;
+            step["queue"] = json!(queue.as_str());
+            step["depth"] = json!(stats.map(|s| s.0));
+            step["consumers"] = json!(stats.map(|s| s.1));
+        }
+    }
+    Ok(Json(report))
+}
+
+/// `GET /api/workflows/{workflow}/parked`: parked messages with their reasons.
+pub(super) async fn parked(
+    Extract(state): Extract<State>,
+    Path(workflow): Path<String>,
+) -> ApiResult {
+    let messages = parked::list(&state.context, &workflow)
+        .await
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, format!("{e:#}")))?;
+    Ok(Json(json!({"workflow": workflow, "messages": messages})))
+}
+
+/// The body of a replay: one message (with the run it must belong to) or all of them.
+#[derive(Debug, Deserialize)]
+pub(super) struct ReplayRequest {
+    number: Option<usize>,
+    run_id: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+/// `POST /api/workflows/{workflow}/parked/replay`
+pub(super) async fn replay(
+    Extract(state): Extract<State>,
+    Path(workflow): Path<String>,
+    Json(request): Json<ReplayRequest>,
+) -> ApiResult {
+    let selection = match (request.all, request.number) {
+        (true, None) => Selection::All,
+        (false, Some(number)) => Selection::One {
+            number,
+            run_id: request.run_id,
+        },
+        _ => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "give either {\"number\": n, \"run_id\": \"...\"} or {\"all\": true}".to_owned(),
+            ));
+        }
+    };
+    let replayed = parked::replay(&state.context, &workflow, selection, false)
+        .await
+        .map_err(|e| ApiError(StatusCode::CONFLICT, format!("{e:#}")))?;
+    Ok(Json(json!({"replayed": replayed})))
+}
+
+/// The body of a purge: `{"all": true}`, so that it is explicit.
+#[derive(Debug, Deserialize)]
+pub(super) struct PurgeRequest {
+    all: bool,
+}
+
+/// `POST /api/workflows/{workflow}/parked/purge`
+pub(super) async fn purge(
+    Extract(state): Extract<State>,
+    Path(workflow): Path<String>,
+    Json(request): Json<PurgeRequest>,
+) -> ApiResult {
+    if !request.all {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "a purge deletes every parked message; send {\"all\": true}".to_owned(),
+        ));
+    }
+    let purged = parked::purge(&state.context, &workflow)
+        .await
+        .map_err(|e| ApiError(StatusCode::CONFLICT, format!("{e:#}")))?;
+    Ok(Json(json!({"purged": purged})))
+}
+
+/// `GET /api/events`: the events the monitor records, as Server-Sent Events (`event:
+/// lifecycle`); `event: lagged` says some were skipped because the client read too slowly.
+pub(super) async fn events(
+    Extract(state): Extract<State>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = BroadcastStream::new(state.live.subscribe()).map(|item| {
+        Ok(match item {
+            Ok(json) => Event::default().event("lifecycle").data(&*json),
+            Err(BroadcastStreamRecvError::Lagged(skipped)) => {
+                Event::default().event("lagged").data(skipped.to_string())
+            }
+        })
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}

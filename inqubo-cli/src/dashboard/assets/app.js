@@ -1,0 +1,404 @@
+// The Inqubo dashboard: renders the monitor's JSON API (/api) into the page and re-renders when
+// /api/events says something changed. Every value from the API goes into the page as text
+// (textContent, SVG text nodes), never as HTML: step inputs and outputs cannot inject markup.
+"use strict";
+
+const TOKEN_KEY = "inqubo-token";
+const SVG = "http://www.w3.org/2000/svg";
+const MAX_JSON_CHARS = 20000;
+
+// --- small helpers ---------------------------------------------------------------------------
+
+// el("a", {href: "/x"}, "text", child): an element; strings become text nodes.
+function el(tag, attributes, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function svg(tag, attributes, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes || {})) node.setAttribute(name, String(value));
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function token() {
+  const fragment = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fragment) {
+    localStorage.setItem(TOKEN_KEY, fragment);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return localStorage.getItem(TOKEN_KEY) || "";
+}
+
+class Unauthorized extends Error {}
+
+async function api(path, options = {}) {
+  const headers = { Accept: "application/json" };
+  if (token()) headers.Authorization = "Bearer " + token();
+  if (options.body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch("/api" + path, {
+    method: options.method || "GET",
+    headers,
+    body: options.body === undefined ? undefined : JSON.stringify(options.body),
+  });
+  if (response.status === 401) throw new Unauthorized();
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(data.error || response.statusText);
+  return data;
+}
+
+function when(ms) {
+  return ms ? new Date(ms).toLocaleString() : "";
+}
+
+function took(start, end) {
+  if (!start || !end) return "";
+  const ms = end - start;
+  return ms < 1000 ? ms + " ms" : (ms / 1000).toFixed(ms < 10000 ? 2 : 1) + " s";
+}
+
+function status(value) {
+  return el("span", { class: "status " + value, "data-status": value }, value);
+}
+
+function prettyJson(value) {
+  let text = JSON.stringify(value, null, 2);
+  if (text === undefined) text = "";
+  if (text.length > MAX_JSON_CHARS) {
+    text = text.slice(0, MAX_JSON_CHARS) + `\n… (${text.length - MAX_JSON_CHARS} more characters)`;
+  }
+  return el("pre", {}, text);
+}
+
+// Replaces `parent`'s children; arrays are flattened, null and undefined skipped.
+function fill(parent, ...children) {
+  parent.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined));
+}
+
+function notice(text, isError) {
+  const box = document.getElementById("notice");
+  box.textContent = text;
+  box.className = isError ? "error" : "";
+  box.hidden = !text;
+}
+
+// --- the workflow graph ----------------------------------------------------------------------
+
+// Draws a definition's steps in columns by depth (longest path from a first step), with each
+// step coloured by `states[step]` (pending when absent).
+function graph(definition, states) {
+  const steps = definition ? definition.steps : [];
+  const depth = {};
+  for (const step of steps) {
+    depth[step.name] = step.parents.length ? 1 + Math.max(...step.parents.map((p) => depth[p] || 0)) : 0;
+  }
+  const columns = [];
+  for (const step of steps) (columns[depth[step.name]] ||= []).push(step.name);
+  const width = 160, height = 34, gapX = 60, gapY = 16, pad = 12;
+  const position = {};
+  columns.forEach((names, column) =>
+    names.forEach((name, row) => {
+      position[name] = { x: pad + column * (width + gapX), y: pad + row * (height + gapY) };
+    }),
+  );
+  const rows = Math.max(1, ...columns.map((c) => c.length));
+  const picture = svg("svg", {
+    class: "graph",
+    width: pad * 2 + columns.length * (width + gapX) - gapX,
+    height: pad * 2 + rows * (height + gapY) - gapY,
+    role: "img",
+    "aria-label": "workflow graph",
+  });
+  for (const edge of definition ? definition.edges : []) {
+    const from = position[edge.from], to = position[edge.to];
+    if (!from || !to) continue;
+    const x1 = from.x + width, y1 = from.y + height / 2, x2 = to.x, y2 = to.y + height / 2;
+    const bend = (x2 - x1) / 2;
+    picture.append(svg("path", { d: `M${x1},${y1} C${x1 + bend},${y1} ${x2 - bend},${y2} ${x2},${y2}` }));
+  }
+  for (const step of steps) {
+    const { x, y } = position[step.name];
+    const state = (states && states[step.name]) || "pending";
+    const group = svg("g", { "data-step": step.name, "data-state": state });
+    group.append(svg("rect", { x, y, width, height, rx: 6, class: "fill-" + state }));
+    group.append(svg("text", { x: x + 10, y: y + height / 2 + 4 }, step.name));
+    group.append(svg("title", {}, `${step.name}: ${state}`));
+    picture.append(group);
+  }
+  return picture;
+}
+
+// --- pages -----------------------------------------------------------------------------------
+
+async function runsPage(main) {
+  const query = new URLSearchParams(location.search);
+  const page = Number(query.get("page") || 1);
+  const [data, workflows] = await Promise.all([
+    api("/runs?" + query.toString()),
+    api("/workflows"),
+  ]);
+  const go = (changes) => {
+    const next = new URLSearchParams(location.search);
+    for (const [key, value] of Object.entries(changes)) value ? next.set(key, value) : next.delete(key);
+    if (!("page" in changes)) next.delete("page");
+    navigate("/?" + next.toString());
+  };
+  const workflowSelect = el("select", { name: "workflow", onchange: (e) => go({ workflow: e.target.value }) },
+    el("option", { value: "" }, "every workflow"),
+    workflows.workflows.map((w) =>
+      el("option", { value: w.workflow, selected: w.workflow === query.get("workflow") }, w.workflow)),
+  );
+  const search = el("input", { type: "search", name: "q", placeholder: "run id", value: query.get("q") || "" });
+  const counts = el("div", { class: "counts" },
+    el("a", { href: "#", class: query.get("status") ? "" : "current", onclick: (e) => { e.preventDefault(); go({ status: "" }); } },
+      `all ${data.total}`),
+    ["running", "retrying", "succeeded", "failed"].map((name) => [name, data.counts[name] ?? 0]).map(([name, count]) =>
+      el("a", { href: "#", "data-count": name, class: query.get("status") === name ? "current" : "",
+                onclick: (e) => { e.preventDefault(); go({ status: name }); } },
+        status(name), " ", String(count))),
+  );
+  const rows = data.runs.map((run) =>
+    el("tr", { "data-run": run.run_id },
+      el("td", { class: "mono" }, el("a", { href: "/runs/" + encodeURIComponent(run.run_id) }, run.run_id)),
+      el("td", {}, run.workflow),
+      el("td", {}, status(run.status)),
+      el("td", {}, when(run.created_ms)),
+      el("td", {}, took(run.created_ms, run.finished_ms)),
+    ));
+  const pages = Math.max(1, Math.ceil(data.total / data.per_page));
+  fill(main, 
+    el("h1", {}, "Runs"),
+    el("form", { class: "filters", onsubmit: (e) => { e.preventDefault(); go({ q: search.value.trim() }); } },
+      workflowSelect, search, el("button", { type: "submit" }, "Search")),
+    counts,
+    rows.length
+      ? el("table", {}, el("thead", {}, el("tr", {}, ["Run", "Workflow", "Status", "Started", "Took"].map((h) => el("th", {}, h)))),
+          el("tbody", {}, rows))
+      : el("p", { class: "muted" }, "No run matches. Runs appear here once `inqubo monitor` has seen them."),
+    el("div", { class: "pager" },
+      el("button", { disabled: page <= 1, onclick: () => go({ page: String(page - 1) }) }, "← Newer"),
+      el("span", {}, `page ${page} of ${pages}`),
+      el("button", { disabled: page >= pages, onclick: () => go({ page: String(page + 1) }) }, "Older →")),
+  );
+}
+
+// The state of each step in a run: that of its latest attempt.
+function stepStates(run) {
+  const states = {};
+  for (const attempt of run.attempts) states[attempt.step] = attempt.status;
+  return states;
+}
+
+function timeline(run) {
+  const start = run.created_ms;
+  const end = Math.max(run.finished_ms || 0, ...run.attempts.map((a) => a.finished_ms || a.started_ms), start + 1);
+  const span = end - start;
+  return el("div", { class: "timeline" },
+    run.attempts.map((attempt) => {
+      const bar = el("span", { class: "bar " + attempt.status, title: `${attempt.status} ${took(attempt.started_ms, attempt.finished_ms)}` });
+      bar.style.left = (100 * (attempt.started_ms - start) / span) + "%";
+      bar.style.width = (100 * ((attempt.finished_ms || end) - attempt.started_ms) / span) + "%";
+      return el("div", { class: "row" },
+        el("span", { class: "label mono" }, `${attempt.step} #${attempt.attempt}`),
+        el("span", { class: "lane" }, bar));
+    }));
+}
+
+async function runPage(main, runId) {
+  const run = await api("/runs/" + encodeURIComponent(runId));
+  fill(main, 
+    el("h1", {}, "Run ", el("span", { class: "mono" }, run.run_id), " ", el("span", { id: "run-status" }, status(run.status))),
+    el("p", { class: "muted" },
+      `workflow ${run.workflow} · started ${when(run.created_ms)}`,
+      run.finished_ms ? ` · took ${took(run.created_ms, run.finished_ms)}` : ""),
+    graph(run.definition, stepStates(run)),
+    el("h2", {}, "Attempts"),
+    el("table", { id: "attempts" },
+      el("thead", {}, el("tr", {}, ["Step", "Attempt", "Status", "Took", "Error / input and output"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, run.attempts.map((attempt) =>
+        el("tr", { "data-attempt": `${attempt.step}#${attempt.attempt}` },
+          el("td", { class: "mono" }, attempt.step),
+          el("td", {}, String(attempt.attempt)),
+          el("td", {}, status(attempt.status)),
+          el("td", {}, took(attempt.started_ms, attempt.finished_ms)),
+          el("td", {},
+            attempt.error ? el("pre", { class: "error-text" }, attempt.error) : null,
+            el("details", {}, el("summary", {}, "input"), prettyJson(attempt.input)),
+            attempt.output !== null ? el("details", {}, el("summary", {}, "output"), prettyJson(attempt.output)) : null),
+        )))),
+    el("h2", {}, "Timeline"),
+    timeline(run),
+    el("h2", {}, "Run input"),
+    prettyJson(run.input),
+    run.outcome !== null ? [el("h2", {}, "Outcome"), prettyJson(run.outcome)] : null,
+  );
+}
+
+async function workflowsPage(main) {
+  const data = await api("/workflows");
+  const percent = (rate) => (rate === null ? "–" : (100 * rate).toFixed(1) + " %");
+  fill(main, 
+    el("h1", {}, "Workflows"),
+    data.workflows.length ? null : el("p", { class: "muted" }, "No workflow seen yet: start a runner."),
+    data.workflows.map((workflow) =>
+      el("section", { class: "card", "data-workflow": workflow.workflow },
+        el("h2", {}, workflow.workflow, " ",
+          el("a", { href: "/parked?workflow=" + encodeURIComponent(workflow.workflow), class: "muted" },
+            `${workflow.parked ?? 0} parked`)),
+        graph(workflow.definition, {}),
+        el("table", {},
+          el("thead", {}, el("tr", {}, ["Step", "Queue depth", "Consumers", "Attempts (1 h)", "Succeeded", "Retried", "Failed", "Failure rate"].map((h) => el("th", {}, h)))),
+          el("tbody", {}, workflow.steps.map((step) =>
+            el("tr", {},
+              el("td", { class: "mono" }, step.step),
+              el("td", {}, step.depth ?? "–"),
+              el("td", {}, step.consumers ?? "–"),
+              el("td", {}, step.attempts), el("td", {}, step.succeeded),
+              el("td", {}, step.retried), el("td", {}, step.failed),
+              el("td", {}, percent(step.failure_rate)))))))),
+  );
+}
+
+async function parkedPage(main) {
+  const query = new URLSearchParams(location.search);
+  const workflows = (await api("/workflows")).workflows.map((w) => w.workflow);
+  const workflow = query.get("workflow") || workflows[0];
+  const select = el("select", { name: "workflow", onchange: (e) => navigate("/parked?workflow=" + encodeURIComponent(e.target.value)) },
+    workflows.map((w) => el("option", { value: w, selected: w === workflow }, w)));
+  if (!workflow) {
+    fill(main, el("h1", {}, "Parked"), el("p", { class: "muted" }, "No workflow seen yet."));
+    return;
+  }
+  const data = await api(`/workflows/${encodeURIComponent(workflow)}/parked`);
+  const path = `/workflows/${encodeURIComponent(workflow)}/parked`;
+  const act = async (what, body, done) => {
+    try {
+      const result = await api(`${path}/${what}`, { method: "POST", body });
+      notice(done(result));
+    } catch (error) {
+      notice(error.message, true);
+    }
+    refresh();
+  };
+  fill(main, 
+    el("h1", {}, "Parked messages"),
+    el("div", { class: "filters" }, select,
+      el("button", { "data-replay-all": true, disabled: !data.messages.length, onclick: () => {
+        if (confirm(`Replay all ${data.messages.length} parked message(s) of ${workflow}?`)) {
+          act("replay", { all: true }, (r) => `replayed ${r.replayed} message(s)`);
+        }
+      } }, "Replay all"),
+      el("button", { class: "danger", "data-purge": true, disabled: !data.messages.length, onclick: () => {
+        if (confirm(`Delete all ${data.messages.length} parked message(s) of ${workflow}? This cannot be undone.`)) {
+          act("purge", { all: true }, (r) => `purged ${r.purged} message(s)`);
+        }
+      } }, "Purge all")),
+    data.messages.length
+      ? el("table", {},
+          el("thead", {}, el("tr", {}, ["#", "Run", "Step", "Reason", "Error", "Input", ""].map((h) => el("th", {}, h)))),
+          el("tbody", {}, data.messages.map((message) =>
+            el("tr", { "data-parked": message.number },
+              el("td", {}, String(message.number)),
+              el("td", { class: "mono" }, message.run_id
+                ? el("a", { href: "/runs/" + encodeURIComponent(message.run_id) }, message.run_id) : "–"),
+              el("td", { class: "mono" }, message.step ?? "–"),
+              el("td", {}, message.reason ?? "–"),
+              el("td", {}, message.error ?? ""),
+              el("td", {}, el("code", {}, message.input)),
+              el("td", {}, el("button", { "data-replay": message.number, onclick: () =>
+                act("replay", { number: message.number, run_id: message.run_id },
+                    (r) => `replayed ${r.replayed} message(s)`) }, "Replay")),
+            ))))
+      : el("p", { class: "muted", id: "no-parked" }, `No parked message for ${workflow}.`),
+  );
+}
+
+// --- routing, refresh and live updates --------------------------------------------------------
+
+let rendering = Promise.resolve();
+
+function currentRun() {
+  const match = location.pathname.match(/^\/runs\/(.+)$/);
+  return match ? decodeURIComponent(match[1]) : null;
+}
+
+async function render() {
+  const main = document.getElementById("main");
+  const section = currentRun() ? "runs" : location.pathname.replace(/^\//, "") || "runs";
+  for (const link of document.querySelectorAll("[data-nav]")) {
+    link.classList.toggle("current", link.dataset.nav === section);
+  }
+  try {
+    if (currentRun()) await runPage(main, currentRun());
+    else if (location.pathname === "/workflows") await workflowsPage(main);
+    else if (location.pathname === "/parked") await parkedPage(main);
+    else await runsPage(main);
+    document.body.dataset.ready = "true";
+  } catch (error) {
+    if (error instanceof Unauthorized) {
+      const form = document.getElementById("token-form").content.firstElementChild.cloneNode(true);
+      form.addEventListener("submit", (e) => {
+        e.preventDefault();
+        localStorage.setItem(TOKEN_KEY, form.elements.token.value);
+        connectLive();
+        refresh();
+      });
+      fill(main, form);
+    } else {
+      fill(main, el("p", { class: "error-text" }, "Cannot load this page: " + error.message));
+    }
+  }
+}
+
+function refresh() {
+  rendering = rendering.then(render);
+  return rendering;
+}
+
+function navigate(path) {
+  history.pushState(null, "", path);
+  notice("");
+  refresh();
+}
+
+let pending = null;
+function refreshSoon() {
+  if (pending) return;
+  pending = setTimeout(() => { pending = null; refresh(); }, 300);
+}
+
+let live = null;
+function connectLive() {
+  if (live) live.close();
+  const indicator = document.getElementById("live");
+  live = new EventSource("/api/events" + (token() ? "?token=" + encodeURIComponent(token()) : ""));
+  live.onopen = () => { indicator.textContent = "live"; indicator.classList.add("on"); };
+  live.onerror = () => { indicator.textContent = "reconnecting"; indicator.classList.remove("on"); };
+  live.addEventListener("lifecycle", (message) => {
+    const event = JSON.parse(message.data);
+    const run = currentRun();
+    if (!run || run === event.run_id) refreshSoon();
+  });
+  live.addEventListener("lagged", refreshSoon);
+}
+
+document.addEventListener("click", (event) => {
+  const link = event.target.closest("a[href^='/']");
+  if (!link || event.ctrlKey || event.metaKey || event.shiftKey) return;
+  event.preventDefault();
+  navigate(link.getAttribute("href"));
+});
+window.addEventListener("popstate", refresh);
+token();
+connectLive();
+refresh();

@@ -1,0 +1,232 @@
+//! The web dashboard that `inqubo monitor --listen` serves: a few pages over a JSON API, both
+//! read from the run history the monitor keeps, plus Prometheus `/metrics`.
+//!
+//! The pages are one static HTML shell and a small script bundled into the binary (no CDN, works
+//! offline). The script renders every value from the API as text, never as HTML, so a step's
+//! input or output cannot inject markup. Live updates come from `/api/events`, a Server-Sent
+//! Events stream of the events the monitor records.
+//!
+//! Safe by default: the monitor binds 127.0.0.1 unless told otherwise; with `--token`, every
+//! `/api` request needs `Authorization: Bearer <token>` (or `?token=` for the event stream,
+//! which browsers cannot give headers); without one, requests must name a local host, so that
+//! another web site cannot reach the API through DNS rebinding. Buttons post JSON, which a
+//! cross-site form cannot send.
+
+mod api;
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::{Request, State as Extract},
+    http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use inqubo::LifecycleEvent;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::AnyPool;
+use tokio::sync::broadcast;
+
+use crate::broker::Context;
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub(crate) struct State {
+    context: Context,
+    pool: AnyPool,
+    live: broadcast::Sender<Arc<str>>,
+    metrics: PrometheusHandle,
+    token: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("prefix", &self.context.prefix)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    pub(crate) fn new(
+        context: Context,
+        pool: AnyPool,
+        live: broadcast::Sender<Arc<str>>,
+        metrics: PrometheusHandle,
+        token: Option<String>,
+    ) -> Self {
+        Self {
+            context,
+            pool,
+            live,
+            metrics,
+            token: token.map(Into::into),
+        }
+    }
+}
+
+/// The JSON the event stream sends for one lifecycle event.
+pub(crate) fn event_json(event: &LifecycleEvent) -> String {
+    serde_json::json!({
+        "workflow": event.workflow,
+        "step": event.step,
+        "event": event.kind,
+        "run_id": event.run_id,
+        "attempt": event.attempt,
+    })
+    .to_string()
+}
+
+/// Serves the dashboard on `listener` until the process ends.
+pub(crate) async fn serve(listener: tokio::net::TcpListener, state: State) -> anyhow::Result<()> {
+    axum::serve(listener, router(state)).await?;
+    Ok(())
+}
+
+fn router(state: State) -> Router {
+    let api = Router::new()
+        .route("/runs", get(api::runs))
+        .route("/runs/{run_id}", get(api::run))
+        .route("/workflows", get(api::workflows))
+        .route("/workflows/{workflow}/parked", get(api::parked))
+        .route("/workflows/{workflow}/parked/replay", post(api::replay))
+        .route("/workflows/{workflow}/parked/purge", post(api::purge))
+        .route("/events", get(api::events))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/", get(page))
+        .route("/runs/{run_id}", get(page))
+        .route("/workflows", get(page))
+        .route("/parked", get(page))
+        .route("/assets/app.js", get(script))
+        .route("/assets/app.css", get(style))
+        .route("/metrics", get(metrics))
+        .nest("/api", api)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            local_host_only,
+        ))
+        .with_state(state)
+}
+
+/// With a token, the API needs it; the pages themselves hold no data.
+async fn authorize(Extract(state): Extract<State>, request: Request, next: Next) -> Response {
+    let Some(token) = &state.token else {
+        return next.run(request).await;
+    };
+    let from_header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let from_query = request
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("token=")));
+    let given = from_header.or(from_query).unwrap_or_default();
+    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            axum::Json(serde_json::json!({"error": "a valid bearer token is required"})),
+        )
+            .into_response()
+    }
+}
+
+/// Compares without stopping at the first difference, so response times do not leak the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Without a token, only requests addressed to a local host name are served.
+async fn local_host_only(Extract(state): Extract<State>, request: Request, next: Next) -> Response {
+    if state.token.is_some() || is_local(request.headers()) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::FORBIDDEN,
+            "this dashboard answers local host names only; start the monitor with --token to serve others\n",
+        )
+            .into_response()
+    }
+}
+
+fn is_local(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'",
+            ),
+        ],
+        include_str!("assets/index.html"),
+    )
+}
+
+async fn script() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("assets/app.js"),
+    )
+}
+
+async fn style() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("assets/app.css"),
+    )
+}
+
+async fn metrics(Extract(state): Extract<State>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn local_host_names_are_recognised() {
+        assert!(is_local(&host("127.0.0.1:8080")));
+        assert!(is_local(&host("localhost:8080")));
+        assert!(is_local(&host("[::1]:8080")));
+        assert!(is_local(&host("10.1.2.3")));
+        assert!(!is_local(&host("evil.example:8080")));
+        assert!(!is_local(&host("localhost.evil.example")));
+    }
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

@@ -1,0 +1,258 @@
+//! Reading the run history: the queries behind `inqubo runs`, `inqubo run` and the dashboard's
+//! JSON API. Each returns plain JSON, so that the command line and the HTTP API print the same
+//! shapes.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::{AnyPool, Row};
+
+use super::now_ms;
+
+/// The statuses a run can have, in the order the dashboard shows them.
+pub(crate) const RUN_STATUSES: [&str; 4] = ["running", "retrying", "succeeded", "failed"];
+
+/// Which runs to list. Empty strings mean "any".
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub(crate) struct RunFilter {
+    /// Only this workflow.
+    pub(crate) workflow: String,
+    /// Only this status.
+    pub(crate) status: String,
+    /// Only run ids containing this text.
+    #[serde(rename = "q")]
+    pub(crate) search: String,
+    /// Only runs updated at or after this time (ms since the epoch).
+    #[serde(skip)]
+    pub(crate) since_ms: i64,
+}
+
+/// A page of runs, newest first, with the number of runs per status under the same filter
+/// (ignoring its status).
+pub(crate) async fn list_runs(
+    pool: &AnyPool,
+    filter: &RunFilter,
+    page: u32,
+    per_page: u32,
+) -> anyhow::Result<Value> {
+    let per_page = per_page.clamp(1, 500);
+    let page = page.max(1);
+    let escaped = filter
+        .search
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    let pattern = format!("%{escaped}%");
+    let rows = sqlx::query(
+        "SELECT workflow, run_id, status, created_ms, updated_ms, finished_ms FROM runs
+         WHERE ($1 = '' OR workflow = $1) AND ($2 = '' OR status = $2) AND run_id LIKE $3 ESCAPE '\\'
+           AND updated_ms >= $4
+         ORDER BY created_ms DESC, run_id LIMIT $5 OFFSET $6",
+    )
+    .bind(filter.workflow.as_str())
+    .bind(filter.status.as_str())
+    .bind(pattern.as_str())
+    .bind(filter.since_ms)
+    .bind(i64::from(per_page))
+    .bind(i64::from(page - 1) * i64::from(per_page))
+    .fetch_all(pool)
+    .await?;
+    let counted = sqlx::query(
+        "SELECT status, COUNT(*) FROM runs
+         WHERE ($1 = '' OR workflow = $1) AND run_id LIKE $2 ESCAPE '\\' AND updated_ms >= $3
+         GROUP BY status",
+    )
+    .bind(filter.workflow.as_str())
+    .bind(pattern.as_str())
+    .bind(filter.since_ms)
+    .fetch_all(pool)
+    .await?;
+    let mut counts: serde_json::Map<String, Value> = RUN_STATUSES
+        .iter()
+        .map(|s| ((*s).to_owned(), json!(0)))
+        .collect();
+    for row in &counted {
+        counts.insert(row.get::<String, _>(0), json!(row.get::<i64, _>(1)));
+    }
+    let total = if filter.status.is_empty() {
+        counts.values().filter_map(Value::as_i64).sum::<i64>()
+    } else {
+        counts
+            .get(&filter.status)
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+    };
+    let runs: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            json!({
+                "workflow": row.get::<String, _>(0),
+                "run_id": row.get::<String, _>(1),
+                "status": row.get::<String, _>(2),
+                "created_ms": row.get::<i64, _>(3),
+                "updated_ms": row.get::<i64, _>(4),
+                "finished_ms": row.get::<Option<i64>, _>(5),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "runs": runs,
+        "total": total,
+        "page": page,
+        "per_page": per_page,
+        "counts": counts,
+    }))
+}
+
+fn parse(text: Option<String>) -> Option<Value> {
+    text.and_then(|t| serde_json::from_str::<Value>(&t).ok())
+}
+
+/// A workflow's last announced definition, if the monitor has seen one.
+pub(crate) async fn definition(
+    pool: &AnyPool,
+    workflow: &str,
+) -> anyhow::Result<Option<inqubo::WorkflowDefinition>> {
+    Ok(
+        sqlx::query("SELECT definition FROM workflows WHERE workflow = $1")
+            .bind(workflow)
+            .fetch_optional(pool)
+            .await?
+            .and_then(|row| serde_json::from_str(&row.get::<String, _>(0)).ok()),
+    )
+}
+
+/// One run in full: status, input, outcome, every step attempt with the input the step
+/// received, and the workflow's definition. `None` if the run is not in the history.
+pub(crate) async fn run_detail(pool: &AnyPool, run_id: &str) -> anyhow::Result<Option<Value>> {
+    let Some(run) = sqlx::query(
+        "SELECT workflow, status, created_ms, finished_ms, outcome, input, updated_ms FROM runs
+         WHERE run_id = $1 ORDER BY updated_ms DESC LIMIT 1",
+    )
+    .bind(run_id)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let workflow: String = run.get(0);
+    let attempts = sqlx::query(
+        "SELECT step, attempt, status, started_ms, finished_ms, error, output FROM attempts
+         WHERE workflow = $1 AND run_id = $2 ORDER BY started_ms, step, attempt",
+    )
+    .bind(workflow.as_str())
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?;
+    let definition = definition(pool, &workflow).await?;
+    let run_input = parse(run.get::<Option<String>, _>(5));
+    let outputs: HashMap<String, Value> = attempts
+        .iter()
+        .filter_map(|a| Some((a.get::<String, _>(0), parse(a.get::<Option<String>, _>(6))?)))
+        .collect();
+    let inputs = step_inputs(definition.as_ref(), run_input.as_ref(), &outputs);
+    Ok(Some(json!({
+        "workflow": workflow,
+        "run_id": run_id,
+        "status": run.get::<String, _>(1),
+        "created_ms": run.get::<i64, _>(2),
+        "finished_ms": run.get::<Option<i64>, _>(3),
+        "updated_ms": run.get::<i64, _>(6),
+        "outcome": parse(run.get::<Option<String>, _>(4)),
+        "input": run_input,
+        "definition": definition,
+        "attempts": attempts.iter().map(|a| json!({
+            "step": a.get::<String, _>(0),
+            "attempt": a.get::<i64, _>(1),
+            "status": a.get::<String, _>(2),
+            "started_ms": a.get::<i64, _>(3),
+            "finished_ms": a.get::<Option<i64>, _>(4),
+            "error": a.get::<Option<String>, _>(5),
+            "input": inputs.get(&a.get::<String, _>(0)),
+            "output": parse(a.get::<Option<String>, _>(6)),
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+/// What each step of a run received: the run input for first steps, the parent's output
+/// otherwise, a JSON array of the parents' outputs for a join.
+fn step_inputs(
+    definition: Option<&inqubo::WorkflowDefinition>,
+    run_input: Option<&Value>,
+    outputs: &HashMap<String, Value>,
+) -> HashMap<String, Value> {
+    let mut inputs = HashMap::new();
+    for step in definition.map(|d| d.steps.as_slice()).unwrap_or_default() {
+        let input = match step.parents.as_slice() {
+            [] => run_input.cloned(),
+            [parent] => outputs.get(parent.as_str()).cloned(),
+            parents => Some(Value::Array(
+                parents
+                    .iter()
+                    .map(|p| outputs.get(p.as_str()).cloned().unwrap_or_default())
+                    .collect(),
+            )),
+        };
+        if let Some(input) = input {
+            inputs.insert(step.name.to_string(), input);
+        }
+    }
+    inputs
+}
+
+/// Every workflow the monitor has seen, with per-step attempt counts over the last `window_ms`:
+/// `{workflow: {step: {started, succeeded, retrying, failed}}}` plus the definitions.
+pub(crate) async fn workflow_activity(pool: &AnyPool, window_ms: i64) -> anyhow::Result<Value> {
+    let definitions = sqlx::query("SELECT workflow, definition FROM workflows ORDER BY workflow")
+        .fetch_all(pool)
+        .await?;
+    let activity = sqlx::query(
+        "SELECT workflow, step, status, COUNT(*) FROM attempts WHERE started_ms >= $1
+         GROUP BY workflow, step, status",
+    )
+    .bind(now_ms() - window_ms)
+    .fetch_all(pool)
+    .await?;
+    let mut counts: HashMap<(String, String), serde_json::Map<String, Value>> = HashMap::new();
+    for row in &activity {
+        counts
+            .entry((row.get::<String, _>(0), row.get::<String, _>(1)))
+            .or_default()
+            .insert(row.get::<String, _>(2), json!(row.get::<i64, _>(3)));
+    }
+    let workflows: Vec<Value> = definitions
+        .iter()
+        .filter_map(|row| {
+            let name: String = row.get(0);
+            let definition: inqubo::WorkflowDefinition =
+                serde_json::from_str(&row.get::<String, _>(1)).ok()?;
+            let steps: Vec<Value> = definition
+                .steps
+                .iter()
+                .map(|step| {
+                    let seen = counts
+                        .get(&(name.clone(), step.name.to_string()))
+                        .cloned()
+                        .unwrap_or_default();
+                    let count = |s: &str| seen.get(s).and_then(Value::as_i64).unwrap_or(0);
+                    let finished = count("succeeded") + count("retrying") + count("failed");
+                    let failures = count("retrying") + count("failed");
+                    json!({
+                        "step": step.name,
+                        "attempts": count("started") + finished,
+                        "succeeded": count("succeeded"),
+                        "retried": count("retrying"),
+                        "failed": count("failed"),
+                        "failure_rate": if finished == 0 { Value::Null } else {
+                            json!(failures as f64 / finished as f64)
+                        },
+                    })
+                })
+                .collect();
+            Some(json!({"workflow": name, "definition": definition, "steps": steps}))
+        })
+        .collect();
+    Ok(json!({"window_ms": window_ms, "workflows": workflows}))
+}

@@ -1,0 +1,439 @@
+//! The dashboard `inqubo monitor --listen` serves: its JSON API behind a bearer token, its
+//! live event stream, its metrics, and its pages in a real browser (headless Chromium).
+
+mod browser;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use inqubo_core::{EventKind, Step, StepContext, StepError, Workflow};
+use inqubo_testkit::{Events, TestBroker};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "s3cret-token";
+
+/// While set, `charge` fails for good on odd amounts, so that their inputs are parked.
+static CARD_DECLINED: AtomicBool = AtomicBool::new(true);
+
+async fn reserve(amount: u64, _: StepContext) -> Result<u64, StepError> {
+    Ok(amount)
+}
+
+async fn charge(amount: u64, _: StepContext) -> Result<Value, StepError> {
+    if amount % 2 == 1 && CARD_DECLINED.load(Ordering::SeqCst) {
+        return Err(StepError::fatal(format!(
+            "card declined for <b>{amount}</b>"
+        )));
+    }
+    Ok(json!({"charged": amount, "note": "<script>alert(1)</script>"}))
+}
+
+fn shop() -> Workflow {
+    Workflow::builder("shop")
+        .start(Step::new("reserve", reserve))
+        .then(Step::new("charge", charge))
+        .build()
+        .unwrap()
+}
+
+/// A running `inqubo monitor --listen` and where it serves.
+struct Monitor {
+    child: Child,
+    base: String,
+    store_dir: PathBuf,
+}
+
+impl Monitor {
+    fn start(broker: &TestBroker) -> Self {
+        let store_dir = std::env::temp_dir().join(format!(
+            "inqubo-dashboard-{}-{}",
+            std::process::id(),
+            broker.prefix()
+        ));
+        std::fs::create_dir_all(&store_dir).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_inqubo"))
+            .args([
+                "--amqp-url",
+                broker.url(),
+                "--prefix",
+                broker.prefix(),
+                "monitor",
+            ])
+            .arg("--store")
+            .arg(format!("sqlite://{}/history.db", store_dir.display()))
+            .args(["--listen", "127.0.0.1:0", "--token", TOKEN])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("the monitor says where it serves")
+                .unwrap();
+            if let Some(rest) = line.strip_prefix("dashboard on ") {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .trim_end_matches('/')
+                    .to_owned();
+            }
+        };
+        // Keep reading, so that the monitor never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self {
+            child,
+            base,
+            store_dir,
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.store_dir);
+    }
+}
+
+/// A `reqwest` client that sends the token.
+fn authorized() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {TOKEN}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+async fn get(http: &reqwest::Client, url: &str) -> Value {
+    let response = http.get(url).send().await.unwrap();
+    assert!(
+        response.status().is_success(),
+        "GET {url}: {}",
+        response.status()
+    );
+    response.json().await.unwrap()
+}
+
+/// Reads the run from the API until `done` holds: the monitor writes asynchronously, and there
+/// is no event for "written to the store".
+async fn run_when(monitor: &Monitor, run_id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let http = authorized();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = http
+            .get(format!("{}/api/runs/{run_id}", monitor.base))
+            .send()
+            .await
+            .unwrap();
+        if response.status().is_success() {
+            let run: Value = response.json().await.unwrap();
+            if done(&run) {
+                return run;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {run_id} never reached the expected state"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_serves_runs_workflows_parked_and_metrics_behind_its_token() {
+    let broker = TestBroker::new();
+    let runner = broker.start_runner(&shop()).await;
+    let monitor = Monitor::start(&broker);
+    let mut events = Events::subscribe_to(runner.client(), Some("shop")).await;
+    runner.trigger("order-paid-2", &2_u64).await.unwrap();
+    runner.trigger("order-declined-3", &3_u64).await.unwrap();
+    events
+        .wait_for("order-paid-2", "charge", EventKind::Succeeded)
+        .await;
+    events
+        .wait_for("order-declined-3", "charge", EventKind::Failed)
+        .await;
+    let paid = run_when(&monitor, "order-paid-2", |r| r["status"] == "succeeded").await;
+    run_when(&monitor, "order-declined-3", |r| r["status"] == "failed").await;
+    let base = &monitor.base;
+    let http = authorized();
+
+    let refused = reqwest::get(format!("{base}/api/runs")).await.unwrap();
+    assert_eq!(refused.status(), 401, "the API needs the token");
+    let wrong = reqwest::Client::new()
+        .get(format!("{base}/api/runs"))
+        .bearer_auth("guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let page = reqwest::get(format!("{base}/")).await.unwrap();
+    assert_eq!(
+        page.status(),
+        200,
+        "the page shell holds no data and needs no token"
+    );
+    assert!(page.text().await.unwrap().contains("/assets/app.js"));
+
+    let all = get(&http, &format!("{base}/api/runs")).await;
+    assert_eq!(all["total"], 2);
+    assert_eq!(all["counts"]["succeeded"], 1);
+    assert_eq!(all["counts"]["failed"], 1);
+    let failed = get(&http, &format!("{base}/api/runs?status=failed")).await;
+    let ids: Vec<&str> = failed["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["order-declined-3"]);
+    let searched = get(&http, &format!("{base}/api/runs?q=paid")).await;
+    assert_eq!(searched["runs"][0]["run_id"], "order-paid-2");
+    assert_eq!(searched["total"], 1);
+    let second = get(&http, &format!("{base}/api/runs?per_page=1&page=2")).await;
+    assert_eq!(second["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(second["total"], 2);
+    let bad_status = http
+        .get(format!("{base}/api/runs?status=lost"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_status.status(), 400);
+
+    assert_eq!(paid["definition"]["name"], "shop");
+    let steps: Vec<String> = paid["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {}",
+                a["step"].as_str().unwrap(),
+                a["status"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(steps, ["reserve succeeded", "charge succeeded"]);
+    assert_eq!(paid["attempts"][1]["input"], 2);
+    let missing = http
+        .get(format!("{base}/api/runs/nobody"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    let workflows = get(&http, &format!("{base}/api/workflows")).await;
+    let shop = &workflows["workflows"][0];
+    assert_eq!(shop["workflow"], "shop");
+    assert_eq!(shop["parked"], 1);
+    assert_eq!(shop["steps"][1]["step"], "charge");
+    assert_eq!(shop["steps"][1]["succeeded"], 1);
+    assert_eq!(shop["steps"][1]["failed"], 1);
+    assert_eq!(shop["steps"][1]["failure_rate"], 0.5);
+    assert_eq!(shop["steps"][1]["consumers"], 1);
+
+    let parked = get(&http, &format!("{base}/api/workflows/shop/parked")).await;
+    assert_eq!(parked["messages"][0]["run_id"], "order-declined-3");
+    assert_eq!(parked["messages"][0]["reason"], "fatal");
+    let stale = http
+        .post(format!("{base}/api/workflows/shop/parked/replay"))
+        .json(&json!({"number": 1, "run_id": "someone-else"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 409, "a replay names the run it expects");
+    let unasked = http
+        .post(format!("{base}/api/workflows/shop/parked/purge"))
+        .json(&json!({"all": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unasked.status(), 400);
+    let form = http
+        .post(format!("{base}/api/workflows/shop/parked/purge"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("all=true")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        form.status().is_client_error(),
+        "a cross-site form cannot purge"
+    );
+
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("inqubo_steps_failed_total") && l.contains("step=\"charge\""))
+        .unwrap_or_else(|| panic!("no failed-step counter in:\n{metrics}"));
+    assert!(line.ends_with(" 1"), "{line}");
+    assert!(
+        metrics.contains("inqubo_step_duration_seconds_bucket"),
+        "{metrics}"
+    );
+
+    // The live stream tells of a new run's events as they are recorded.
+    let mut stream = http.get(format!("{base}/api/events")).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    runner.trigger("order-live-4", &4_u64).await.unwrap();
+    let mut received = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !received.contains("\"run_id\":\"order-live-4\"") {
+        let chunk = tokio::time::timeout_at(deadline.into(), stream.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no live event for order-live-4; got:\n{received}"))
+            .unwrap()
+            .expect("the stream stays open");
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(received.contains("event: lifecycle"), "{received}");
+    runner.shutdown().await.unwrap();
+}
+
+fn screenshot_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn browser_shows_runs_and_replays_a_parked_message() {
+    let broker = TestBroker::new();
+    let runner = broker.start_runner(&shop()).await;
+    let monitor = Monitor::start(&broker);
+    let mut events = Events::subscribe_to(runner.client(), Some("shop")).await;
+    runner.trigger("order-paid-2", &2_u64).await.unwrap();
+    runner.trigger("order-declined-3", &3_u64).await.unwrap();
+    events
+        .wait_for("order-paid-2", "charge", EventKind::Succeeded)
+        .await;
+    events
+        .wait_for("order-declined-3", "charge", EventKind::Failed)
+        .await;
+    run_when(&monitor, "order-declined-3", |r| r["status"] == "failed").await;
+    run_when(&monitor, "order-paid-2", |r| r["status"] == "succeeded").await;
+    let base = monitor.base.clone();
+    let shots = screenshot_dir();
+    let mut browser = browser::Browser::launch().await;
+
+    // The runs list, with the token given once in the fragment.
+    browser.open(&format!("{base}/#token={TOKEN}")).await;
+    browser
+        .wait_until(
+            "document.querySelectorAll('[data-run]').length === 2",
+            "two runs",
+        )
+        .await;
+    let statuses = browser
+        .eval("[...document.querySelectorAll('[data-run] [data-status]')].map(s => s.dataset.status).sort().join(',')")
+        .await;
+    assert_eq!(statuses, "failed,succeeded");
+    browser.screenshot(&shots.join("runs.png")).await;
+
+    // A run page: the graph coloured by state, the error shown as text, not markup.
+    browser.open(&format!("{base}/runs/order-declined-3")).await;
+    browser
+        .wait_until(
+            "document.querySelector('#run-status [data-status]').dataset.status === 'failed'",
+            "a failed run",
+        )
+        .await;
+    let states = browser
+        .eval("[...document.querySelectorAll('svg [data-step]')].map(g => g.dataset.step + '=' + g.dataset.state).join(',')")
+        .await;
+    assert_eq!(states, "reserve=succeeded,charge=failed");
+    let error = browser
+        .eval("document.querySelector('.error-text').textContent")
+        .await;
+    assert_eq!(error, "card declined for <b>3</b>");
+    assert_eq!(
+        browser
+            .eval("document.querySelectorAll('main b, main script').length")
+            .await,
+        0
+    );
+    browser.screenshot(&shots.join("run-failed.png")).await;
+
+    browser.open(&format!("{base}/runs/order-paid-2")).await;
+    browser
+        .wait_until(
+            "document.querySelector('#run-status [data-status]').dataset.status === 'succeeded'",
+            "a succeeded run",
+        )
+        .await;
+    browser
+        .eval("document.querySelectorAll('details').forEach(d => d.open = true)")
+        .await;
+    browser.screenshot(&shots.join("run.png")).await;
+
+    browser.open(&format!("{base}/workflows")).await;
+    browser
+        .wait_until(
+            "document.querySelector('[data-workflow=\"shop\"]')",
+            "the shop workflow",
+        )
+        .await;
+    browser.screenshot(&shots.join("workflows.png")).await;
+
+    // The parked page: "replay all" asks first; "replay" on one message does not.
+    browser.open(&format!("{base}/parked?workflow=shop")).await;
+    browser
+        .wait_until(
+            "document.querySelector('[data-replay=\"1\"]')",
+            "a parked message",
+        )
+        .await;
+    browser.screenshot(&shots.join("parked.png")).await;
+    let asked = browser
+        .eval("window.asked = []; window.confirm = q => { window.asked.push(q); return false; }; document.querySelector('[data-replay-all]').click(); window.asked.length")
+        .await;
+    assert_eq!(asked, 1, "replaying all asks for confirmation");
+    CARD_DECLINED.store(false, Ordering::SeqCst);
+    browser
+        .eval("document.querySelector('[data-replay=\"1\"]').click()")
+        .await;
+    let notice = browser
+        .wait_until("document.getElementById('notice').hidden ? null : document.getElementById('notice').textContent", "the replay's result")
+        .await;
+    assert_eq!(notice, "replayed 1 message(s)");
+    assert_eq!(
+        browser.eval("window.asked.length").await,
+        1,
+        "one message replays without asking"
+    );
+    events
+        .wait_for("order-declined-3", "charge", EventKind::Succeeded)
+        .await;
+    browser
+        .wait_until(
+            "document.getElementById('no-parked')",
+            "an empty parked queue",
+        )
+        .await;
+
+    // Live: the run page of the replayed run turns green without a reload.
+    browser.open(&format!("{base}/runs/order-declined-3")).await;
+    browser
+        .wait_until(
+            "document.querySelector('#run-status [data-status]').dataset.status === 'succeeded'",
+            "the replayed run succeeded",
+        )
+        .await;
+    eprintln!("screenshots in {}", shots.display());
+    runner.shutdown().await.unwrap();
+}
