@@ -15,7 +15,10 @@
 //! If any publish fails, the delivery is not acknowledged but returned to the queue, so the
 //! attempt runs again: at-least-once, never lost.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures_util::StreamExt;
 use inqubo_core::{
@@ -35,6 +38,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::{
     error::{Error, Result},
     message::{self, AttemptId, Outgoing, Received},
+    metric::{self, StepMetrics},
     publisher::Publisher,
     topology::{RUN_JOIN, Topology},
 };
@@ -79,11 +83,13 @@ pub(crate) struct StepWorker {
     pub(crate) graph: Workflow,
     pub(crate) publisher: Publisher,
     pub(crate) limits: Limits,
+    pub(crate) metrics: StepMetrics,
 }
 
 impl StepWorker {
     /// Handles one delivery from start to acknowledgement.
     pub(crate) async fn handle(&self, delivery: Delivery) {
+        let _in_flight = self.metrics.in_flight();
         let received = Received::from_delivery(&delivery);
         match self.process(&received).await {
             Ok(()) => {
@@ -181,7 +187,17 @@ impl StepWorker {
                 step: self.node.name().clone(),
                 attempt,
             };
+            self.metrics.started();
+            let began = Instant::now();
             let outcome = run_attempt(&self.node, ctx, received.body).await;
+            self.metrics.finished(
+                began.elapsed(),
+                match &outcome {
+                    AttemptOutcome::Succeeded { .. } => metric::Outcome::Succeeded,
+                    AttemptOutcome::Retry { .. } => metric::Outcome::Retried,
+                    _ => metric::Outcome::Failed,
+                },
+            );
             let published = self.publish_outcome(&id, received, outcome).await;
             let started = match started {
                 Some(Ok(confirm)) => confirm.wait().await,
@@ -268,6 +284,7 @@ impl StepWorker {
                     return Ok(());
                 };
                 warn!(error = %body.error, reason = %body.reason, "step failed; input parked");
+                self.metrics.parked(body.reason);
                 let mut messages = vec![
                     id.notice(EventKind::Failed, &body),
                     message::parked(
@@ -384,6 +401,7 @@ impl StepWorker {
 
     /// Parks `received` with `failure`, announcing `failed` when the run id is known.
     async fn park(&self, received: &Received<'_>, failure: FailedBody) -> Result<()> {
+        self.metrics.parked(failure.reason);
         let parked = message::parked(
             &self.topology,
             &self.workflow,

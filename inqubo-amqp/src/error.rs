@@ -80,6 +80,17 @@ pub enum Error {
     /// A run input could not be encoded as JSON.
     #[error("run input does not encode as JSON")]
     Encode(#[source] serde_json::Error),
+    /// The Prometheus endpoint asked for with `RunnerBuilder::metrics_addr` could not start
+    /// (the address is taken, or the process already has a metrics recorder).
+    #[cfg(feature = "prometheus")]
+    #[error("cannot serve metrics on {addr}")]
+    Metrics {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: metrics_exporter_prometheus::BuildError,
+    },
     /// A step consumer stopped because the broker cancelled it or its channel closed.
     #[error("the consumer of queue `{queue}` stopped")]
     ConsumerStopped {

@@ -18,6 +18,7 @@ mod consumer;
 mod error;
 mod joiner;
 mod message;
+mod metric;
 mod publisher;
 mod runner;
 mod topology;

@@ -47,6 +47,7 @@ impl Publisher {
 
     /// Sends `message`; await the result to learn whether the broker confirmed it.
     pub(crate) async fn send(&self, message: &Outgoing) -> Result<PendingConfirm> {
+        let sent = std::time::Instant::now();
         let confirm = self
             .channel
             .basic_publish(
@@ -64,6 +65,7 @@ impl Publisher {
             confirm,
             exchange: message.exchange.clone(),
             routing_key: message.routing_key.clone(),
+            sent,
         })
     }
 
@@ -124,6 +126,7 @@ pub(crate) struct PendingConfirm {
     confirm: PublisherConfirm,
     exchange: String,
     routing_key: String,
+    sent: std::time::Instant,
 }
 
 impl PendingConfirm {
@@ -131,7 +134,11 @@ impl PendingConfirm {
     /// an error.
     pub(crate) async fn wait(self) -> Result<()> {
         match self.confirm.await? {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(None) => {
+                crate::metric::confirmed(self.sent.elapsed());
+                Ok(())
+            }
+            Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(_returned)) => Err(Error::Unroutable {
                 exchange: self.exchange,
                 routing_key: self.routing_key,

@@ -27,6 +27,7 @@ use crate::{
     error::{Error, Result},
     joiner::{JoinShard, consume_shard},
     message,
+    metric::StepMetrics,
     topology::{JOIN_SHARDS, QueueName, QueueType, Topology},
 };
 
@@ -50,6 +51,8 @@ pub struct RunnerBuilder {
     max_in_flight: usize,
     shutdown_timeout: Duration,
     limits: Limits,
+    #[cfg(feature = "prometheus")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl RunnerBuilder {
@@ -131,12 +134,42 @@ impl RunnerBuilder {
         self
     }
 
+    /// Serves Prometheus metrics at `http://<addr>/metrics` from this process (feature
+    /// `prometheus`): step counters and durations, in-flight steps, reconnects and publish
+    /// confirm latency. It installs the process-wide metrics recorder, so one runner per
+    /// process may ask for it; to export elsewhere, install your own `metrics` recorder
+    /// before connecting instead.
+    ///
+    /// ```no_run
+    /// # async fn demo(workflow: inqubo_core::Workflow) -> Result<(), inqubo_amqp::Error> {
+    /// let runner = inqubo_amqp::Runner::builder(workflow)
+    ///     .metrics_addr(([127, 0, 0, 1], 9464).into())
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "prometheus")]
+    #[must_use]
+    pub fn metrics_addr(mut self, addr: std::net::SocketAddr) -> Self {
+        self.metrics_addr = Some(addr);
+        self
+    }
+
     /// Connects, declares the topology and starts consuming.
     ///
     /// Errors of this first connection are returned; later connection losses are handled by
     /// reconnecting.
     #[instrument(skip_all, fields(workflow = %self.workflow.name()))]
     pub async fn connect(self) -> Result<Runner> {
+        #[cfg(feature = "prometheus")]
+        if let Some(addr) = self.metrics_addr {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .set_buckets(crate::metric::DURATION_BUCKETS)
+                .and_then(metrics_exporter_prometheus::PrometheusBuilder::install)
+                .map_err(|source| Error::Metrics { addr, source })?;
+            info!(%addr, "serving Prometheus metrics at /metrics");
+        }
         let topology = Topology::new(self.prefix, self.queue_type)?;
         let client = Client::lazy(self.urls, topology.clone());
         let shared = Arc::new(Shared {
@@ -224,6 +257,7 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
             graph: shared.workflow.clone(),
             publisher: session.publisher.clone(),
             limits: shared.limits,
+            metrics: StepMetrics::new(shared.workflow.name(), node.name()),
         });
         consumers.spawn(consume(
             worker,
@@ -316,6 +350,7 @@ async fn supervise(
             match start_session(&shared, cancel.child_token()).await {
                 Ok(session) => {
                     info!(workflow = %shared.workflow.name(), "reconnected; consuming again");
+                    crate::metric::reconnected(shared.workflow.name());
                     break session;
                 }
                 Err(error) if error.is_transient() => {
@@ -359,6 +394,8 @@ impl Runner {
             max_in_flight: 64,
             shutdown_timeout: Duration::from_secs(30),
             limits: Limits::default(),
+            #[cfg(feature = "prometheus")]
+            metrics_addr: None,
         }
     }
 

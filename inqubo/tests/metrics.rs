@@ -1,0 +1,115 @@
+//! A runner started with `metrics_addr` serves its Prometheus metrics. One test in its own
+//! binary: the metrics recorder is process-wide.
+
+use std::time::Duration;
+
+use inqubo::{EventKind, RetryPolicy, Runner, Step, StepContext, StepError, Workflow};
+use inqubo_core::testing::{fail_first, fatal_first};
+use inqubo_testkit::{Events, TestBroker};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn double(n: u64, _: StepContext) -> Result<u64, StepError> {
+    Ok(n * 2)
+}
+
+/// `GET /metrics` over a plain socket.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The value of the sample whose line starts with `series`.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runner_serves_step_counters_durations_and_confirm_latency() {
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("metered")
+        .start(
+            Step::new("double", fail_first(1, double))
+                .retry(RetryPolicy::limited(2, Duration::from_millis(100))),
+        )
+        .then(Step::new("check", fatal_first(1, double)))
+        .build()
+        .unwrap();
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let runner: Runner = broker
+        .runner(&flow)
+        .metrics_addr(addr)
+        .connect()
+        .await
+        .unwrap();
+    let mut events = Events::subscribe_to(runner.client(), Some("metered")).await;
+    runner.trigger("one", &1_u64).await.unwrap();
+    events.wait_for("one", "check", EventKind::Failed).await;
+
+    let metrics = scrape(addr).await;
+    let labels = |step: &str| format!("{{workflow=\"metered\",step=\"{step}\"}}");
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("inqubo_steps_started_total{}", labels("double"))
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("inqubo_steps_retried_total{}", labels("double"))
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("inqubo_steps_succeeded_total{}", labels("double"))
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("inqubo_steps_failed_total{}", labels("check"))
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "inqubo_steps_parked_total{workflow=\"metered\",step=\"check\",reason=\"fatal\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("inqubo_step_duration_seconds_count{}", labels("double"))
+        ),
+        2.0
+    );
+    assert!(sample(&metrics, "inqubo_publish_confirm_seconds_count") >= 6.0);
+    // Every delivery is settled once the runner has shut down.
+    runner.shutdown().await.unwrap();
+    let after = scrape(addr).await;
+    assert_eq!(
+        sample(&after, "inqubo_steps_in_flight{workflow=\"metered\"}"),
+        0.0
+    );
+}
