@@ -16,6 +16,12 @@ if [ -z "${INQUBO_TEST_POSTGRES:-}" ] && ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/
     as_root su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\""
     export INQUBO_TEST_POSTGRES="postgres://postgres:postgres@127.0.0.1:5432/postgres"
 fi
+# The dashboard test drives a headless Chromium.
+if [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+    echo "Chromium is missing; installing Debian's (the dashboard test drives it headless)" >&2
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest" >&2
     cargo install --locked cargo-nextest

@@ -221,7 +221,7 @@ impl Client {
         let run_id = RunId::new(run_id)?;
         tracing::Span::current().record("run_id", tracing::field::display(&run_id));
         let trigger = message::trigger(&self.inner.topology, &workflow, &run_id, input)
-            .with_trace(&inqubo_core::trace::new_traceparent());
+            .with_trace(&root_traceparent());
         let session = self.session().await?;
         session.publisher.send(&trigger).await?.wait().await?;
         Ok(run_id)
@@ -414,4 +414,15 @@ impl Stream for EventStream {
             }
         }
     }
+}
+
+/// The `traceparent` a trigger starts its run's trace with: the caller's current span when
+/// OpenTelemetry records it (feature `otel`), so that the run continues the caller's trace;
+/// a new trace otherwise.
+fn root_traceparent() -> String {
+    #[cfg(feature = "otel")]
+    if let Some(current) = crate::otel::traceparent_of(&tracing::Span::current()) {
+        return current;
+    }
+    inqubo_core::trace::new_traceparent()
 }

@@ -155,7 +155,22 @@ impl StepWorker {
                 return self.park(received, message::undecodable(error)).await;
             }
         };
-        let trace = child_traceparent(received.traceparent().as_deref());
+        let incoming = received.traceparent();
+        let span = info_span!(
+            "step",
+            trace_id = tracing::field::Empty,
+            run_id = %run_id,
+            workflow = %self.workflow,
+            step = %self.node.name(),
+            attempt
+        );
+        // The span's own traceparent when OpenTelemetry records spans, else a fresh child id.
+        #[cfg(feature = "otel")]
+        let trace = crate::otel::adopt(&span, incoming.as_deref())
+            .unwrap_or_else(|| child_traceparent(incoming.as_deref()));
+        #[cfg(not(feature = "otel"))]
+        let trace = child_traceparent(incoming.as_deref());
+        span.record("trace_id", trace_id(&trace).unwrap_or_default());
         let id = AttemptId {
             topology: &self.topology,
             workflow: &self.workflow,
@@ -164,14 +179,6 @@ impl StepWorker {
             attempt,
             trace: &trace,
         };
-        let span = info_span!(
-            "step",
-            trace_id = trace_id(&trace).unwrap_or_default(),
-            run_id = %run_id,
-            workflow = %self.workflow,
-            step = %self.node.name(),
-            attempt
-        );
         async {
             let started_event = self
                 .limits

@@ -19,6 +19,8 @@ mod error;
 mod joiner;
 mod message;
 mod metric;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod publisher;
 mod runner;
 mod topology;

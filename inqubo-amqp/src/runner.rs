@@ -365,6 +365,8 @@ async fn supervise(
 
 /// Runs the steps of one workflow: consumes their queues, runs attempts, publishes outcomes.
 ///
+/// Keep it until you call [`Runner::run`] or [`Runner::shutdown`]: dropping it stops it.
+///
 /// ```no_run
 /// # async fn demo(flow: inqubo_core::Workflow) -> Result<(), inqubo_amqp::Error> {
 /// use inqubo_amqp::Runner;
@@ -491,5 +493,13 @@ impl Runner {
             warn!(%error, "closing the connection failed");
         }
         info!(workflow = %self.shared.workflow.name(), "runner stopped");
+    }
+}
+
+impl Drop for Runner {
+    /// A runner dropped without [`Runner::shutdown`] or [`Runner::run`] stops consuming at once;
+    /// deliveries it had not acknowledged go back to their queues when its channels close.
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }

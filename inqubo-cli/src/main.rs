@@ -131,6 +131,30 @@ enum Command {
 
 #[tokio::main]
 async fn main() {
+    let telemetry = init_logging();
+    let cli = Cli::parse();
+    let code = match run(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            1
+        }
+    };
+    // Flushes the spans not yet exported, which `exit` would skip.
+    drop(telemetry);
+    std::process::exit(code);
+}
+
+/// Logs to stderr; with the `otel` feature and `OTEL_EXPORTER_OTLP_ENDPOINT` set, also exports
+/// spans over OTLP/HTTP until the returned guard drops.
+fn init_logging() -> Option<Box<dyn std::any::Any>> {
+    #[cfg(feature = "otel")]
+    if let Ok(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        match inqubo::otel::init_otlp("inqubo-cli", &endpoint) {
+            Ok(guard) => return Some(Box::new(guard)),
+            Err(error) => eprintln!("warning: not exporting spans: {error}"),
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -138,14 +162,7 @@ async fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    match run(cli).await {
-        Ok(code) => std::process::exit(code),
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            std::process::exit(1);
-        }
-    }
+    None
 }
 
 /// Runs the command; returns the process exit code.
@@ -168,6 +185,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             wait,
             timeout,
         } => {
+            use tracing::Instrument;
+            // With OpenTelemetry on, the run's trace starts with this span.
+            let span = tracing::info_span!(target: "inqubo::cli", "inqubo trigger", %workflow);
             trigger(
                 &context,
                 &workflow,
@@ -176,6 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 input_file,
                 wait.then(|| Duration::from_secs(timeout)),
             )
+            .instrument(span)
             .await
         }
         Command::Watch { workflow, run_id } => watch(&context, workflow, run_id).await.map(|()| 0),

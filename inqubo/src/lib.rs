@@ -41,6 +41,10 @@ pub use inqubo_core::{
     protocol,
 };
 
+/// OpenTelemetry: step spans join their run's trace; `otel::init_otlp` exports them.
+#[cfg(feature = "otel")]
+pub use inqubo_amqp::otel;
+
 /// Run workflows in-process, without a broker: see [`testing::TestRunner`].
 #[cfg(feature = "test-util")]
 pub use inqubo_core::testing;
