@@ -26,6 +26,12 @@ node_env() {
     fi
     [ -f "$dir/enabled_plugins" ] || echo '[].' > "$dir/enabled_plugins"
     [ -f "$dir/rabbitmq.conf" ] || : > "$dir/rabbitmq.conf"
+    # At-least-once dead-lettering (the retry delay tiers) re-sends a message whose forward was
+    # not confirmed after this long; RabbitMQ's default is 180 s. After a restart or a leader
+    # change a forward can go unconfirmed, and the retry waits this long: see
+    # docs/reliability.md, "Retries stranded by a restart".
+    [ -f "$dir/advanced.config" ] || echo "[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, ${INQUBO_DLX_CONFIRM_TIMEOUT_MS:-10000}}]}]." > "$dir/advanced.config"
+    export RABBITMQ_ADVANCED_CONFIG_FILE="$dir/advanced.config"
     export HOME="$parent/home"
     export RABBITMQ_NODENAME="$name@localhost"
     export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1

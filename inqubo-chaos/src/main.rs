@@ -153,7 +153,7 @@ impl PrivateNode {
     async fn up(&self) -> anyhow::Result<()> {
         let status = Command::new("bash")
             .arg(&self.script)
-            .args(["start", "chaos", &self.port.to_string()])
+            .args(["start", &self.name(), &self.port.to_string()])
             .arg(&self.dir)
             .status()
             .await?;
@@ -164,7 +164,7 @@ impl PrivateNode {
     async fn down(&self) -> anyhow::Result<()> {
         Command::new("bash")
             .arg(&self.script)
-            .args(["stop", "chaos"])
+            .args(["stop", &self.name()])
             .arg(&self.dir)
             .status()
             .await?;
@@ -173,6 +173,11 @@ impl PrivateNode {
 
     fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// The node's name: one per port, so that harnesses on different ports can run at once.
+    fn name(&self) -> String {
+        format!("chaos{}", self.port)
     }
 }
 

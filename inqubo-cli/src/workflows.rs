@@ -18,20 +18,36 @@ pub(crate) async fn queue_stats(
     context: &Context,
     queue: &str,
 ) -> anyhow::Result<Option<(u32, u32)>> {
-    // A passive declare of a missing queue closes its channel: use a channel of its own.
-    let (connection, channel) = context.channel().await?;
-    let stats = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .ok()
-        .map(|q| (q.message_count(), q.consumer_count()));
+    Ok(queues_stats(context, &[queue]).await?.pop().flatten())
+}
+
+/// Depth and consumer count of each queue (`None` for a missing one), over one connection.
+pub(crate) async fn queues_stats(
+    context: &Context,
+    queues: &[&str],
+) -> anyhow::Result<Vec<Option<(u32, u32)>>> {
+    let (connection, _) = context.channel().await?;
+    let mut stats = Vec::with_capacity(queues.len());
+    for queue in queues {
+        // A passive declare of a missing queue closes its channel: one channel per queue.
+        let channel = connection.create_channel().await?;
+        let declared = channel
+            .queue_declare(
+                (*queue).into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        stats.push(
+            declared
+                .ok()
+                .map(|q| (q.message_count(), q.consumer_count())),
+        );
+        let _ = channel.close(200, "done".into()).await;
+    }
     let _ = connection.close(200, "done".into()).await;
     Ok(stats)
 }

@@ -21,7 +21,7 @@ use super::State;
 use crate::{
     history::query::{self, RunFilter},
     parked::{self, Selection},
-    workflows::queue_stats,
+    workflows::queues_stats,
 };
 
 /// An error the API answers with: a status and `{"error": "..."}`.
@@ -94,27 +94,47 @@ pub(super) async fn workflows(Extract(state): Extract<State>) -> ApiResult {
     const HOUR_MS: i64 = 3_600_000;
     let mut report = query::workflow_activity(&state.pool, HOUR_MS).await?;
     let topology = state.context.topology()?;
-    for workflow in report["workflows"].as_array_mut().into_iter().flatten() {
-        let Some(name) = workflow["workflow"]
+    // The queues to ask RabbitMQ about: (workflow index, step index or `None` for the parked
+    // queue, queue name).
+    let mut wanted = Vec::new();
+    for (w, workflow) in report["workflows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let Ok(name) = workflow["workflow"]
             .as_str()
-            .and_then(|n| n.parse::<inqubo::WorkflowName>().ok())
+            .unwrap_or_default()
+            .parse::<inqubo::WorkflowName>()
         else {
             continue;
         };
-        let parked = queue_stats(&state.context, topology.parked_queue(&name).as_str()).await?;
-        workflow["parked"] = json!(parked.map(|(depth, _)| depth));
-        for step in workflow["steps"].as_array_mut().into_iter().flatten() {
-            let Some(step_name) = step["step"]
-                .as_str()
-                .and_then(|s| s.parse::<inqubo::StepName>().ok())
-            else {
-                continue;
-            };
-            let queue = topology.step_queue(&name, &step_name);
-            let stats = queue_stats(&state.context, queue.as_str()).await?;
-            step["queue"] = json!(queue.as_str());
-            step["depth"] = json!(stats.map(|s| s.0));
-            step["consumers"] = json!(stats.map(|s| s.1));
+        wanted.push((w, None, topology.parked_queue(&name).as_str().to_owned()));
+        for (s, step) in workflow["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            if let Ok(step) = step["step"].as_str().unwrap_or_default().parse() {
+                let queue = topology.step_queue(&name, &step);
+                wanted.push((w, Some(s), queue.as_str().to_owned()));
+            }
+        }
+    }
+    let names: Vec<&str> = wanted.iter().map(|(_, _, queue)| queue.as_str()).collect();
+    let stats = queues_stats(&state.context, &names).await?;
+    for ((w, s, queue), stat) in wanted.iter().zip(stats) {
+        let workflow = &mut report["workflows"][*w];
+        match s {
+            None => workflow["parked"] = json!(stat.map(|(depth, _)| depth)),
+            Some(s) => {
+                let step = &mut workflow["steps"][*s];
+                step["queue"] = json!(queue);
+                step["depth"] = json!(stat.map(|(depth, _)| depth));
+                step["consumers"] = json!(stat.map(|(_, consumers)| consumers));
+            }
         }
     }
     Ok(Json(report))

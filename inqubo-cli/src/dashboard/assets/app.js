@@ -371,10 +371,12 @@ function navigate(path) {
   refresh();
 }
 
+// Redraws after events, at most every 300 ms on a run's page and every 2 s on the others
+// (which ask RabbitMQ for queue depths), however fast events arrive.
 let pending = null;
 function refreshSoon() {
   if (pending) return;
-  pending = setTimeout(() => { pending = null; refresh(); }, 300);
+  pending = setTimeout(() => { pending = null; refresh(); }, currentRun() ? 300 : 2000);
 }
 
 let live = null;
