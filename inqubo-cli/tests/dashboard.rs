@@ -151,22 +151,49 @@ async fn run_when(monitor: &Monitor, run_id: &str, done: impl Fn(&Value) -> bool
     }
 }
 
+/// A shop runner, a monitor serving the dashboard, and two recorded runs: `order-paid-2`
+/// succeeded, `order-declined-3` failed with its input parked.
+struct Shop {
+    broker: TestBroker,
+    runner: inqubo::Runner,
+    monitor: Monitor,
+    events: Events,
+}
+
+impl Shop {
+    async fn with_two_runs() -> Self {
+        let broker = TestBroker::new();
+        let runner = broker.start_runner(&shop()).await;
+        let monitor = Monitor::start(&broker);
+        let mut events = Events::subscribe_to(runner.client(), Some("shop")).await;
+        runner.trigger("order-paid-2", &2_u64).await.unwrap();
+        runner.trigger("order-declined-3", &3_u64).await.unwrap();
+        events
+            .wait_for("order-paid-2", "charge", EventKind::Succeeded)
+            .await;
+        events
+            .wait_for("order-declined-3", "charge", EventKind::Failed)
+            .await;
+        run_when(&monitor, "order-paid-2", |r| r["status"] == "succeeded").await;
+        run_when(&monitor, "order-declined-3", |r| r["status"] == "failed").await;
+        Self {
+            broker,
+            runner,
+            monitor,
+            events,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn api_serves_runs_workflows_parked_and_metrics_behind_its_token() {
-    let broker = TestBroker::new();
-    let runner = broker.start_runner(&shop()).await;
-    let monitor = Monitor::start(&broker);
-    let mut events = Events::subscribe_to(runner.client(), Some("shop")).await;
-    runner.trigger("order-paid-2", &2_u64).await.unwrap();
-    runner.trigger("order-declined-3", &3_u64).await.unwrap();
-    events
-        .wait_for("order-paid-2", "charge", EventKind::Succeeded)
-        .await;
-    events
-        .wait_for("order-declined-3", "charge", EventKind::Failed)
-        .await;
+    let Shop {
+        broker: _broker,
+        runner,
+        monitor,
+        ..
+    } = Shop::with_two_runs().await;
     let paid = run_when(&monitor, "order-paid-2", |r| r["status"] == "succeeded").await;
-    run_when(&monitor, "order-declined-3", |r| r["status"] == "failed").await;
     let base = &monitor.base;
     let http = authorized();
 
@@ -313,20 +340,12 @@ fn screenshot_dir() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn browser_shows_runs_and_replays_a_parked_message() {
-    let broker = TestBroker::new();
-    let runner = broker.start_runner(&shop()).await;
-    let monitor = Monitor::start(&broker);
-    let mut events = Events::subscribe_to(runner.client(), Some("shop")).await;
-    runner.trigger("order-paid-2", &2_u64).await.unwrap();
-    runner.trigger("order-declined-3", &3_u64).await.unwrap();
-    events
-        .wait_for("order-paid-2", "charge", EventKind::Succeeded)
-        .await;
-    events
-        .wait_for("order-declined-3", "charge", EventKind::Failed)
-        .await;
-    run_when(&monitor, "order-declined-3", |r| r["status"] == "failed").await;
-    run_when(&monitor, "order-paid-2", |r| r["status"] == "succeeded").await;
+    let Shop {
+        broker: _broker,
+        runner,
+        monitor,
+        mut events,
+    } = Shop::with_two_runs().await;
     let base = monitor.base.clone();
     let shots = screenshot_dir();
     let mut browser = browser::Browser::launch().await;
