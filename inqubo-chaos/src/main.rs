@@ -426,10 +426,19 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
         println!("runs lost: leaving the broker and prefix {prefix} as they are for inspection");
         anyhow::bail!("{lost} runs lost");
     }
-    for url in &urls {
-        if cleanup(url, &prefix, &cli.workflow, &queue).await {
-            break;
+    // Bounded: on a cluster that lost a node, deleting a queue can wait for a long time.
+    let cleaning = async {
+        for url in &urls {
+            if cleanup(url, &prefix, &cli.workflow, &queue).await {
+                break;
+            }
         }
+    };
+    if tokio::time::timeout(Duration::from_secs(60), cleaning)
+        .await
+        .is_err()
+    {
+        println!("cleanup of prefix {prefix} did not finish within 60 s; its queues may remain");
     }
     if let Some(node) = node {
         node.down().await?;

@@ -244,6 +244,11 @@ async function runPage(main, runId) {
   );
 }
 
+function perMinute(count, windowMs) {
+  const rate = count / (windowMs / 60000);
+  return (rate < 10 ? rate.toFixed(2) : rate.toFixed(0)) + " /min";
+}
+
 async function workflowsPage(main) {
   const data = await api("/workflows");
   const percent = (rate) => (rate === null ? "–" : (100 * rate).toFixed(1) + " %");
@@ -257,7 +262,7 @@ async function workflowsPage(main) {
             `${workflow.parked ?? 0} parked`)),
         graph(workflow.definition, {}),
         el("table", {},
-          el("thead", {}, el("tr", {}, ["Step", "Queue depth", "Consumers", "Attempts (1 h)", "Succeeded", "Retried", "Failed", "Failure rate"].map((h) => el("th", {}, h)))),
+          el("thead", {}, el("tr", {}, ["Step", "Queue depth", "Consumers", "Attempts (1 h)", "Succeeded", "Retried", "Failed", "Throughput", "Failure rate"].map((h) => el("th", {}, h)))),
           el("tbody", {}, workflow.steps.map((step) =>
             el("tr", {},
               el("td", { class: "mono" }, step.step),
@@ -265,6 +270,7 @@ async function workflowsPage(main) {
               el("td", {}, step.consumers ?? "–"),
               el("td", {}, step.attempts), el("td", {}, step.succeeded),
               el("td", {}, step.retried), el("td", {}, step.failed),
+              el("td", {}, perMinute(step.succeeded, data.window_ms)),
               el("td", {}, percent(step.failure_rate)))))))),
   );
 }
