@@ -3,6 +3,7 @@
 #
 #   scripts/cluster.sh start   # nodes inq1..inq3@localhost on 127.0.0.1:5681..5683
 #   scripts/cluster.sh test    # start, run the chaos harness and stop node inq1 mid-load, stop
+#                              # (RUNS=1000, TIMEOUT=300 s; BACK_AFTER=20 restarts inq1 20 s later)
 #   scripts/cluster.sh stop    # stop the nodes and delete their data
 #
 # Quorum queues declared on it are replicated on all three nodes. Runners are given all three
@@ -41,8 +42,13 @@ test)
     trap stop EXIT
     start
     cargo build --locked -p inqubo-chaos
+    # inq1 is stopped mid-load and stays down; with BACK_AFTER=N it comes back N seconds later.
+    disrupt="bash scripts/rabbitmq-node.sh stop inq1 $base/inq1"
+    if [ -n "${BACK_AFTER:-}" ]; then
+        disrupt="$disrupt; sleep $BACK_AFTER; bash scripts/rabbitmq-node.sh start inq1 5681 $base/inq1"
+    fi
     ./target/debug/inqubo-chaos --url "$urls" --runners 2 --runs "${RUNS:-1000}" --rate 100 --kills 1 \
-        --disrupt "bash scripts/rabbitmq-node.sh stop inq1 $base/inq1"
+        --timeout "${TIMEOUT:-300}" --disrupt "$disrupt"
     ;;
 *)
     echo "usage: $0 start|test|stop" >&2

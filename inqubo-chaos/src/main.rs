@@ -100,8 +100,26 @@ async fn main() -> anyhow::Result<()> {
             prefix,
             workflow,
         }) => run_runner(url, prefix, workflow).await,
-        None => orchestrate(cli).await,
+        None => {
+            let private_node = cli.url.is_none().then(|| PrivateNode::at(cli.node_port));
+            // Interrupted, the harness still stops its private node (its runners die with it).
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                result = orchestrate(cli) => result,
+                _ = tokio::signal::ctrl_c() => stop_interrupted(private_node).await,
+                _ = terminate.recv() => stop_interrupted(private_node).await,
+            }
+        }
     }
+}
+
+async fn stop_interrupted(node: Option<PrivateNode>) -> anyhow::Result<()> {
+    if let Some(node) = node {
+        node.down().await?;
+        let _ = std::fs::remove_dir_all(node.dir.parent().unwrap_or(&node.dir));
+    }
+    anyhow::bail!("interrupted")
 }
 
 /// One runner process: retries its first connection while the broker is away.
@@ -140,12 +158,17 @@ struct PrivateNode {
 }
 
 impl PrivateNode {
-    async fn start(port: u16) -> anyhow::Result<Self> {
+    /// The node this process uses on `port` (not started).
+    fn at(port: u16) -> Self {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq-node.sh");
         let dir = std::env::temp_dir()
             .join(format!("inqubo-chaos-{}", std::process::id()))
             .join("chaos");
-        let node = Self { script, dir, port };
+        Self { script, dir, port }
+    }
+
+    async fn start(port: u16) -> anyhow::Result<Self> {
+        let node = Self::at(port);
         node.up().await?;
         Ok(node)
     }
