@@ -3,7 +3,8 @@
 #
 #   scripts/cluster.sh start   # nodes inq1..inq3@localhost on 127.0.0.1:5681..5683
 #   scripts/cluster.sh test    # start, run the chaos harness and stop node inq1 mid-load, stop
-#                              # (RUNS=1000, TIMEOUT=300 s; BACK_AFTER=20 restarts inq1 20 s later)
+#                              # (RUNS=1000, TIMEOUT=300 s; BACK_AFTER=20 restarts inq1 20 s later;
+#                              # WATCHDOG=0 runs without scripts/dlx-watchdog.sh)
 #   scripts/cluster.sh stop    # stop the nodes and delete their data
 #
 # Quorum queues declared on it are replicated on all three nodes. Runners are given all three
@@ -46,6 +47,14 @@ test)
     disrupt="bash scripts/rabbitmq-node.sh stop inq1 $base/inq1"
     if [ -n "${BACK_AFTER:-}" ]; then
         disrupt="$disrupt; sleep $BACK_AFTER; bash scripts/rabbitmq-node.sh start inq1 5681 $base/inq1"
+    fi
+    # RabbitMQ 3.10 needs the dead-letter watchdog once a node is gone (docs/reliability.md);
+    # WATCHDOG=0 shows the broker without it.
+    if [ "${WATCHDOG:-1}" != 0 ]; then
+        INQUBO_RABBITMQCTL="env HOME=$base/home /usr/lib/rabbitmq/bin/rabbitmqctl" \
+            bash scripts/dlx-watchdog.sh --every 5 inq1@localhost inq2@localhost inq3@localhost &
+        watchdog=$!
+        trap 'kill "$watchdog" 2>/dev/null || true; stop' EXIT
     fi
     ./target/debug/inqubo-chaos --url "$urls" --runners 2 --runs "${RUNS:-1000}" --rate 100 --kills 1 \
         --timeout "${TIMEOUT:-300}" --disrupt "$disrupt"
