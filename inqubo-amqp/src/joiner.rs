@@ -38,7 +38,7 @@ use crate::{
     error::{Error, Result},
     message::{self, Outgoing, Received, string_value},
     publisher::Publisher,
-    topology::{RUN_JOIN, Topology},
+    topology::{JOIN_STATE_SLOTS, RUN_JOIN, Topology},
 };
 
 /// The most pieces handled in one batch.
@@ -78,29 +78,35 @@ impl JoinShard {
             .to_string()
     }
 
-    /// Reads the latest snapshot, leaving it in its queue.
+    /// Reads the snapshots in the state queue, leaving them there, and starts from the newest
+    /// (see [`JoinBook::newest`]): the queue keeps the last few, so that a stale snapshot
+    /// arriving late cannot push the current one out.
     async fn load(&self, channel: &Channel) -> Result<JoinBook> {
-        let Some(latest) = channel
-            .basic_get(
-                self.state_queue().as_str().into(),
-                BasicGetOptions::default(),
-            )
-            .await?
-        else {
-            return Ok(JoinBook::new());
-        };
-        let book = JoinBook::restore(&latest.delivery.data);
-        latest
-            .delivery
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
-            .await?;
-        Ok(book.unwrap_or_else(|error| {
-            error!(join = %self.join, shard = self.shard, %error, "join snapshot unreadable; starting empty");
-            JoinBook::new()
-        }))
+        let queue = self.state_queue();
+        let mut found = Vec::new();
+        while found.len() < JOIN_STATE_SLOTS as usize {
+            match channel
+                .basic_get(queue.as_str().into(), BasicGetOptions::default())
+                .await?
+            {
+                Some(message) => found.push(message.delivery),
+                None => break,
+            }
+        }
+        let (book, unreadable) = JoinBook::newest(found.iter().map(|d| d.data.as_slice()));
+        if unreadable > 0 {
+            error!(join = %self.join, shard = self.shard, unreadable, "join snapshots unreadable; skipped");
+        }
+        // One by one: `multiple` would also return the batch this channel is holding.
+        for snapshot in &found {
+            snapshot
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await?;
+        }
+        Ok(book)
     }
 
     /// Adds one piece to `book`; returns what to publish.

@@ -50,6 +50,10 @@ pub const BROKER_DELIVERY_LIMIT: i64 = 20;
 /// step spread over up to this many runners.
 pub const JOIN_SHARDS: u32 = 4;
 
+/// Snapshots a join state queue keeps: the newest few, so that a stale one published late by
+/// a consumer that lost its shard cannot push the current one out (see `JoinBook::newest`).
+pub(crate) const JOIN_STATE_SLOTS: u32 = 8;
+
 /// The name of the run join: the join that waits for every last step of a run.
 pub const RUN_JOIN: &str = "_run";
 
@@ -227,7 +231,10 @@ impl Topology {
 
     fn join_state_args(&self) -> FieldTable {
         let mut args = self.durable_queue_args();
-        args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+        args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(JOIN_STATE_SLOTS.into()),
+        );
         args
     }
 

@@ -80,12 +80,24 @@ pub enum JoinDecision {
 }
 
 /// The pending joins of one shard, and the runs it recently finished.
+///
+/// Snapshots carry a version, `(epoch, seq)`: each consumer that takes over a shard starts a
+/// new epoch above every snapshot it found, and numbers its snapshots within it. A snapshot
+/// published late by a consumer that lost the shard (a retried publish, a requeue when its
+/// channel closed) is then older than the new consumer's, whatever order they arrive in, and
+/// [`JoinBook::newest`] never picks it.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct JoinBook {
     pending: HashMap<RunId, HashMap<StepName, Box<RawValue>>>,
     finished: VecDeque<RunId>,
     #[serde(skip)]
     finished_set: HashSet<RunId>,
+    /// The consumer generation that wrote the snapshot.
+    #[serde(default)]
+    epoch: u64,
+    /// The snapshot's number within its epoch.
+    #[serde(default)]
+    seq: u64,
 }
 
 impl Clone for JoinBook {
@@ -94,6 +106,8 @@ impl Clone for JoinBook {
             pending: self.pending.clone(),
             finished: self.finished.clone(),
             finished_set: self.finished_set.clone(),
+            epoch: self.epoch,
+            seq: self.seq,
         }
     }
 }
@@ -187,9 +201,16 @@ impl JoinBook {
         }
     }
 
-    /// The book as JSON, to persist before acknowledging the pieces it holds.
-    pub fn snapshot(&self) -> Vec<u8> {
+    /// The book as JSON, to persist before acknowledging the pieces it holds; each call
+    /// numbers a newer snapshot.
+    pub fn snapshot(&mut self) -> Vec<u8> {
+        self.seq += 1;
         serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec())
+    }
+
+    /// The snapshot's version: later snapshots compare greater.
+    pub fn version(&self) -> (u64, u64) {
+        (self.epoch, self.seq)
     }
 
     /// A book from a snapshot.
@@ -197,6 +218,29 @@ impl JoinBook {
         let mut book: Self = serde_json::from_slice(snapshot).map_err(SnapshotError)?;
         book.finished_set = book.finished.iter().cloned().collect();
         Ok(book)
+    }
+
+    /// The book a consumer taking over a shard starts from: the newest of the snapshots found
+    /// (unreadable ones are skipped and counted), in a new epoch above all of them.
+    pub fn newest<'a>(snapshots: impl IntoIterator<Item = &'a [u8]>) -> (Self, usize) {
+        let mut newest: Option<Self> = None;
+        let mut top_epoch = 0;
+        let mut unreadable = 0;
+        for snapshot in snapshots {
+            match Self::restore(snapshot) {
+                Ok(book) => {
+                    top_epoch = top_epoch.max(book.epoch);
+                    if newest.as_ref().is_none_or(|n| book.version() > n.version()) {
+                        newest = Some(book);
+                    }
+                }
+                Err(_) => unreadable += 1,
+            }
+        }
+        let mut book = newest.unwrap_or_default();
+        book.epoch = top_epoch + 1;
+        book.seq = 0;
+        (book, unreadable)
     }
 }
 
@@ -344,5 +388,33 @@ mod tests {
         }
         assert_eq!(book.finished.len(), REMEMBERED_FINISHED_RUNS);
         assert_eq!(book.finished_set.len(), REMEMBERED_FINISHED_RUNS);
+    }
+
+    #[test]
+    fn a_late_snapshot_of_a_previous_consumer_never_wins() {
+        let run = RunId::new("r1").unwrap();
+        let leaves = [StepName::new("x").unwrap(), StepName::new("y").unwrap()];
+        let piece = |parent: &str| Piece::Output {
+            parent: StepName::new(parent).unwrap(),
+            output: b"1".to_vec(),
+        };
+        // The first consumer's last snapshot knows nothing of run r1.
+        let (mut first, _) = JoinBook::newest([]);
+        let stale = first.snapshot();
+        // The next consumer took over from it and recorded x's piece.
+        let (mut second, _) = JoinBook::newest([stale.as_slice()]);
+        second.add(&run, piece("x"), JoinTarget::Run(&leaves));
+        let current = second.snapshot();
+        // The stale snapshot lands again after the current one (a retried publish): the
+        // consumer after them still starts from the current one, and y completes the run.
+        let (mut third, unreadable) =
+            JoinBook::newest([current.as_slice(), stale.as_slice(), b"garbage".as_slice()]);
+        assert_eq!(unreadable, 1);
+        assert_eq!(third.pending_runs(), 1);
+        assert!(third.version() > second.version());
+        assert!(matches!(
+            third.add(&run, piece("y"), JoinTarget::Run(&leaves)),
+            JoinDecision::Fire(_)
+        ));
     }
 }
