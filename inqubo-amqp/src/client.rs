@@ -38,7 +38,7 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// One live connection and its confirm-mode publishing channel.
 #[derive(Debug)]
 pub(crate) struct Session {
-    pub(crate) connection: Connection,
+    pub(crate) connection: Arc<Connection>,
     pub(crate) publisher: Publisher,
 }
 
@@ -174,7 +174,8 @@ impl Client {
             };
             match connected {
                 Ok(connection) => {
-                    let publisher = Publisher::new(connection.create_channel().await?).await?;
+                    let connection = Arc::new(connection);
+                    let publisher = Publisher::new(Arc::clone(&connection)).await?;
                     self.inner.next_url.store(index, Ordering::Relaxed);
                     info!(url = %redact_url(url), prefix = self.inner.topology.prefix(), "connected");
                     return Ok(Session {

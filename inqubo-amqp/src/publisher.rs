@@ -6,11 +6,14 @@
 //! a step's outcome events cost one round trip instead of one each.
 
 use lapin::{
-    Channel, Confirmation, PublisherConfirm, options::BasicPublishOptions,
+    Channel, Confirmation, Connection, PublisherConfirm, options::BasicPublishOptions,
     options::ConfirmSelectOptions,
 };
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tokio::time::Instant;
 use tracing::warn;
@@ -30,26 +33,81 @@ const FIRST_REPUBLISH_DELAY: Duration = Duration::from_millis(200);
 /// The longest wait between two publications of a refused message.
 const MAX_REPUBLISH_DELAY: Duration = Duration::from_secs(5);
 
+/// How long a publishing channel is kept at least, before a refusal may replace it.
+const CHANNEL_RENEWAL_INTERVAL: Duration = Duration::from_secs(5);
+
 /// A channel in confirm mode, shared by every task of a runner or client.
+///
+/// When the broker keeps refusing publishes, the channel is replaced by a new one (at most
+/// every [`CHANNEL_RENEWAL_INTERVAL`]): on RabbitMQ 3.10, a channel whose first contact with a
+/// quorum queue failed while a cluster node went down can keep refusing every message for
+/// that queue, while a new channel reaches its new leader at once.
 #[derive(Debug, Clone)]
 pub(crate) struct Publisher {
+    connection: Arc<Connection>,
+    current: Arc<Mutex<Current>>,
+}
+
+/// The channel in use and when it was opened.
+#[derive(Debug)]
+struct Current {
     channel: Channel,
+    opened: Instant,
 }
 
 impl Publisher {
-    /// Puts `channel` in confirm mode.
-    pub(crate) async fn new(channel: Channel) -> Result<Self> {
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Ok(Self { channel })
+    /// Opens a channel on `connection` and puts it in confirm mode.
+    pub(crate) async fn new(connection: Arc<Connection>) -> Result<Self> {
+        let channel = confirming_channel(&connection).await?;
+        Ok(Self {
+            connection,
+            current: Arc::new(Mutex::new(Current {
+                channel,
+                opened: Instant::now(),
+            })),
+        })
+    }
+
+    fn channel(&self) -> Channel {
+        match self.current.lock() {
+            Ok(current) => current.channel.clone(),
+            Err(poisoned) => poisoned.into_inner().channel.clone(),
+        }
+    }
+
+    /// Replaces the channel that refused messages by a new one, unless it was opened lately
+    /// (another task may just have replaced it).
+    async fn renew(&self) -> Result<()> {
+        let due = match self.current.lock() {
+            Ok(current) => current.opened.elapsed() >= CHANNEL_RENEWAL_INTERVAL,
+            Err(poisoned) => poisoned.into_inner().opened.elapsed() >= CHANNEL_RENEWAL_INTERVAL,
+        };
+        if !due {
+            return Ok(());
+        }
+        let channel = confirming_channel(&self.connection).await?;
+        let old = {
+            let mut current = match self.current.lock() {
+                Ok(current) => current,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            current.opened = Instant::now();
+            std::mem::replace(&mut current.channel, channel)
+        };
+        warn!("the broker keeps refusing messages; publishing on a new channel");
+        // Confirms still pending on the old channel arrive before its close completes.
+        tokio::spawn(async move {
+            tokio::time::sleep(CHANNEL_RENEWAL_INTERVAL).await;
+            let _ = old.close(200, "renewed".into()).await;
+        });
+        Ok(())
     }
 
     /// Sends `message`; await the result to learn whether the broker confirmed it.
     pub(crate) async fn send(&self, message: &Outgoing) -> Result<PendingConfirm> {
         let sent = std::time::Instant::now();
         let confirm = self
-            .channel
+            .channel()
             .basic_publish(
                 message.exchange.as_str().into(),
                 message.routing_key.as_str().into(),
@@ -71,7 +129,7 @@ impl Publisher {
 
     /// Whether the channel (and so its connection) is still open.
     pub(crate) fn is_alive(&self) -> bool {
-        self.channel.status().connected()
+        self.channel().status().connected()
     }
 
     /// Sends every message, then waits for all their confirms, pipelined.
@@ -113,11 +171,23 @@ impl Publisher {
                 return Err(error);
             }
             warn!(%error, retry_in = ?delay, "publish not confirmed; publishing again");
+            if matches!(error, Error::Nacked { .. }) {
+                self.renew().await?;
+            }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(MAX_REPUBLISH_DELAY);
             messages = refused;
         }
     }
+}
+
+/// A new channel on `connection`, in confirm mode.
+async fn confirming_channel(connection: &Connection) -> Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
 }
 
 /// A published message whose confirm has not been awaited yet.
