@@ -13,6 +13,7 @@
 //! | `inqubo_steps_in_flight` | gauge | workflow |
 //! | `inqubo_reconnects_total` | counter | workflow |
 //! | `inqubo_publish_confirm_seconds` | histogram | |
+//! | `inqubo_publish_channel_renewals_total` | counter | |
 //!
 //! Handles are made once per step when its consumer starts, so a recorder installed after
 //! the runner connected sees nothing until the next reconnect.
@@ -112,4 +113,9 @@ pub(crate) fn reconnected(workflow: &WorkflowName) {
 /// The broker confirmed a publish `took` after it was sent.
 pub(crate) fn confirmed(took: Duration) {
     histogram!("inqubo_publish_confirm_seconds").record(took.as_secs_f64());
+}
+
+/// The publisher replaced a channel the broker kept refusing messages on.
+pub(crate) fn channel_renewed() {
+    counter!("inqubo_publish_channel_renewals_total").increment(1);
 }

@@ -95,6 +95,7 @@ impl Publisher {
             std::mem::replace(&mut current.channel, channel)
         };
         warn!("the broker keeps refusing messages; publishing on a new channel");
+        crate::metric::channel_renewed();
         // Confirms still pending on the old channel arrive before its close completes.
         tokio::spawn(async move {
             tokio::time::sleep(CHANNEL_RENEWAL_INTERVAL).await;

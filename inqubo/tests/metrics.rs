@@ -5,34 +5,17 @@ use std::time::Duration;
 
 use inqubo::{EventKind, RetryPolicy, Runner, Step, StepContext, StepError, Workflow};
 use inqubo_core::testing::{fail_first, fatal_first};
-use inqubo_testkit::{Events, TestBroker};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use inqubo_testkit::{
+    Events, TestBroker, free_local_addr, metric_sample, scrape_metrics as scrape,
+};
 
 async fn double(n: u64, _: StepContext) -> Result<u64, StepError> {
     Ok(n * 2)
 }
 
-/// `GET /metrics` over a plain socket.
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    socket
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    socket.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-}
-
 /// The value of the sample whose line starts with `series`.
 fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+    metric_sample(metrics, series).unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -46,10 +29,7 @@ async fn runner_serves_step_counters_durations_and_confirm_latency() {
         .then(Step::new("check", fatal_first(1, double)))
         .build()
         .unwrap();
-    let addr = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap()
-    };
+    let addr = free_local_addr();
     let runner: Runner = broker
         .runner(&flow)
         .metrics_addr(addr)
