@@ -11,7 +11,7 @@ use lapin::{
 };
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
@@ -68,38 +68,37 @@ impl Publisher {
         })
     }
 
+    fn lock(&self) -> MutexGuard<'_, Current> {
+        self.current.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn channel(&self) -> Channel {
-        match self.current.lock() {
-            Ok(current) => current.channel.clone(),
-            Err(poisoned) => poisoned.into_inner().channel.clone(),
-        }
+        self.lock().channel.clone()
     }
 
     /// Replaces the channel that refused messages by a new one, unless it was opened lately
     /// (another task may just have replaced it).
     async fn renew(&self) -> Result<()> {
-        let due = match self.current.lock() {
-            Ok(current) => current.opened.elapsed() >= CHANNEL_RENEWAL_INTERVAL,
-            Err(poisoned) => poisoned.into_inner().opened.elapsed() >= CHANNEL_RENEWAL_INTERVAL,
-        };
-        if !due {
+        if self.lock().opened.elapsed() < CHANNEL_RENEWAL_INTERVAL {
             return Ok(());
         }
-        let channel = confirming_channel(&self.connection).await?;
-        let old = {
-            let mut current = match self.current.lock() {
-                Ok(current) => current,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            current.opened = Instant::now();
-            std::mem::replace(&mut current.channel, channel)
+        let fresh = confirming_channel(&self.connection).await?;
+        let retired = {
+            let mut current = self.lock();
+            if current.opened.elapsed() < CHANNEL_RENEWAL_INTERVAL {
+                // Another task renewed it while this one opened `fresh`.
+                fresh
+            } else {
+                current.opened = Instant::now();
+                warn!("the broker keeps refusing messages; publishing on a new channel");
+                crate::metric::channel_renewed();
+                std::mem::replace(&mut current.channel, fresh)
+            }
         };
-        warn!("the broker keeps refusing messages; publishing on a new channel");
-        crate::metric::channel_renewed();
-        // Confirms still pending on the old channel arrive before its close completes.
+        // Confirms still pending on the retired channel arrive before its close completes.
         tokio::spawn(async move {
             tokio::time::sleep(CHANNEL_RENEWAL_INTERVAL).await;
-            let _ = old.close(200, "renewed".into()).await;
+            let _ = retired.close(200, "renewed".into()).await;
         });
         Ok(())
     }
