@@ -27,6 +27,7 @@ mod topology;
 
 pub use client::{Client, DEFAULT_AMQP_URL, EventStream, RunOutcome, event_from_delivery};
 pub use error::{Error, Result};
+pub use metric::STEP_DURATION_BUCKETS;
 pub use runner::{Runner, RunnerBuilder};
 pub use topology::{
     BROKER_DELIVERY_LIMIT, DELAY_TICK, DELAY_TIERS, DelayRoute, JOIN_SHARDS, MAX_DELAY, QueueName,

@@ -23,9 +23,9 @@ use std::time::Duration;
 use inqubo_core::{FailureReason, StepName, WorkflowName};
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
-/// Histogram buckets for step durations, in seconds: 1 ms to the 10-minute default timeout.
-#[cfg(feature = "prometheus")]
-pub(crate) const DURATION_BUCKETS: &[f64] = &[
+/// Histogram buckets for step durations, in seconds: 0.5 ms to the 10-minute default step
+/// timeout. The runner's Prometheus endpoint and `inqubo monitor` both use them.
+pub const STEP_DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     300.0, 600.0,
 ];

@@ -165,7 +165,7 @@ impl RunnerBuilder {
         if let Some(addr) = self.metrics_addr {
             metrics_exporter_prometheus::PrometheusBuilder::new()
                 .with_http_listener(addr)
-                .set_buckets(crate::metric::DURATION_BUCKETS)
+                .set_buckets(crate::metric::STEP_DURATION_BUCKETS)
                 .and_then(metrics_exporter_prometheus::PrometheusBuilder::install)
                 .map_err(|source| Error::Metrics { addr, source })?;
             info!(%addr, "serving Prometheus metrics at /metrics");

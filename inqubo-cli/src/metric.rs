@@ -8,11 +8,6 @@ use std::time::Duration;
 
 use inqubo::{EventKind, LifecycleEvent};
 
-/// Histogram buckets for step durations, in seconds: 1 ms to the 10-minute default timeout.
-pub(crate) const DURATION_BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
-];
-
 /// Counts one recorded event; `took` is the attempt's duration when the event ended one.
 pub(crate) fn observe(event: &LifecycleEvent, took: Option<Duration>) {
     metrics::counter!("inqubo_monitor_events_total").increment(1);

@@ -31,7 +31,8 @@
 
 pub use inqubo_amqp::{
     Client, DEFAULT_AMQP_URL, DELAY_TICK, DELAY_TIERS, DelayRoute, Error, EventStream, MAX_DELAY,
-    QueueName, QueueType, Result, RunOutcome, Runner, RunnerBuilder, Topology, event_from_delivery,
+    QueueName, QueueType, Result, RunOutcome, Runner, RunnerBuilder, STEP_DURATION_BUCKETS,
+    Topology, event_from_delivery,
 };
 pub use inqubo_core::{
     AttemptOutcome, Chain, DEFAULT_STEP_TIMEOUT, EventKind, ExponentialBackoff, FailedBody,

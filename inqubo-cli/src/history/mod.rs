@@ -261,7 +261,7 @@ pub(crate) async fn monitor(context: &Context, options: MonitorOptions) -> anyho
     );
     if let Some(address) = listen {
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .set_buckets(crate::metric::DURATION_BUCKETS)?
+            .set_buckets(inqubo::STEP_DURATION_BUCKETS)?
             .install_recorder()
             .context("cannot install the metrics recorder")?;
         let listener = tokio::net::TcpListener::bind(address)
