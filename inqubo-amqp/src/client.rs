@@ -12,7 +12,8 @@ use std::{
 use futures_util::Stream;
 use futures_util::StreamExt;
 use inqubo_core::{
-    EventKind, LifecycleEvent, RoutingKey, RunFailedBody, RunId, WorkflowName, protocol::header,
+    EventKind, LifecycleEvent, RoutingKey, RunId, RunOutcome, WorkflowName,
+    protocol::{self, header},
 };
 use lapin::{
     Channel, Connection, ConnectionProperties, Consumer,
@@ -24,9 +25,9 @@ use tracing::{info, instrument, warn};
 
 use crate::{
     error::{Error, Result, redact_url},
-    message::{self, integer_value, string_value},
     publisher::Publisher,
     topology::Topology,
+    wire::{Wire, integer_value, string_value},
 };
 
 /// How long one connection attempt (TCP, TLS and AMQP handshake) may take.
@@ -221,8 +222,8 @@ impl Client {
         let workflow = WorkflowName::new(workflow)?;
         let run_id = RunId::new(run_id)?;
         tracing::Span::current().record("run_id", tracing::field::display(&run_id));
-        let trigger = message::trigger(&self.inner.topology, &workflow, &run_id, input)
-            .with_trace(&root_traceparent());
+        let trigger = protocol::trigger(&workflow, &run_id, input).with_trace(&root_traceparent());
+        let trigger = Wire::new(self.inner.topology.names(), trigger, None);
         let session = self.session().await?;
         session.publisher.send(&trigger).await?.wait().await?;
         Ok(run_id)
@@ -251,7 +252,9 @@ impl Client {
         timeout: std::time::Duration,
     ) -> Result<RunOutcome> {
         let name = WorkflowName::new(workflow)?;
-        let mut events = self.subscribe_to(&format!("{name}.run.*")).await?;
+        let mut events = self
+            .subscribe_to(RoutingKey::run_events(&name).as_str())
+            .await?;
         let run_id = self.trigger(workflow, run_id, input).await?;
         let wait = async {
             while let Some(event) = events.next().await {
@@ -370,16 +373,6 @@ pub fn event_from_delivery(
         attempt,
         &delivery.data,
     )
-}
-
-/// How a run ended; see [`Client::trigger_and_wait`].
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum RunOutcome {
-    /// Every last step succeeded: their outputs, keyed by step name.
-    Succeeded(serde_json::Value),
-    /// A step failed for good.
-    Failed(RunFailedBody),
 }
 
 /// A live stream of lifecycle events; see [`Client::subscribe`].

@@ -1,14 +1,17 @@
 //! The path of one message: step queue → step → outcome events → ack.
 //!
-//! For every delivery on a step's queue the runner
+//! This is the RabbitMQ driver of the engine (`inqubo_core::engine`). For every delivery on a
+//! step's queue the runner
 //!
-//! 1. reads the `run-id` and `retry-attempt` headers (a message without a usable `run-id` is
-//!    parked at once, never requeued),
+//! 1. decodes it ([`wire::incoming`]) and asks the engine whether it may run
+//!    ([`Engine::admit`]): an input that is too large, redelivered too often or unreadable is
+//!    parked at once, never requeued,
 //! 2. publishes `started`,
 //! 3. runs the attempt ([`run_attempt`]: decode, call, timeout, catch panics, ask the retry
 //!    policy),
-//! 4. publishes what the outcome calls for — `succeeded` with the output; or `retrying` plus
-//!    the input into the delay tiers; or `failed` plus the input into the parked queue,
+//! 4. publishes what the engine says the outcome calls for ([`Engine::finished`]), and if the
+//!    broker returns one of those messages as unroutable, what that calls for
+//!    ([`Engine::unroutable`]),
 //! 5. waits until the broker has confirmed every one of those messages,
 //! 6. and only then acknowledges the delivery.
 //!
@@ -22,25 +25,28 @@ use std::{
 
 use futures_util::StreamExt;
 use inqubo_core::{
-    AttemptOutcome, EventKind, FailedBody, FailureReason, RunFailedBody, StartedBody, StepContext,
-    StepNode, Workflow, WorkflowName, run_attempt,
+    AttemptOutcome, StepNode,
+    engine::{Admission, Effects, Engine},
+    protocol::Incoming,
+    run_attempt,
     trace::{child_traceparent, trace_id},
 };
 use lapin::{
     Channel, Consumer,
     message::Delivery,
     options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions},
+    types::FieldTable,
 };
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, Span, debug, info_span, warn};
 
 use crate::{
     error::{Error, Result},
-    message::{self, AttemptId, Outgoing, Received},
     metric::{self, StepMetrics},
     publisher::Publisher,
-    topology::{RUN_JOIN, Topology},
+    topology::Topology,
+    wire::{self, Wire},
 };
 
 /// How long an ack or nack may take. On a connection that is dying (a broker restart) it may
@@ -52,37 +58,13 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// a broken broker does not turn the runner into a busy loop.
 const REQUEUE_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Guards against inputs that must not be run.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
-    /// Redeliveries after which a message is parked instead of run.
-    pub(crate) max_redeliveries: u32,
-    /// The largest input accepted, in bytes.
-    pub(crate) max_input_bytes: usize,
-    /// Whether attempts announce themselves with `started`.
-    pub(crate) publish_started: bool,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_redeliveries: 5,
-            max_input_bytes: 16 * 1024 * 1024,
-            publish_started: true,
-        }
-    }
-}
-
 /// Everything needed to run one step's deliveries.
 #[derive(Debug)]
 pub(crate) struct StepWorker {
     pub(crate) topology: Topology,
-    pub(crate) workflow: WorkflowName,
+    pub(crate) engine: Arc<Engine>,
     pub(crate) node: StepNode,
-    /// The whole workflow, to know the step's join children and whether runs end here.
-    pub(crate) graph: Workflow,
     pub(crate) publisher: Publisher,
-    pub(crate) limits: Limits,
     pub(crate) metrics: StepMetrics,
 }
 
@@ -90,11 +72,10 @@ impl StepWorker {
     /// Handles one delivery from start to acknowledgement.
     pub(crate) async fn handle(&self, delivery: Delivery) {
         let _in_flight = self.metrics.in_flight();
-        let received = Received::from_delivery(&delivery);
-        match self.process(&received).await {
+        match self.process(&delivery).await {
             Ok(()) => {
                 let ack = delivery.ack(BasicAckOptions::default());
-                self.settle("ack", ack).await;
+                settle(self.node.name().as_str(), "ack", ack).await;
             }
             Err(error) => {
                 warn!(
@@ -107,96 +88,55 @@ impl StepWorker {
                     requeue: true,
                     ..BasicNackOptions::default()
                 };
-                self.settle("nack", delivery.nack(requeue)).await;
+                settle(self.node.name().as_str(), "nack", delivery.nack(requeue)).await;
             }
         }
     }
 
-    /// Waits (bounded) for an ack or nack; a failure only needs a warning, since the broker
-    /// redelivers whatever was not settled.
-    async fn settle(
-        &self,
-        what: &str,
-        settling: impl std::future::Future<Output = lapin::Result<bool>>,
-    ) {
-        match tokio::time::timeout(SETTLE_TIMEOUT, settling).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => {
-                warn!(step = %self.node.name(), %error, "{what} failed; the broker will redeliver");
-            }
-            Err(_) => {
-                warn!(step = %self.node.name(), "{what} not answered; the broker will redeliver");
-            }
+    /// Publishes `effects` and waits for their confirms; `Ok` means the delivery may be acked.
+    async fn execute(&self, effects: Effects, received: Option<&FieldTable>) -> Result<()> {
+        if let Some(failure) = &effects.failure {
+            self.metrics.parked(failure.reason);
+            warn!(step = %self.node.name(), reason = %failure.reason, error = %failure.error, "input parked");
         }
+        let messages = Wire::all(self.topology.names(), effects.publish, received);
+        self.publisher.send_all(messages).await
     }
 
     /// Runs the attempt and publishes its outcome; `Ok` means the delivery may be acked.
-    async fn process(&self, received: &Received<'_>) -> Result<()> {
-        if let Some(refusal) = self.refuse(received) {
-            return self.park(received, refusal).await;
-        }
-        if received.redelivered && !received.counted_by_broker() {
-            // A classic queue does not count redeliveries: send the message round again with
-            // our own count, so that a message that keeps crashing its runner is parked.
-            let count = received.previous_deliveries();
-            warn!(step = %self.node.name(), redeliveries = count, "input redelivered; counting it");
-            let again = message::counted_redelivery(
-                &self.topology,
-                &self.workflow,
-                self.node.name(),
-                received,
-                count,
-            );
-            return self.publisher.send_all(vec![again]).await;
-        }
-        let (run_id, attempt) = match (received.run_id(), received.attempt()) {
-            (Ok(run_id), Ok(attempt)) => (run_id, attempt),
-            (Err(error), _) | (_, Err(error)) => {
-                return self.park(received, message::undecodable(error)).await;
-            }
-        };
-        let incoming = received.traceparent();
+    async fn process(&self, delivery: &Delivery) -> Result<()> {
+        let received = delivery.properties.headers().as_ref();
+        let incoming = wire::incoming(delivery);
         let span = info_span!(
             "step",
             trace_id = tracing::field::Empty,
-            run_id = %run_id,
-            workflow = %self.workflow,
+            run_id = tracing::field::Empty,
+            workflow = %self.engine.workflow().name(),
             step = %self.node.name(),
-            attempt
+            attempt = tracing::field::Empty,
         );
-        // The span's own traceparent when OpenTelemetry records spans, else a fresh child id.
-        #[cfg(feature = "otel")]
-        let trace = crate::otel::adopt(&span, incoming.as_deref())
-            .unwrap_or_else(|| child_traceparent(incoming.as_deref()));
-        #[cfg(not(feature = "otel"))]
-        let trace = child_traceparent(incoming.as_deref());
+        let trace = attempt_trace(&span, &incoming);
         span.record("trace_id", trace_id(&trace).unwrap_or_default());
-        let id = AttemptId {
-            topology: &self.topology,
-            workflow: &self.workflow,
-            step: self.node.name(),
-            run_id: &run_id,
-            attempt,
-            trace: &trace,
+        let attempt = match self.engine.admit(self.node.name(), &incoming, &trace) {
+            Admission::Run(attempt) => attempt,
+            Admission::Settle(effects) => {
+                return self.execute(effects, received).instrument(span).await;
+            }
         };
+        span.record("run_id", tracing::field::display(attempt.run_id()));
+        span.record("attempt", attempt.number());
         async {
-            let started_event = self
-                .limits
-                .publish_started
-                .then(|| id.notice(EventKind::Started, &StartedBody { attempt }));
+            let started_event = self.engine.started(&attempt);
             let started = match &started_event {
-                Some(event) => Some(self.publisher.send(event).await),
+                Some(event) => {
+                    let wire = Wire::new(self.topology.names(), event.clone(), received);
+                    Some(self.publisher.send(&wire).await)
+                }
                 None => None,
-            };
-            let ctx = StepContext {
-                run_id: run_id.clone(),
-                workflow: self.workflow.clone(),
-                step: self.node.name().clone(),
-                attempt,
             };
             self.metrics.started();
             let began = Instant::now();
-            let outcome = run_attempt(&self.node, ctx, received.body).await;
+            let outcome = run_attempt(&self.node, attempt.context(), incoming.body).await;
             self.metrics.finished(
                 began.elapsed(),
                 match &outcome {
@@ -205,24 +145,24 @@ impl StepWorker {
                     _ => metric::Outcome::Failed,
                 },
             );
-            let published = self.publish_outcome(&id, received, outcome).await;
+            if let AttemptOutcome::Retry { error, .. } = &outcome {
+                debug!(%error, "retrying");
+            }
+            let effects = self.engine.finished(&attempt, &incoming, outcome);
+            let published = self.execute(effects, received).await;
             let started = match started {
                 Some(Ok(confirm)) => confirm.wait().await,
                 Some(Err(error)) => Err(error),
                 None => Ok(()),
             };
             if let (Err(_), Some(event)) = (started, started_event) {
-                self.publisher.send_all(vec![event]).await?;
+                self.execute(Effects::publish(vec![event]), received)
+                    .await?;
             }
             match published {
                 Err(Error::Unroutable { routing_key, .. }) => {
-                    let failure = FailedBody {
-                        error: format!("no queue is bound to `{routing_key}`"),
-                        attempt,
-                        reason: FailureReason::Unroutable,
-                    };
-                    // `park` publishes the `failed` event and tells the run's end.
-                    self.park(received, failure).await
+                    let effects = self.engine.unroutable(&attempt, &incoming, &routing_key);
+                    self.execute(effects, received).await
                 }
                 other => other,
             }
@@ -230,213 +170,33 @@ impl StepWorker {
         .instrument(span)
         .await
     }
+}
 
-    /// Why `received` must be parked without running, if it must.
-    fn refuse(&self, received: &Received<'_>) -> Option<FailedBody> {
-        let attempt = received.attempt().unwrap_or(0);
-        if received.body.len() > self.limits.max_input_bytes {
-            return Some(FailedBody {
-                error: format!(
-                    "input is {} bytes, more than the {} accepted",
-                    received.body.len(),
-                    self.limits.max_input_bytes
-                ),
-                attempt,
-                reason: FailureReason::TooLarge,
-            });
-        }
-        let deliveries = received.previous_deliveries();
-        if deliveries > self.limits.max_redeliveries {
-            return Some(FailedBody {
-                error: format!(
-                    "redelivered {deliveries} times without being acknowledged; \
-                     its attempts keep killing or disconnecting their runner"
-                ),
-                attempt,
-                reason: FailureReason::RedeliveryLimit,
-            });
-        }
-        None
+/// The `traceparent` of what an attempt publishes: the span's own when OpenTelemetry records
+/// spans, else a fresh span id in the trace the delivery carries.
+fn attempt_trace(span: &Span, incoming: &Incoming<'_>) -> String {
+    #[cfg(feature = "otel")]
+    if let Some(adopted) = crate::otel::adopt(span, incoming.traceparent()) {
+        return adopted;
     }
+    let _ = span;
+    child_traceparent(incoming.traceparent())
+}
 
-    async fn publish_outcome(
-        &self,
-        id: &AttemptId<'_>,
-        received: &Received<'_>,
-        outcome: AttemptOutcome,
-    ) -> Result<()> {
-        let attempt = id.attempt;
-        let messages = match outcome {
-            AttemptOutcome::Succeeded { output } => {
-                debug!("succeeded");
-                self.success_messages(id, output)
-            }
-            retry @ AttemptOutcome::Retry { .. } => {
-                let Some(mut body) = retry.retrying_body(attempt) else {
-                    return Ok(());
-                };
-                let delay = Duration::from_millis(body.delay_ms);
-                let route = self
-                    .topology
-                    .delay_route(delay, &self.workflow, self.node.name());
-                body.delay_ms = u64::try_from(route.delay.as_millis()).unwrap_or(u64::MAX);
-                debug!(error = %body.error, delay_ms = body.delay_ms, "retrying");
-                vec![
-                    id.notice(EventKind::Retrying, &body),
-                    id.retry(&route, received.body.to_vec()),
-                ]
-            }
-            failed => {
-                let Some(body) = failed.failed_body(attempt) else {
-                    return Ok(());
-                };
-                warn!(error = %body.error, reason = %body.reason, "step failed; input parked");
-                self.metrics.parked(body.reason);
-                let mut messages = vec![
-                    id.notice(EventKind::Failed, &body),
-                    message::parked(
-                        &self.topology,
-                        &self.workflow,
-                        self.node.name(),
-                        received,
-                        &body,
-                    ),
-                ];
-                messages.extend(self.run_failure_notices(id, &body));
-                messages
-            }
-        };
-        self.publisher.send_all(messages).await
-    }
-
-    /// `succeeded` (which a queue must receive if a plain child listens for it), a piece for
-    /// every join child, and the run's end when this is a last step.
-    fn success_messages(&self, id: &AttemptId<'_>, output: Vec<u8>) -> Vec<Outgoing> {
-        let step = self.node.name();
-        let mut plain_children = false;
-        let mut messages = Vec::with_capacity(2);
-        for child in self.node.children() {
-            if self
-                .graph
-                .step(child.as_str())
-                .is_some_and(StepNode::is_join)
-            {
-                messages.push(message::join_piece(
-                    &self.topology,
-                    &self.workflow,
-                    child.as_str(),
-                    id.run_id,
-                    step,
-                    output.clone(),
-                    false,
-                ));
-            } else {
-                plain_children = true;
-            }
+/// Waits (bounded) for an ack or nack; a failure only needs a warning, since the broker
+/// redelivers whatever was not settled.
+pub(crate) async fn settle(
+    queue: &str,
+    what: &str,
+    settling: impl std::future::Future<Output = lapin::Result<bool>>,
+) {
+    match tokio::time::timeout(SETTLE_TIMEOUT, settling).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            warn!(queue, %error, "{what} failed; the broker will redeliver");
         }
-        if self.node.children().is_empty() {
-            messages.push(if self.graph.is_chain() {
-                let outputs = message::single_leaf_outputs(step, &output);
-                message::run_event(
-                    &self.topology,
-                    &self.workflow,
-                    id.run_id,
-                    EventKind::RunSucceeded,
-                    outputs,
-                )
-            } else {
-                message::join_piece(
-                    &self.topology,
-                    &self.workflow,
-                    RUN_JOIN,
-                    id.run_id,
-                    step,
-                    output.clone(),
-                    false,
-                )
-            });
-        }
-        messages.insert(0, id.event(EventKind::Succeeded, output, plain_children));
-        messages
-            .into_iter()
-            .map(|m| m.with_trace(id.trace))
-            .collect()
-    }
-
-    /// What must learn that this step failed for good: the run's end (at once for a chain,
-    /// through the run join otherwise), and every join downstream, which can no longer fire.
-    fn run_failure_notices(&self, id: &AttemptId<'_>, failure: &FailedBody) -> Vec<Outgoing> {
-        let run_id = id.run_id;
-        let body = message::json(&RunFailedBody {
-            step: self.node.name().clone(),
-            error: failure.error.clone(),
-            attempt: failure.attempt,
-            reason: failure.reason,
-        });
-        if self.graph.is_chain() {
-            return vec![
-                message::run_event(
-                    &self.topology,
-                    &self.workflow,
-                    run_id,
-                    EventKind::RunFailed,
-                    body,
-                )
-                .with_trace(id.trace),
-            ];
-        }
-        let step = self.node.name();
-        self.graph
-            .joins_after(step)
-            .into_iter()
-            .map(|join| join.name().as_str())
-            .chain([RUN_JOIN])
-            .map(|join| {
-                message::join_piece(
-                    &self.topology,
-                    &self.workflow,
-                    join,
-                    run_id,
-                    step,
-                    body.clone(),
-                    true,
-                )
-                .with_trace(id.trace)
-            })
-            .collect()
-    }
-
-    /// Parks `received` with `failure`, announcing `failed` when the run id is known.
-    async fn park(&self, received: &Received<'_>, failure: FailedBody) -> Result<()> {
-        self.metrics.parked(failure.reason);
-        let parked = message::parked(
-            &self.topology,
-            &self.workflow,
-            self.node.name(),
-            received,
-            &failure,
-        );
-        let mut messages = vec![parked];
-        match received.run_id_if_valid() {
-            Some(run_id) => {
-                let trace = child_traceparent(received.traceparent().as_deref());
-                let id = AttemptId {
-                    topology: &self.topology,
-                    workflow: &self.workflow,
-                    step: self.node.name(),
-                    run_id: &run_id,
-                    attempt: failure.attempt,
-                    trace: &trace,
-                };
-                warn!(run_id = %run_id, step = %self.node.name(), reason = %failure.reason, error = %failure.error, "parked");
-                messages.push(id.notice(EventKind::Failed, &failure));
-                messages.extend(self.run_failure_notices(&id, &failure));
-                self.publisher.send_all(messages).await
-            }
-            None => {
-                warn!(step = %self.node.name(), reason = %failure.reason, error = %failure.error, "parked a message without a usable run id");
-                self.publisher.send_all(messages).await
-            }
+        Err(_) => {
+            warn!(queue, "{what} not answered; the broker will redeliver");
         }
     }
 }

@@ -17,18 +17,12 @@
 //! latest snapshot and receives the unacknowledged pieces again; pieces already in the
 //! snapshot are recognised and ignored. See docs/joins.md for why this is correct.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
-use inqubo_core::{
-    EventKind, RunFailedBody, StepName, Workflow,
-    join::{JoinBook, JoinDecision, JoinTarget, Piece},
-    protocol::header,
-    trace::child_traceparent,
-};
+use inqubo_core::{engine::Engine, join::JoinBook, trace::child_traceparent};
 use lapin::{
     Channel, Consumer,
-    message::Delivery,
     options::{BasicAckOptions, BasicCancelOptions, BasicGetOptions, BasicNackOptions},
 };
 use tokio_util::sync::CancellationToken;
@@ -36,9 +30,9 @@ use tracing::{debug, error, warn};
 
 use crate::{
     error::{Error, Result},
-    message::{self, Outgoing, Received, string_value},
     publisher::Publisher,
-    topology::{JOIN_STATE_SLOTS, RUN_JOIN, Topology},
+    topology::Topology,
+    wire::{self, Wire},
 };
 
 /// The most pieces handled in one batch.
@@ -54,37 +48,23 @@ const BATCH_WINDOW: Duration = Duration::from_millis(2);
 #[derive(Debug)]
 pub(crate) struct JoinShard {
     pub(crate) topology: Topology,
-    pub(crate) workflow: Workflow,
-    /// A join step's name, or [`RUN_JOIN`].
+    pub(crate) engine: Arc<Engine>,
+    /// A join step's name, or [`RUN_JOIN`](inqubo_core::protocol::RUN_JOIN).
     pub(crate) join: String,
     pub(crate) shard: u32,
     pub(crate) publisher: Publisher,
 }
 
 impl JoinShard {
-    fn target<'a>(&'a self, leaves: &'a [StepName]) -> Option<JoinTarget<'a>> {
-        if self.join == RUN_JOIN {
-            return Some(JoinTarget::Run(leaves));
-        }
-        self.workflow
-            .step(&self.join)
-            .and_then(|step| step.join())
-            .map(JoinTarget::Step)
-    }
-
-    fn state_queue(&self) -> String {
-        self.topology
-            .join_state_queue(self.workflow.name(), &self.join, self.shard)
-            .to_string()
-    }
-
     /// Reads the snapshots in the state queue, leaving them there, and starts from the newest
     /// (see [`JoinBook::newest`]): the queue keeps the last few, so that a stale snapshot
     /// arriving late cannot push the current one out.
     async fn load(&self, channel: &Channel) -> Result<JoinBook> {
-        let queue = self.state_queue();
+        let queue =
+            self.topology
+                .join_state_queue(self.engine.workflow().name(), &self.join, self.shard);
         let mut found = Vec::new();
-        while found.len() < JOIN_STATE_SLOTS as usize {
+        while found.len() < inqubo_core::protocol::JOIN_STATE_SLOTS as usize {
             match channel
                 .basic_get(queue.as_str().into(), BasicGetOptions::default())
                 .await?
@@ -108,77 +88,6 @@ impl JoinShard {
         }
         Ok(book)
     }
-
-    /// Adds one piece to `book`; returns what to publish.
-    fn add(
-        &self,
-        book: &mut JoinBook,
-        target: JoinTarget<'_>,
-        delivery: &Delivery,
-    ) -> Option<Outgoing> {
-        let received = Received::from_delivery(delivery);
-        let Ok(run_id) = received.run_id() else {
-            warn!(join = %self.join, "join piece without a run id; dropped");
-            return None;
-        };
-        let headers = delivery.properties.headers().as_ref();
-        let parent = headers
-            .and_then(|h| h.inner().get(header::JOIN_PARENT))
-            .and_then(string_value)
-            .and_then(|p| StepName::new(p).ok());
-        let failed = headers.is_some_and(|h| h.inner().contains_key(header::JOIN_FAILED));
-        let piece = match (parent, failed) {
-            (_, true) => match serde_json::from_slice::<RunFailedBody>(&delivery.data) {
-                Ok(body) => Piece::Failed(body),
-                Err(error) => {
-                    warn!(join = %self.join, %error, "failure piece unreadable; dropped");
-                    return None;
-                }
-            },
-            (Some(parent), false) => Piece::Output {
-                parent,
-                output: delivery.data.clone(),
-            },
-            (None, false) => {
-                warn!(join = %self.join, "join piece without a parent; dropped");
-                return None;
-            }
-        };
-        let wf = self.workflow.name();
-        let trace = child_traceparent(received.traceparent().as_deref());
-        let fired = match book.add(&run_id, piece, target) {
-            JoinDecision::Fire(body) if self.join == RUN_JOIN => {
-                debug!(run_id = %run_id, "run succeeded");
-                Some(message::run_event(
-                    &self.topology,
-                    wf,
-                    &run_id,
-                    EventKind::RunSucceeded,
-                    body,
-                ))
-            }
-            JoinDecision::Fire(input) => {
-                let step = StepName::new(self.join.clone()).ok()?;
-                debug!(run_id = %run_id, join = %self.join, "join fired");
-                Some(message::joined_input(
-                    &self.topology,
-                    wf,
-                    &step,
-                    &run_id,
-                    input,
-                ))
-            }
-            JoinDecision::Abort(failure) if self.join == RUN_JOIN => Some(message::run_event(
-                &self.topology,
-                wf,
-                &run_id,
-                EventKind::RunFailed,
-                message::json(&failure),
-            )),
-            _ => None,
-        };
-        fired.map(|message| message.with_trace(&trace))
-    }
 }
 
 /// Consumes one join shard until `cancel` fires or the consumer fails.
@@ -189,10 +98,6 @@ pub(crate) async fn consume_shard(
     cancel: CancellationToken,
 ) -> Result<()> {
     let queue = consumer.queue().to_string();
-    let leaves: Vec<StepName> = shard.workflow.leaves().map(|s| s.name().clone()).collect();
-    let Some(target) = shard.target(&leaves) else {
-        return Err(Error::ConsumerStopped { queue });
-    };
     // Loaded when this consumer becomes active, that is on its first delivery.
     let mut book: Option<JoinBook> = None;
     loop {
@@ -218,13 +123,23 @@ pub(crate) async fn consume_shard(
             Some(book) => book,
             None => book.insert(shard.load(&channel).await?),
         };
-        let fired: Vec<Outgoing> = batch
-            .iter()
-            .filter_map(|delivery| shard.add(book, target, delivery))
-            .collect();
+        let mut fired: Vec<Wire> = Vec::new();
+        for delivery in &batch {
+            let incoming = wire::incoming(delivery);
+            let trace = child_traceparent(incoming.traceparent());
+            let effects = shard
+                .engine
+                .join_piece(&shard.join, book, &incoming, &trace);
+            if let Some(failure) = &effects.failure {
+                warn!(join = %shard.join, error = %failure.error, "join piece unreadable; parked");
+            }
+            let received = delivery.properties.headers().as_ref();
+            fired.extend(Wire::all(shard.topology.names(), effects.publish, received));
+        }
         // What fired must be confirmed before the snapshot that forgets it.
         shard.publisher.send_all(fired).await?;
-        let snapshot = message::join_snapshot(&shard.state_queue(), book.snapshot());
+        let snapshot = shard.engine.join_snapshot(&shard.join, shard.shard, book);
+        let snapshot = Wire::new(shard.topology.names(), snapshot, None);
         shard.publisher.send_all(vec![snapshot]).await?;
         if let Some(last) = batch.last() {
             // Bounded: on a dying connection the ack may never be answered; the pieces are

@@ -17,19 +17,17 @@ mod client;
 mod consumer;
 mod error;
 mod joiner;
-mod message;
 mod metric;
 #[cfg(feature = "otel")]
 pub mod otel;
 mod publisher;
 mod runner;
 mod topology;
+mod wire;
 
-pub use client::{Client, DEFAULT_AMQP_URL, EventStream, RunOutcome, event_from_delivery};
+pub use client::{Client, DEFAULT_AMQP_URL, EventStream, event_from_delivery};
 pub use error::{Error, Result};
+pub use inqubo_core::RunOutcome;
 pub use metric::STEP_DURATION_BUCKETS;
 pub use runner::{Runner, RunnerBuilder};
-pub use topology::{
-    BROKER_DELIVERY_LIMIT, DELAY_TICK, DELAY_TIERS, DelayRoute, JOIN_SHARDS, MAX_DELAY, QueueName,
-    QueueType, RUN_JOIN, Topology,
-};
+pub use topology::{QueueType, Topology};

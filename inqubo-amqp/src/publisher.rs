@@ -20,7 +20,7 @@ use tracing::warn;
 
 use crate::{
     error::{Error, Result},
-    message::Outgoing,
+    wire::Wire,
 };
 
 /// How long a refused publish is retried before the delivery is given back to its queue.
@@ -104,7 +104,7 @@ impl Publisher {
     }
 
     /// Sends `message`; await the result to learn whether the broker confirmed it.
-    pub(crate) async fn send(&self, message: &Outgoing) -> Result<PendingConfirm> {
+    pub(crate) async fn send(&self, message: &Wire) -> Result<PendingConfirm> {
         let sent = std::time::Instant::now();
         let confirm = self
             .channel()
@@ -116,7 +116,7 @@ impl Publisher {
                     ..BasicPublishOptions::default()
                 },
                 &message.body,
-                message.properties(),
+                message.properties.clone(),
             )
             .await?;
         Ok(PendingConfirm {
@@ -138,7 +138,7 @@ impl Publisher {
     /// a new leader) is published again with backoff for up to [`REPUBLISH_PATIENCE`], without
     /// giving up the delivery being handled: returning it to its queue would count as a
     /// redelivery. An unroutable message, or a dead channel, is reported at once.
-    pub(crate) async fn send_all(&self, mut messages: Vec<Outgoing>) -> Result<()> {
+    pub(crate) async fn send_all(&self, mut messages: Vec<Wire>) -> Result<()> {
         let deadline = Instant::now() + REPUBLISH_PATIENCE;
         let mut delay = FIRST_REPUBLISH_DELAY;
         loop {

@@ -11,7 +11,11 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use inqubo_core::{RunId, Workflow};
+use inqubo_core::{
+    RunId, RunOutcome, Workflow,
+    engine::{Engine, Limits},
+    protocol::{self, JOIN_SHARDS, Names, QueueName},
+};
 use lapin::{
     options::{BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
@@ -22,13 +26,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, info, instrument, warn};
 
 use crate::{
-    client::{self, Client, DEFAULT_AMQP_URL, RunOutcome, split_urls},
-    consumer::{Limits, StepWorker, consume},
+    client::{self, Client, DEFAULT_AMQP_URL, split_urls},
+    consumer::{StepWorker, consume},
     error::{Error, Result},
     joiner::{JoinShard, consume_shard},
-    message,
     metric::StepMetrics,
-    topology::{JOIN_SHARDS, QueueName, QueueType, Topology},
+    topology::{QueueType, Topology},
+    wire::Wire,
 };
 
 /// Unacknowledged pieces a join shard consumer may hold: one batch and the next.
@@ -122,6 +126,14 @@ impl RunnerBuilder {
     #[must_use]
     pub fn max_input_bytes(mut self, max_input_bytes: usize) -> Self {
         self.limits.max_input_bytes = max_input_bytes;
+        self
+    }
+
+    /// Every guard at once (the redelivery limit, the largest input, `started` events): the
+    /// same [`Limits`] the in-process harness takes.
+    #[must_use]
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -237,13 +249,13 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
         .await?;
     drop(setup);
     // Tell tools (`inqubo workflows`) what this workflow looks like.
-    session
-        .publisher
-        .send_all(vec![message::announcement(
-            &shared.topology,
-            &shared.workflow,
-        )])
-        .await?;
+    let announcement = Wire::new(
+        shared.topology.names(),
+        protocol::announcement(&shared.workflow),
+        None,
+    );
+    session.publisher.send_all(vec![announcement]).await?;
+    let engine = Arc::new(Engine::new(shared.workflow.clone(), shared.limits));
     let mut consumers = JoinSet::new();
     for node in shared.workflow.steps() {
         let queue = shared
@@ -252,11 +264,9 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
         let (channel, consumer) = consume_on(&session, &queue, shared.prefetch).await?;
         let worker = Arc::new(StepWorker {
             topology: shared.topology.clone(),
-            workflow: shared.workflow.name().clone(),
+            engine: Arc::clone(&engine),
             node: node.clone(),
-            graph: shared.workflow.clone(),
             publisher: session.publisher.clone(),
-            limits: shared.limits,
             metrics: StepMetrics::new(shared.workflow.name(), node.name()),
         });
         consumers.spawn(consume(
@@ -268,7 +278,7 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
             Arc::clone(&shared.in_flight),
         ));
     }
-    for join in Topology::joins(&shared.workflow) {
+    for join in Names::joins(&shared.workflow) {
         for shard in 0..JOIN_SHARDS {
             let queue = shared
                 .topology
@@ -276,7 +286,7 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
             let (channel, consumer) = consume_on(&session, &queue, JOIN_PREFETCH).await?;
             let shard = JoinShard {
                 topology: shared.topology.clone(),
-                workflow: shared.workflow.clone(),
+                engine: Arc::clone(&engine),
                 join: join.clone(),
                 shard,
                 publisher: session.publisher.clone(),

@@ -2,7 +2,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use inqubo_amqp::{RunOutcome, Topology};
+use inqubo_amqp::RunOutcome;
+use inqubo_core::protocol::Names;
 use inqubo_core::{EventKind, FailureReason, Step, StepContext, StepError, Workflow};
 use inqubo_testkit::{Events, FlakyProxy, TestBroker};
 use lapin::{
@@ -126,8 +127,8 @@ async fn parent_completions_delivered_twice_still_fire_one_join() {
     let mut events = Events::subscribe(runner.client()).await;
     let topology = broker.topology();
     let (connection, channel) = broker.raw_channel().await;
-    let shard = Topology::join_shard("dup");
-    let key = Topology::join_key(flow.name(), "d", shard);
+    let shard = Names::join_shard("dup");
+    let key = Names::join_key(flow.name(), "d", shard);
     // Pieces as a runner publishes them: b twice (an at-least-once redelivery), then c, then
     // b once more after the join fired.
     for (parent, body) in [("b", "7"), ("b", "7"), ("c", "\"x\""), ("b", "7")] {

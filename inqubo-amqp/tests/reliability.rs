@@ -8,7 +8,8 @@ use std::{
     time::Duration,
 };
 
-use inqubo_amqp::{BROKER_DELIVERY_LIMIT, Error, QueueType, Topology};
+use inqubo_amqp::{Error, QueueType, Topology};
+use inqubo_core::protocol::BROKER_DELIVERY_LIMIT;
 use inqubo_core::{EventKind, FailedBody, FailureReason, Step, StepContext, StepError, Workflow};
 use inqubo_testkit::{Events, FlakyProxy, TestBroker};
 use lapin::{

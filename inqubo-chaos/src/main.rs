@@ -484,7 +484,9 @@ async fn queue_depths(
         .iter()
         .map(|s| topology.step_queue(flow.name(), s.name()).to_string())
         .collect();
-    names.extend((0..inqubo::DELAY_TIERS).map(|tier| topology.delay_queue(tier).to_string()));
+    names.extend(
+        (0..inqubo::protocol::DELAY_TIERS).map(|tier| topology.delay_queue(tier).to_string()),
+    );
     let connection = lapin::Connection::connect(url, Default::default()).await?;
     let channel = connection.create_channel().await?;
     let mut depths = Vec::new();

@@ -195,7 +195,7 @@ async fn consume(url: &str, queue: &str, tally: &Mutex<Tally>) -> anyhow::Result
     // silently: start over (the queue is durable, nothing is missed).
     while let Some(delivery) = tokio::time::timeout(STALL, consumer.next()).await? {
         let delivery = delivery?;
-        if let Ok(event) = inqubo::event_from_delivery(&delivery) {
+        if let Ok(event) = inqubo::protocol::event_from_delivery(&delivery) {
             tally
                 .lock()
                 .map_err(|_| anyhow::anyhow!("tally poisoned"))?

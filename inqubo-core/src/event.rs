@@ -192,6 +192,30 @@ pub struct LifecycleEvent {
     pub body: serde_json::Value,
 }
 
+/// How a run ended: the body of its one terminal event, read.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum RunOutcome {
+    /// Every last step succeeded: their outputs, keyed by step name.
+    Succeeded(serde_json::Value),
+    /// A step failed for good.
+    Failed(RunFailedBody),
+}
+
+impl RunOutcome {
+    /// The outcome a `run.succeeded` or `run.failed` event reports; `None` for other events
+    /// (and for a `run.failed` body that does not read as a [`RunFailedBody`]).
+    pub fn from_event(event: &LifecycleEvent) -> Option<Self> {
+        match event.kind {
+            EventKind::RunSucceeded => Some(Self::Succeeded(event.body.clone())),
+            EventKind::RunFailed => serde_json::from_value(event.body.clone())
+                .ok()
+                .map(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
 /// Why a message from the events exchange is not a lifecycle event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -26,6 +26,7 @@
 )]
 
 mod attempt;
+pub mod engine;
 mod event;
 pub mod join;
 mod name;
@@ -40,7 +41,7 @@ mod workflow;
 pub use attempt::{AttemptOutcome, run_attempt};
 pub use event::{
     EventDecodeError, EventKind, FailedBody, FailureReason, LifecycleEvent, RetryingBody,
-    RunFailedBody, StartedBody,
+    RunFailedBody, RunOutcome, StartedBody,
 };
 pub use name::{
     MAX_NAME_LEN, MAX_RUN_ID_LEN, NameError, RESERVED_STEP_NAMES, RunId, StepName, WorkflowName,

@@ -30,17 +30,28 @@
 //! `docs/protocol.md`: any AMQP 0-9-1 client can trigger runs and follow their events.
 
 pub use inqubo_amqp::{
-    Client, DEFAULT_AMQP_URL, DELAY_TICK, DELAY_TIERS, DelayRoute, Error, EventStream, MAX_DELAY,
-    QueueName, QueueType, Result, RunOutcome, Runner, RunnerBuilder, STEP_DURATION_BUCKETS,
-    Topology, event_from_delivery,
+    Client, DEFAULT_AMQP_URL, Error, EventStream, QueueType, Result, Runner, RunnerBuilder,
+    STEP_DURATION_BUCKETS, Topology,
 };
 pub use inqubo_core::{
-    AttemptOutcome, Chain, DEFAULT_STEP_TIMEOUT, EventKind, ExponentialBackoff, FailedBody,
-    FailureReason, JoinShape, LifecycleEvent, LimitedRetries, NoRetries, RetryPolicy, RetrySpec,
-    RetryStrategy, RetryingBody, RoutingKey, RunFailedBody, RunId, StartedBody, Step, StepContext,
-    StepError, StepFn, StepName, Workflow, WorkflowDefinition, WorkflowError, WorkflowName,
-    protocol,
+    Chain, DEFAULT_STEP_TIMEOUT, DecodeError, EventDecodeError, EventKind, ExponentialBackoff,
+    FailedBody, FailureReason, JoinShape, LifecycleEvent, LimitedRetries, NameError, NoRetries,
+    RetryPolicy, RetrySpec, RetryStrategy, RetryingBody, RunFailedBody, RunId, RunOutcome,
+    StartedBody, Step, StepContext, StepError, StepFn, StepName, StepNode, Workflow,
+    WorkflowBuilder, WorkflowDefinition, WorkflowError, WorkflowName,
 };
+
+/// The wire protocol in code: names, routing keys, headers, messages, delay tiers; and
+/// [`protocol::event_from_delivery`] to read a lifecycle event from a lapin delivery. For
+/// tools and clients that speak to Inqubo's exchange themselves.
+pub mod protocol {
+    pub use inqubo_amqp::event_from_delivery;
+    pub use inqubo_core::protocol::*;
+}
+
+/// The rules of a run, as a state machine without I/O: what the runtime and the test
+/// harness both obey.
+pub use inqubo_core::engine;
 
 /// OpenTelemetry: step spans join their run's trace; `otel::init_otlp` exports them.
 #[cfg(feature = "otel")]

@@ -300,7 +300,7 @@ pub(crate) async fn monitor(context: &Context, options: MonitorOptions) -> anyho
             anyhow::bail!("the monitor's consumer stopped (connection lost?)");
         };
         let delivery = delivery?;
-        if let Ok(event) = inqubo::event_from_delivery(&delivery) {
+        if let Ok(event) = inqubo::protocol::event_from_delivery(&delivery) {
             // Stored before acknowledged: a crash replays the event, and recording is idempotent.
             let took = record(&pool, &event).await?;
             crate::metric::observe(&event, took);

@@ -1,7 +1,5 @@
-//! The broker-independent half of the wire protocol: routing keys and header names.
-//!
-//! `docs/protocol.md` is the contract; this module is its single source in code. Everything
-//! that names a routing key or a header goes through here, so the names cannot drift.
+//! Routing keys on the events exchange: `<workflow>.run.<event>` and
+//! `<workflow>.step.<step>.<event>`.
 
 use std::fmt;
 
@@ -9,70 +7,6 @@ use crate::{
     event::EventKind,
     name::{StepName, WorkflowName},
 };
-
-/// The default prefix: the name of the topic exchange and the first word of every queue name.
-pub const DEFAULT_PREFIX: &str = "inqubo";
-
-/// Names of the AMQP headers Inqubo reads and writes.
-pub mod header {
-    /// The run a message belongs to (string). Required on triggers and on every event.
-    pub const RUN_ID: &str = "run-id";
-    /// The attempt that produced an event (integer, from 1).
-    pub const ATTEMPT: &str = "attempt";
-    /// On a retry message only: the attempt it starts (integer, from 2).
-    pub const RETRY_ATTEMPT: &str = "retry-attempt";
-    /// On a parked message: why it was parked (a [`FailureReason`](crate::FailureReason)).
-    pub const PARKED_REASON: &str = "parked-reason";
-    /// On a parked message: the error text.
-    pub const PARKED_ERROR: &str = "parked-error";
-    /// On a parked message: the step whose input it was.
-    pub const PARKED_STEP: &str = "parked-step";
-    /// On a parked message: the routing key it arrived with.
-    pub const PARKED_ROUTING_KEY: &str = "parked-routing-key";
-    /// On a parked message: the attempt that failed (integer).
-    pub const PARKED_ATTEMPT: &str = "parked-attempt";
-    /// On classic queues: how many times the message was redelivered unacknowledged
-    /// (integer). Quorum queues count this themselves in `x-delivery-count`.
-    pub const REDELIVERY_COUNT: &str = "redelivery-count";
-    /// W3C trace context (`00-<trace id>-<span id>-01`): the same trace id on every message
-    /// of a run.
-    pub const TRACEPARENT: &str = "traceparent";
-    /// On a workflow announcement: the workflow's name.
-    pub const WORKFLOW: &str = "workflow";
-    /// On a join piece: the parent whose output it carries.
-    pub const JOIN_PARENT: &str = "join-parent";
-    /// On a join piece: present (true) when the piece reports a failed run instead.
-    pub const JOIN_FAILED: &str = "join-failed";
-    /// Set by quorum queues on a redelivered message: how many times it was returned.
-    pub const X_DELIVERY_COUNT: &str = "x-delivery-count";
-}
-
-/// The resolution of retry delays: every delay is rounded up to a multiple of this.
-pub const DELAY_TICK: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Number of retry delay tiers; delays are at most `2^DELAY_TIERS - 1` ticks.
-pub const DELAY_TIERS: u32 = 25;
-
-/// The longest retry delay; longer ones are shortened to it (about 38.8 days).
-pub const MAX_DELAY: std::time::Duration =
-    std::time::Duration::from_millis(100 * ((1 << DELAY_TIERS) - 1));
-
-/// `delay` in whole ticks, rounded up and capped at the longest delay.
-pub fn delay_ticks(delay: std::time::Duration) -> u64 {
-    let ticks = delay.as_nanos().div_ceil(DELAY_TICK.as_nanos());
-    u64::try_from(ticks)
-        .unwrap_or(u64::MAX)
-        .min((1 << DELAY_TIERS) - 1)
-}
-
-/// The delay a retry actually waits for a requested `delay`: rounded up to [`DELAY_TICK`],
-/// capped at [`MAX_DELAY`]. Every runtime applies it, and `retrying` events report it.
-pub fn effective_delay(delay: std::time::Duration) -> std::time::Duration {
-    DELAY_TICK * u32::try_from(delay_ticks(delay)).unwrap_or(u32::MAX)
-}
-
-/// The content type of every Inqubo message body.
-pub const CONTENT_TYPE: &str = "application/json";
 
 /// An AMQP routing key built from workflow, step and event names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -108,6 +42,32 @@ impl RoutingKey {
         match workflow {
             Some(workflow) => Self(format!("{workflow}.#")),
             None => Self("#".to_owned()),
+        }
+    }
+
+    /// A binding pattern matching the run events (`triggered`, `succeeded`, `failed`) of
+    /// `workflow`.
+    pub fn run_events(workflow: &WorkflowName) -> Self {
+        Self(format!("{workflow}.run.*"))
+    }
+
+    /// Binding patterns matching every step event and every run end of every workflow, but
+    /// no trigger: what an observer (the monitor, the chaos harness) binds to, so that a
+    /// trigger of an unknown workflow stays unroutable.
+    pub fn observed_events() -> [Self; 3] {
+        [
+            Self("*.step.#".to_owned()),
+            Self(format!("*.run.{}", EventKind::RunSucceeded.as_str())),
+            Self(format!("*.run.{}", EventKind::RunFailed.as_str())),
+        ]
+    }
+
+    /// A step event's short name, `<step>.<event>` (`run.<event>` for run events), as tools
+    /// print it.
+    pub fn short_event_name(step: Option<&StepName>, kind: EventKind) -> String {
+        match step {
+            Some(step) => format!("{step}.{}", kind.as_str()),
+            None => format!("run.{}", kind.as_str()),
         }
     }
 

@@ -1,0 +1,190 @@
+//! How the protocol's messages become AMQP messages, and deliveries become [`Incoming`]s.
+//!
+//! What a message *is* (its destination, headers, body, `message_id`) is decided in
+//! `inqubo_core::protocol`; this module only translates to and from lapin's types: an
+//! [`Outgoing`] into an exchange, a routing key and `BasicProperties` (persistent, JSON, with a
+//! `timestamp`), and a lapin `Delivery` into an [`Incoming`].
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use inqubo_core::protocol::{CONTENT_TYPE, HeaderValue, Headers, Incoming, Names, Outgoing};
+use lapin::{
+    BasicProperties,
+    message::Delivery,
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+
+/// A message ready for `basic_publish`.
+#[derive(Debug, Clone)]
+pub(crate) struct Wire {
+    pub(crate) exchange: String,
+    pub(crate) routing_key: String,
+    pub(crate) body: Vec<u8>,
+    pub(crate) properties: BasicProperties,
+    pub(crate) mandatory: bool,
+}
+
+impl Wire {
+    /// `message` addressed under `names`; `received` are the headers of the delivery it
+    /// answers, which it starts from if it inherits them.
+    pub(crate) fn new(names: &Names, message: Outgoing, received: Option<&FieldTable>) -> Self {
+        let address = names.address(&message.destination);
+        let mut table = match (message.inherit_headers, received) {
+            (true, Some(received)) => received.clone(),
+            _ => FieldTable::default(),
+        };
+        for (name, value) in message.headers.iter() {
+            table.insert(name.into(), amqp_value(value));
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(ShortString::from(CONTENT_TYPE))
+            .with_message_id(ShortString::from(message.message_id))
+            .with_timestamp(now)
+            .with_headers(table);
+        Self {
+            exchange: address.exchange,
+            routing_key: address.routing_key,
+            body: message.body,
+            properties,
+            mandatory: message.mandatory,
+        }
+    }
+
+    /// Every message of `messages`, addressed under `names`.
+    pub(crate) fn all(
+        names: &Names,
+        messages: Vec<Outgoing>,
+        received: Option<&FieldTable>,
+    ) -> Vec<Self> {
+        messages
+            .into_iter()
+            .map(|m| Self::new(names, m, received))
+            .collect()
+    }
+}
+
+fn amqp_value(value: &HeaderValue) -> AMQPValue {
+    match value {
+        HeaderValue::Text(text) => AMQPValue::LongString(LongString::from(text.as_str())),
+        HeaderValue::Int(n) => AMQPValue::LongLongInt(*n),
+        HeaderValue::Bool(b) => AMQPValue::Boolean(*b),
+        // Every header Inqubo writes is one of the above.
+        _ => AMQPValue::Void,
+    }
+}
+
+/// The headers of `table` that Inqubo can read: strings, integers and booleans.
+pub(crate) fn headers(table: Option<&FieldTable>) -> Headers {
+    let Some(table) = table else {
+        return Headers::new();
+    };
+    table
+        .inner()
+        .iter()
+        .filter_map(|(name, value)| {
+            let value = match value {
+                AMQPValue::Boolean(b) => HeaderValue::Bool(*b),
+                other => match string_value(other) {
+                    Some(text) => HeaderValue::Text(text),
+                    None => HeaderValue::Int(integer_value(other)?),
+                },
+            };
+            Some((name.as_str().to_owned(), value))
+        })
+        .collect()
+}
+
+/// `delivery` as the engine reads it.
+pub(crate) fn incoming(delivery: &Delivery) -> Incoming<'_> {
+    Incoming {
+        routing_key: delivery.routing_key.as_str(),
+        redelivered: delivery.redelivered,
+        headers: headers(delivery.properties.headers().as_ref()),
+        message_id: delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(ShortString::as_str),
+        body: &delivery.data,
+    }
+}
+
+/// The text of a string header (long or short string, valid UTF-8).
+pub(crate) fn string_value(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// The value of an integer header of any width.
+pub(crate) fn integer_value(value: &AMQPValue) -> Option<i64> {
+    match *value {
+        AMQPValue::ShortShortInt(n) => Some(n.into()),
+        AMQPValue::ShortShortUInt(n) => Some(n.into()),
+        AMQPValue::ShortInt(n) => Some(n.into()),
+        AMQPValue::ShortUInt(n) => Some(n.into()),
+        AMQPValue::LongInt(n) => Some(n.into()),
+        AMQPValue::LongUInt(n) => Some(n.into()),
+        AMQPValue::LongLongInt(n) => Some(n),
+        AMQPValue::Timestamp(n) => i64::try_from(n).ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use inqubo_core::{
+        RunId, WorkflowName,
+        protocol::{self, header},
+    };
+
+    use super::*;
+
+    #[test]
+    fn headers_of_any_width_and_string_kind_are_read() {
+        let mut table = FieldTable::default();
+        table.insert("run-id".into(), AMQPValue::ShortString("r-2".into()));
+        table.insert("retry-attempt".into(), AMQPValue::ShortShortUInt(3));
+        table.insert("join-failed".into(), AMQPValue::Boolean(true));
+        table.insert("x-death".into(), AMQPValue::FieldArray(Default::default()));
+        let read = headers(Some(&table));
+        assert_eq!(read.text(header::RUN_ID), Some("r-2"));
+        assert_eq!(read.int(header::RETRY_ATTEMPT), Some(3));
+        assert_eq!(
+            read.get(header::JOIN_FAILED),
+            Some(&HeaderValue::Bool(true))
+        );
+        assert!(!read.contains("x-death"));
+    }
+
+    #[test]
+    fn inherited_headers_keep_what_the_delivery_carried() {
+        let mut received = FieldTable::default();
+        received.insert("x-death".into(), AMQPValue::FieldArray(Default::default()));
+        received.insert("run-id".into(), AMQPValue::LongString("r".into()));
+        let wf = WorkflowName::new("simple").unwrap();
+        let run = RunId::new("r").unwrap();
+        let mut message = protocol::trigger(&wf, &run, b"{}".to_vec());
+        message.inherit_headers = true;
+        let wire = Wire::new(&Names::default(), message, Some(&received));
+        let table = wire.properties.headers().clone().unwrap();
+        assert!(table.inner().contains_key("x-death"));
+        assert_eq!(wire.exchange, "inqubo");
+        assert_eq!(wire.routing_key, "simple.run.triggered");
+        assert_eq!(wire.properties.delivery_mode(), &Some(2));
+        assert_eq!(
+            wire.properties
+                .message_id()
+                .as_ref()
+                .map(ShortString::as_str),
+            Some("r:simple:triggered")
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! The rules for a piece arriving at a join shard: add it to the book, publish what fires.
+
+use crate::{
+    engine::{Effects, Engine},
+    event::{EventKind, FailedBody, FailureReason, RunFailedBody},
+    join::{JoinBook, JoinDecision, JoinTarget, Piece},
+    name::StepName,
+    protocol::{self, Incoming, Outgoing, RUN_JOIN, header},
+};
+
+impl Engine {
+    /// What `join` is waiting to build: a join step's input, or (for [`RUN_JOIN`]) the run's
+    /// end. `None` if the workflow has no such join.
+    fn join_target(&self, join: &str) -> Option<JoinTarget<'_>> {
+        if join == RUN_JOIN {
+            return Some(JoinTarget::Run(&self.leaves));
+        }
+        self.workflow
+            .step(join)
+            .and_then(|step| step.join())
+            .map(JoinTarget::Step)
+    }
+
+    /// Adds the piece `incoming` to `book`, the state of one shard of `join`, and says what to
+    /// publish: the join step's input, `run.succeeded` or `run.failed` when the join fires or
+    /// aborts; nothing while it waits or for a duplicate. A piece that cannot be read is
+    /// parked with its reason.
+    ///
+    /// The driver publishes the effects of a batch of pieces, then the book's
+    /// [`join_snapshot`](Engine::join_snapshot), and only then acknowledges the pieces.
+    pub fn join_piece(
+        &self,
+        join: &str,
+        book: &mut JoinBook,
+        incoming: &Incoming<'_>,
+        trace: &str,
+    ) -> Effects {
+        let piece = match self.read_piece(join, incoming) {
+            Ok(piece) => piece,
+            Err(error) => return self.park_piece(join, incoming, error),
+        };
+        let Some(target) = self.join_target(join) else {
+            return self.park_piece(
+                join,
+                incoming,
+                format!("workflow `{}` has no join `{join}`", self.workflow.name()),
+            );
+        };
+        let Ok(run_id) = incoming.run_id() else {
+            return Effects::default();
+        };
+        let workflow = self.workflow.name();
+        let fired = match book.add(&run_id, piece, target) {
+            JoinDecision::Fire(body) if join == RUN_JOIN => Some(protocol::run_event(
+                workflow,
+                &run_id,
+                EventKind::RunSucceeded,
+                body,
+            )),
+            JoinDecision::Fire(input) => StepName::new(join)
+                .ok()
+                .map(|step| protocol::joined_input(workflow, &step, &run_id, input)),
+            JoinDecision::Abort(failure) if join == RUN_JOIN => {
+                Some(protocol::run_failed(workflow, &run_id, &failure))
+            }
+            _ => None,
+        };
+        Effects::publish(fired.map(|m| m.with_trace(trace)).into_iter().collect())
+    }
+
+    /// The snapshot of `book`, the state of shard `shard` of `join`, to publish to the
+    /// shard's state queue before the pieces it holds are acknowledged.
+    pub fn join_snapshot(&self, join: &str, shard: u32, book: &mut JoinBook) -> Outgoing {
+        protocol::join_snapshot(self.workflow.name(), join, shard, book.snapshot())
+    }
+
+    fn read_piece(&self, join: &str, incoming: &Incoming<'_>) -> Result<Piece, String> {
+        incoming.run_id().map_err(|e| e.to_string())?;
+        if incoming.headers.contains(header::JOIN_FAILED) {
+            return serde_json::from_slice::<RunFailedBody>(incoming.body)
+                .map(Piece::Failed)
+                .map_err(|e| format!("failure piece for join `{join}` is unreadable: {e}"));
+        }
+        let parent = incoming
+            .headers
+            .text(header::JOIN_PARENT)
+            .ok_or_else(|| format!("join piece without a `{}` header", header::JOIN_PARENT))?;
+        let parent = StepName::new(parent)
+            .map_err(|e| format!("invalid `{}` header: {e}", header::JOIN_PARENT))?;
+        Ok(Piece::Output {
+            parent,
+            output: incoming.body.to_vec(),
+        })
+    }
+
+    /// A piece that cannot be read goes to the parked queue with why; it cannot tell a run
+    /// anything, so nothing else follows.
+    fn park_piece(&self, join: &str, incoming: &Incoming<'_>, error: String) -> Effects {
+        let failure = FailedBody {
+            error,
+            attempt: 0,
+            reason: FailureReason::Undecodable,
+        };
+        // Its `parked-step` is the join: a join step's name, or the run join's reserved name.
+        Effects {
+            publish: vec![protocol::parked(
+                self.workflow.name(),
+                join,
+                incoming,
+                &failure,
+            )],
+            failure: Some(failure),
+        }
+    }
+}

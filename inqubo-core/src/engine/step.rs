@@ -1,0 +1,301 @@
+//! The rules for a delivery on a step's queue: refuse it, or run it and say what follows.
+
+use crate::{
+    attempt::AttemptOutcome,
+    engine::{Effects, Engine},
+    event::{EventKind, FailedBody, FailureReason, RunFailedBody, StartedBody},
+    name::{RunId, StepName},
+    protocol::{
+        self, AttemptId, Incoming, Outgoing, RUN_JOIN, effective_delay, json, single_leaf_outputs,
+    },
+    step::StepContext,
+    workflow::StepNode,
+};
+
+/// What to do with a delivery on a step's queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
+pub enum Admission {
+    /// Run this attempt of the step.
+    Run(Attempt),
+    /// Do not run it: execute these effects (a park, or a counted redelivery) and acknowledge.
+    Settle(Effects),
+}
+
+/// One attempt of one step of one run, admitted to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    id: AttemptId,
+}
+
+impl Attempt {
+    /// What identifies the attempt on the wire.
+    pub fn id(&self) -> &AttemptId {
+        &self.id
+    }
+
+    /// The run.
+    pub fn run_id(&self) -> &RunId {
+        &self.id.run_id
+    }
+
+    /// The attempt number, from 1.
+    pub fn number(&self) -> u32 {
+        self.id.attempt
+    }
+
+    /// The context the step function receives.
+    pub fn context(&self) -> StepContext {
+        StepContext {
+            run_id: self.id.run_id.clone(),
+            workflow: self.id.workflow.clone(),
+            step: self.id.step.clone(),
+            attempt: self.id.attempt,
+        }
+    }
+}
+
+impl Engine {
+    /// Decides whether the delivery `incoming` on `step`'s queue may run.
+    ///
+    /// `trace` is the `traceparent` of whatever this delivery makes the runner publish (a
+    /// span of the run's trace, chosen by the driver).
+    pub fn admit(&self, step: &StepName, incoming: &Incoming<'_>, trace: &str) -> Admission {
+        let attempt = incoming.attempt().unwrap_or(0);
+        if incoming.body.len() > self.limits.max_input_bytes {
+            let failure = FailedBody {
+                error: format!(
+                    "input is {} bytes, more than the {} accepted",
+                    incoming.body.len(),
+                    self.limits.max_input_bytes
+                ),
+                attempt,
+                reason: FailureReason::TooLarge,
+            };
+            return Admission::Settle(self.park(step, incoming, failure, trace));
+        }
+        let deliveries = incoming.previous_deliveries();
+        if deliveries > self.limits.max_redeliveries {
+            let failure = FailedBody {
+                error: format!(
+                    "redelivered {deliveries} times without being acknowledged; \
+                     its attempts keep killing or disconnecting their runner"
+                ),
+                attempt,
+                reason: FailureReason::RedeliveryLimit,
+            };
+            return Admission::Settle(self.park(step, incoming, failure, trace));
+        }
+        if incoming.redelivered && !incoming.counted_by_broker() {
+            // A classic queue does not count redeliveries: send the message round again with
+            // our own count, so that a message that keeps crashing its runner is parked.
+            let again =
+                protocol::counted_redelivery(self.workflow.name(), step, incoming, deliveries);
+            return Admission::Settle(Effects::publish(vec![again]));
+        }
+        let checked = incoming
+            .run_id()
+            .and_then(|run_id| Ok((run_id, incoming.attempt()?)));
+        let (run_id, attempt) = match checked {
+            Ok(found) => found,
+            Err(error) => {
+                let failure = FailedBody {
+                    error: error.to_string(),
+                    attempt: 0,
+                    reason: FailureReason::Undecodable,
+                };
+                return Admission::Settle(self.park(step, incoming, failure, trace));
+            }
+        };
+        if self.workflow.step(step.as_str()).is_none() {
+            let failure = FailedBody {
+                error: format!("workflow `{}` has no step `{step}`", self.workflow.name()),
+                attempt,
+                reason: FailureReason::Undecodable,
+            };
+            return Admission::Settle(self.park(step, incoming, failure, trace));
+        }
+        Admission::Run(Attempt {
+            id: AttemptId {
+                workflow: self.workflow.name().clone(),
+                step: step.clone(),
+                run_id,
+                attempt,
+                trace: trace.to_owned(),
+            },
+        })
+    }
+
+    /// The `started` event of `attempt`, unless runners are told not to announce attempts.
+    pub fn started(&self, attempt: &Attempt) -> Option<Outgoing> {
+        self.limits.publish_started.then(|| {
+            attempt.id.notice(
+                EventKind::Started,
+                &StartedBody {
+                    attempt: attempt.id.attempt,
+                },
+            )
+        })
+    }
+
+    /// What follows `outcome` of `attempt`, run on `incoming`.
+    pub fn finished(
+        &self,
+        attempt: &Attempt,
+        incoming: &Incoming<'_>,
+        outcome: AttemptOutcome,
+    ) -> Effects {
+        let number = attempt.id.attempt;
+        match outcome {
+            AttemptOutcome::Succeeded { output } => {
+                Effects::publish(self.success_messages(attempt, output))
+            }
+            AttemptOutcome::Retry { error, delay } => {
+                let delay = effective_delay(delay);
+                let body = crate::event::RetryingBody {
+                    error,
+                    attempt: number,
+                    next_attempt: number.saturating_add(1),
+                    delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                };
+                Effects::publish(vec![
+                    attempt.id.notice(EventKind::Retrying, &body),
+                    attempt.id.retry(delay, incoming.body.to_vec()),
+                ])
+            }
+            AttemptOutcome::Failed { error, reason } => {
+                let failure = FailedBody {
+                    error,
+                    attempt: number,
+                    reason,
+                };
+                self.park(&attempt.id.step, incoming, failure, &attempt.id.trace)
+            }
+        }
+    }
+
+    /// What follows when the broker could not route a mandatory message of `attempt`'s
+    /// outcome (published with `routing_key`): the step fails for good as `unroutable`.
+    pub fn unroutable(
+        &self,
+        attempt: &Attempt,
+        incoming: &Incoming<'_>,
+        routing_key: &str,
+    ) -> Effects {
+        let failure = FailedBody {
+            error: format!("no queue is bound to `{routing_key}`"),
+            attempt: attempt.id.attempt,
+            reason: FailureReason::Unroutable,
+        };
+        self.park(&attempt.id.step, incoming, failure, &attempt.id.trace)
+    }
+
+    /// `succeeded` (which a queue must receive if a plain child listens for it), a piece for
+    /// every join child, and the run's end when this is a last step.
+    fn success_messages(&self, attempt: &Attempt, output: Vec<u8>) -> Vec<Outgoing> {
+        let id = &attempt.id;
+        let workflow = self.workflow.name();
+        let Some(node) = self.workflow.step(id.step.as_str()) else {
+            return Vec::new();
+        };
+        let mut plain_children = false;
+        let mut messages = Vec::with_capacity(2);
+        for child in node.children() {
+            if self
+                .workflow
+                .step(child.as_str())
+                .is_some_and(StepNode::is_join)
+            {
+                messages.push(protocol::join_piece(
+                    workflow,
+                    child.as_str(),
+                    &id.run_id,
+                    &id.step,
+                    output.clone(),
+                    false,
+                ));
+            } else {
+                plain_children = true;
+            }
+        }
+        if node.children().is_empty() {
+            messages.push(if self.workflow.is_chain() {
+                let outputs = single_leaf_outputs(&id.step, &output);
+                protocol::run_event(workflow, &id.run_id, EventKind::RunSucceeded, outputs)
+            } else {
+                protocol::join_piece(
+                    workflow,
+                    RUN_JOIN,
+                    &id.run_id,
+                    &id.step,
+                    output.clone(),
+                    false,
+                )
+            });
+        }
+        messages.insert(0, id.event(EventKind::Succeeded, output, plain_children));
+        messages
+            .into_iter()
+            .map(|m| m.with_trace(&id.trace))
+            .collect()
+    }
+
+    /// Parks `incoming` with `failure`: the parked copy, and, when the run is known, `failed`
+    /// and the news of the failure to the run's end and every join downstream.
+    fn park(
+        &self,
+        step: &StepName,
+        incoming: &Incoming<'_>,
+        failure: FailedBody,
+        trace: &str,
+    ) -> Effects {
+        let workflow = self.workflow.name();
+        let mut publish = vec![protocol::parked(
+            workflow,
+            step.as_str(),
+            incoming,
+            &failure,
+        )];
+        if let Ok(run_id) = incoming.run_id() {
+            let id = AttemptId {
+                workflow: workflow.clone(),
+                step: step.clone(),
+                run_id,
+                attempt: failure.attempt,
+                trace: trace.to_owned(),
+            };
+            publish.push(id.notice(EventKind::Failed, &failure));
+            publish.extend(self.run_failure_notices(&id, &failure));
+        }
+        Effects {
+            publish,
+            failure: Some(failure),
+        }
+    }
+
+    /// What must learn that a step failed for good: the run's end (at once for a chain,
+    /// through the run join otherwise), and every join downstream, which can no longer fire.
+    fn run_failure_notices(&self, id: &AttemptId, failure: &FailedBody) -> Vec<Outgoing> {
+        let workflow = self.workflow.name();
+        let body = RunFailedBody {
+            step: id.step.clone(),
+            error: failure.error.clone(),
+            attempt: failure.attempt,
+            reason: failure.reason,
+        };
+        if self.workflow.is_chain() {
+            return vec![protocol::run_failed(workflow, &id.run_id, &body).with_trace(&id.trace)];
+        }
+        let body = json(&body);
+        self.workflow
+            .joins_after(&id.step)
+            .into_iter()
+            .map(|join| join.name().as_str())
+            .chain([RUN_JOIN])
+            .map(|join| {
+                protocol::join_piece(workflow, join, &id.run_id, &id.step, body.clone(), true)
+                    .with_trace(&id.trace)
+            })
+            .collect()
+    }
+}

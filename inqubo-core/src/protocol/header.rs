@@ -1,0 +1,155 @@
+//! AMQP header names, and the header values Inqubo reads and writes.
+//!
+//! Only strings, integers and booleans cross the wire as Inqubo headers. A runtime converts
+//! [`Headers`] to and from its client library's field table; every other kind of value it
+//! meets (a broker's `x-death` array, say) stays in the delivery's own table.
+
+use std::collections::BTreeMap;
+
+// Header names.
+
+/// The run a message belongs to (string). Required on triggers and on every event.
+pub const RUN_ID: &str = "run-id";
+/// The attempt that produced an event (integer, from 1).
+pub const ATTEMPT: &str = "attempt";
+/// On a retry message only: the attempt it starts (integer, from 2).
+pub const RETRY_ATTEMPT: &str = "retry-attempt";
+/// On a parked message: why it was parked (a [`FailureReason`](crate::FailureReason)).
+pub const PARKED_REASON: &str = "parked-reason";
+/// On a parked message: the error text.
+pub const PARKED_ERROR: &str = "parked-error";
+/// On a parked message: the step whose input it was.
+pub const PARKED_STEP: &str = "parked-step";
+/// On a parked message: the routing key it arrived with.
+pub const PARKED_ROUTING_KEY: &str = "parked-routing-key";
+/// On a parked message: the attempt that failed (integer).
+pub const PARKED_ATTEMPT: &str = "parked-attempt";
+/// On classic queues: how many times the message was redelivered unacknowledged
+/// (integer). Quorum queues count this themselves in `x-delivery-count`.
+pub const REDELIVERY_COUNT: &str = "redelivery-count";
+/// W3C trace context (`00-<trace id>-<span id>-01`): the same trace id on every message
+/// of a run.
+pub const TRACEPARENT: &str = "traceparent";
+/// On a workflow announcement: the workflow's name.
+pub const WORKFLOW: &str = "workflow";
+/// On a join piece: the parent whose output it carries.
+pub const JOIN_PARENT: &str = "join-parent";
+/// On a join piece: present (true) when the piece reports a failed run instead.
+pub const JOIN_FAILED: &str = "join-failed";
+/// Set by quorum queues on a redelivered message: how many times it was returned.
+pub const X_DELIVERY_COUNT: &str = "x-delivery-count";
+
+/// One header value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HeaderValue {
+    /// A string (sent as an AMQP long string).
+    Text(String),
+    /// An integer (sent as a signed 64-bit integer; read from any width).
+    Int(i64),
+    /// A boolean.
+    Bool(bool),
+}
+
+impl HeaderValue {
+    /// The value as text, if it is text.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            HeaderValue::Text(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The value as an integer, if it is one.
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            HeaderValue::Int(n) => Some(*n),
+            _ => None,
+        }
+    }
+}
+
+impl From<&str> for HeaderValue {
+    fn from(text: &str) -> Self {
+        HeaderValue::Text(text.to_owned())
+    }
+}
+
+impl From<String> for HeaderValue {
+    fn from(text: String) -> Self {
+        HeaderValue::Text(text)
+    }
+}
+
+impl From<u32> for HeaderValue {
+    fn from(n: u32) -> Self {
+        HeaderValue::Int(i64::from(n))
+    }
+}
+
+impl From<bool> for HeaderValue {
+    fn from(b: bool) -> Self {
+        HeaderValue::Bool(b)
+    }
+}
+
+/// The headers of one message, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(BTreeMap<String, HeaderValue>);
+
+impl Headers {
+    /// No headers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `name` to `value`, replacing any earlier value.
+    pub fn insert(&mut self, name: &str, value: impl Into<HeaderValue>) {
+        self.0.insert(name.to_owned(), value.into());
+    }
+
+    /// `self` with `name` set to `value`.
+    #[must_use]
+    pub fn with(mut self, name: &str, value: impl Into<HeaderValue>) -> Self {
+        self.insert(name, value);
+        self
+    }
+
+    /// The value of `name`.
+    pub fn get(&self, name: &str) -> Option<&HeaderValue> {
+        self.0.get(name)
+    }
+
+    /// The text value of `name`.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(HeaderValue::as_text)
+    }
+
+    /// The integer value of `name`.
+    pub fn int(&self, name: &str) -> Option<i64> {
+        self.get(name).and_then(HeaderValue::as_int)
+    }
+
+    /// Whether `name` is set.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    /// Every header, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &HeaderValue)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Sets every header of `other` on `self`.
+    pub fn extend(&mut self, other: &Headers) {
+        for (name, value) in other.iter() {
+            self.insert(name, value.clone());
+        }
+    }
+}
+
+impl FromIterator<(String, HeaderValue)> for Headers {
+    fn from_iter<T: IntoIterator<Item = (String, HeaderValue)>>(iter: T) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}

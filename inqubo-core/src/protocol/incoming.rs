@@ -1,0 +1,153 @@
+//! A delivery as Inqubo reads it: routing key, headers, `message_id`, body.
+
+use crate::{
+    name::{NameError, RunId},
+    protocol::header::{self, Headers},
+};
+
+/// Why a header of a delivery cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeaderError {
+    /// The header is missing.
+    #[error("missing `{0}` header")]
+    Missing(&'static str),
+    /// The header is not a UTF-8 string.
+    #[error("`{0}` header is not a string")]
+    NotText(&'static str),
+    /// The header is not a positive integer.
+    #[error("`{0}` header is not a positive integer")]
+    NotPositive(&'static str),
+    /// The `run-id` header is not a valid run id.
+    #[error("invalid `run-id` header")]
+    InvalidRunId(#[source] NameError),
+}
+
+/// A delivery from one of Inqubo's queues.
+#[derive(Debug, Clone)]
+pub struct Incoming<'a> {
+    /// The routing key it was published with.
+    pub routing_key: &'a str,
+    /// Whether the broker delivered it before without an acknowledgement.
+    pub redelivered: bool,
+    /// Its headers (strings, integers and booleans only).
+    pub headers: Headers,
+    /// Its `message_id` property.
+    pub message_id: Option<&'a str>,
+    /// Its body.
+    pub body: &'a [u8],
+}
+
+impl Incoming<'_> {
+    /// The run id, or why there is none.
+    pub fn run_id(&self) -> Result<RunId, HeaderError> {
+        let value = self
+            .headers
+            .get(header::RUN_ID)
+            .ok_or(HeaderError::Missing(header::RUN_ID))?;
+        let text = value
+            .as_text()
+            .ok_or(HeaderError::NotText(header::RUN_ID))?;
+        RunId::new(text).map_err(HeaderError::InvalidRunId)
+    }
+
+    /// The attempt this delivery starts: `retry-attempt` on retries, 1 otherwise.
+    pub fn attempt(&self) -> Result<u32, HeaderError> {
+        match self.headers.get(header::RETRY_ATTEMPT) {
+            None => Ok(1),
+            Some(value) => value
+                .as_int()
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n >= 1)
+                .ok_or(HeaderError::NotPositive(header::RETRY_ATTEMPT)),
+        }
+    }
+
+    /// How many times this message was delivered before without being acknowledged: the
+    /// broker's `x-delivery-count` on quorum queues, our own `redelivery-count` on classic
+    /// ones (plus one if this delivery is itself a redelivery).
+    pub fn previous_deliveries(&self) -> u32 {
+        let read = |name| self.headers.int(name).and_then(|n| u32::try_from(n).ok());
+        if let Some(count) = read(header::X_DELIVERY_COUNT) {
+            return count;
+        }
+        let counted = read(header::REDELIVERY_COUNT).unwrap_or(0);
+        counted.saturating_add(u32::from(self.redelivered))
+    }
+
+    /// Whether the broker counts redeliveries of this message itself (quorum queues).
+    pub fn counted_by_broker(&self) -> bool {
+        self.headers.contains(header::X_DELIVERY_COUNT)
+    }
+
+    /// The `traceparent` the delivery carries, if any.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.headers.text(header::TRACEPARENT)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::HeaderValue;
+
+    fn incoming(headers: Headers) -> Incoming<'static> {
+        Incoming {
+            routing_key: "wf.run.triggered",
+            redelivered: false,
+            headers,
+            message_id: None,
+            body: b"{}",
+        }
+    }
+
+    #[test]
+    fn broken_run_ids_say_what_is_wrong() {
+        assert_eq!(
+            incoming(Headers::new()).run_id().unwrap_err().to_string(),
+            "missing `run-id` header"
+        );
+        let number = Headers::new().with(header::RUN_ID, HeaderValue::Int(7));
+        assert_eq!(
+            incoming(number).run_id().unwrap_err().to_string(),
+            "`run-id` header is not a string"
+        );
+        let empty = Headers::new().with(header::RUN_ID, "");
+        assert!(matches!(
+            incoming(empty).run_id(),
+            Err(HeaderError::InvalidRunId(_))
+        ));
+        let fine = Headers::new().with(header::RUN_ID, "r-1");
+        assert_eq!(incoming(fine).run_id().unwrap().as_str(), "r-1");
+    }
+
+    #[test]
+    fn attempt_defaults_to_one_and_must_be_positive() {
+        assert_eq!(incoming(Headers::new()).attempt(), Ok(1));
+        let three = Headers::new().with(header::RETRY_ATTEMPT, 3_u32);
+        assert_eq!(incoming(three).attempt(), Ok(3));
+        let zero = Headers::new().with(header::RETRY_ATTEMPT, 0_u32);
+        assert!(incoming(zero).attempt().is_err());
+        let text = Headers::new().with(header::RETRY_ATTEMPT, "2");
+        assert!(incoming(text).attempt().is_err());
+    }
+
+    #[test]
+    fn previous_deliveries_come_from_the_broker_count_or_our_own() {
+        assert_eq!(incoming(Headers::new()).previous_deliveries(), 0);
+        let mut redelivered = incoming(Headers::new());
+        redelivered.redelivered = true;
+        assert_eq!(redelivered.previous_deliveries(), 1);
+        let mut counted = incoming(Headers::new().with(header::REDELIVERY_COUNT, 3_u32));
+        counted.redelivered = true;
+        assert_eq!(counted.previous_deliveries(), 4);
+        assert!(!counted.counted_by_broker());
+        let quorum = incoming(
+            Headers::new()
+                .with(header::REDELIVERY_COUNT, 3_u32)
+                .with(header::X_DELIVERY_COUNT, 2_u32),
+        );
+        assert_eq!(quorum.previous_deliveries(), 2);
+        assert!(quorum.counted_by_broker());
+    }
+}

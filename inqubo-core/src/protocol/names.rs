@@ -1,0 +1,376 @@
+//! Every exchange, queue and routing key Inqubo uses, derived from `(prefix, workflow, step)`.
+//!
+//! The layout, for the default prefix `inqubo`:
+//!
+//! | name | kind | role |
+//! |---|---|---|
+//! | `inqubo` | topic exchange | triggers and every lifecycle event |
+//! | `inqubo.<workflow>.<step>` | queue | a step's input, bound to its parent's `succeeded` key |
+//! | `inqubo.<workflow>.parked` | queue | inputs that failed for good, with the reason in headers |
+//! | `inqubo.retry` | topic exchange | delivers a retry to one step's queue (`#.<workflow>.<step>`) |
+//! | `inqubo.delay.<k>`, k = 0..24 | topic exchange + queue | retry delay tiers (see below) |
+//! | `inqubo.join` | direct exchange | join pieces, to `<workflow>.<join>.<shard>` |
+//! | `inqubo.<workflow>.<join>.shard-<n>` | queue | one shard of a join (single active consumer) |
+//! | `inqubo.<workflow>.<join>.state-<n>` | queue | the latest snapshots of that shard |
+//! | `inqubo.registry` | queue | workflow definitions announced by runners |
+//! | `inqubo.monitor` | queue | what `inqubo monitor` records |
+//!
+//! ## Retry delays without head-of-line blocking
+//!
+//! A delay is rounded up to a whole number of 100 ms ticks and written in binary. Tier `k`
+//! holds messages for `2^k` ticks: its queue has a queue-level TTL, so every message in it
+//! expires in arrival order and a long delay never sits in front of a short one. On expiry a
+//! tier dead-letters into the next lower tier's exchange, which either parks the message in
+//! its queue (bit set) or passes it straight on (bit clear). The routing key carries the bits,
+//! most significant first, then `<workflow>.<step>`; after tier 0 the message reaches the
+//! `retry` exchange, which routes it to that one step's queue. 25 tiers cover delays up to
+//! about 38 days with a fixed set of 25 queues per prefix, whatever the number of workflows.
+
+use std::{fmt, time::Duration};
+
+use crate::{
+    name::{StepName, WorkflowName},
+    protocol::{DEFAULT_PREFIX, DELAY_TICK, DELAY_TIERS, delay_ticks},
+    workflow::Workflow,
+};
+
+/// Shards per join: each has its own queue and single active consumer, so the joins of one
+/// step spread over up to this many runners.
+pub const JOIN_SHARDS: u32 = 4;
+
+/// Snapshots a join state queue keeps: the newest few, so that a stale one published late by
+/// a consumer that lost its shard cannot push the current one out (see
+/// [`JoinBook::newest`](crate::join::JoinBook::newest)).
+pub const JOIN_STATE_SLOTS: u32 = 8;
+
+/// The name of the run join: the join that waits for every last step of a run.
+pub const RUN_JOIN: &str = "_run";
+
+/// The longest name prefix accepted.
+pub const MAX_PREFIX_LEN: usize = 64;
+
+/// The name of a queue.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueName(String);
+
+impl QueueName {
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for QueueName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where to publish a message so that it reaches one step's queue after a delay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DelayRoute {
+    /// The exchange to publish to.
+    pub exchange: String,
+    /// The routing key to publish with.
+    pub routing_key: String,
+    /// The delay the message will actually wait (rounded up to [`DELAY_TICK`]).
+    pub delay: Duration,
+}
+
+/// A name prefix that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("prefix `{0}` must be 1 to 64 ASCII letters, digits, `_`, `-` or `.`")]
+pub struct PrefixError(pub String);
+
+/// The names of one prefix's topology.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Self {
+            prefix: DEFAULT_PREFIX.to_owned(),
+        }
+    }
+}
+
+impl Names {
+    /// The names under `prefix`.
+    pub fn new(prefix: impl Into<String>) -> Result<Self, PrefixError> {
+        let prefix = prefix.into();
+        let valid = !prefix.is_empty()
+            && prefix.len() <= MAX_PREFIX_LEN
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !valid {
+            return Err(PrefixError(prefix));
+        }
+        Ok(Self { prefix })
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The topic exchange carrying triggers and lifecycle events: the prefix itself.
+    pub fn exchange(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The exchange that routes a delayed retry to its step's queue.
+    pub fn retry_exchange(&self) -> String {
+        format!("{}.retry", self.prefix)
+    }
+
+    /// The exchange of delay tier `tier`.
+    pub fn delay_exchange(&self, tier: u32) -> String {
+        format!("{}.delay.{tier}", self.prefix)
+    }
+
+    /// The queue of delay tier `tier`.
+    pub fn delay_queue(&self, tier: u32) -> QueueName {
+        QueueName(format!("{}.delay.{tier}", self.prefix))
+    }
+
+    /// Where tier `tier` sends what expires in it: the next lower tier, or the retry exchange.
+    pub fn delay_next(&self, tier: u32) -> String {
+        match tier.checked_sub(1) {
+            Some(lower) => self.delay_exchange(lower),
+            None => self.retry_exchange(),
+        }
+    }
+
+    /// The binding patterns of tier `tier`'s exchange: `(to its queue, to the next tier)`.
+    /// The first matches keys whose bit for this tier is 1, the second those where it is 0.
+    pub fn delay_bindings(tier: u32) -> (String, String) {
+        let skip = "*.".repeat(DELAY_TIERS.saturating_sub(1 + tier) as usize);
+        (format!("{skip}1.#"), format!("{skip}0.#"))
+    }
+
+    /// The input queue of `step`.
+    pub fn step_queue(&self, workflow: &WorkflowName, step: &StepName) -> QueueName {
+        QueueName(format!("{}.{workflow}.{step}", self.prefix))
+    }
+
+    /// The parked queue of `workflow`.
+    pub fn parked_queue(&self, workflow: &WorkflowName) -> QueueName {
+        QueueName(format!("{}.{workflow}.parked", self.prefix))
+    }
+
+    /// The queue where runners announce their workflow definitions, read by tools such as
+    /// `inqubo workflows`.
+    pub fn registry_queue(&self) -> QueueName {
+        QueueName(format!("{}.registry", self.prefix))
+    }
+
+    /// The queue `inqubo monitor` records run history from.
+    pub fn monitor_queue(&self) -> QueueName {
+        QueueName(format!("{}.monitor", self.prefix))
+    }
+
+    /// The direct exchange that carries join pieces to join shards.
+    pub fn join_exchange(&self) -> String {
+        format!("{}.join", self.prefix)
+    }
+
+    /// The joins of `workflow` that need shards: every join step, and the run join unless
+    /// the workflow is a chain (whose only last step reports the run's end itself).
+    pub fn joins(workflow: &Workflow) -> Vec<String> {
+        let mut joins: Vec<String> = workflow
+            .steps()
+            .iter()
+            .filter(|s| s.is_join())
+            .map(|s| s.name().to_string())
+            .collect();
+        if !workflow.is_chain() {
+            joins.push(RUN_JOIN.to_owned());
+        }
+        joins
+    }
+
+    /// The shard of `run_id` among [`JOIN_SHARDS`] (FNV-1a, stable across versions).
+    pub fn join_shard(run_id: &str) -> u32 {
+        let hash = run_id.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+            (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+        });
+        hash % JOIN_SHARDS
+    }
+
+    /// The routing key of join `join`'s shard `shard` on the join exchange.
+    pub fn join_key(workflow: &WorkflowName, join: &str, shard: u32) -> String {
+        format!("{workflow}.{join}.{shard}")
+    }
+
+    /// The queue of shard `shard` of join `join`.
+    pub fn join_queue(&self, workflow: &WorkflowName, join: &str, shard: u32) -> QueueName {
+        QueueName(format!("{}.{workflow}.{join}.shard-{shard}", self.prefix))
+    }
+
+    /// The queue holding the latest state snapshots of shard `shard` of join `join`.
+    pub fn join_state_queue(&self, workflow: &WorkflowName, join: &str, shard: u32) -> QueueName {
+        QueueName(format!("{}.{workflow}.{join}.state-{shard}", self.prefix))
+    }
+
+    /// The key binding a step's queue to the retry exchange.
+    pub fn retry_binding(workflow: &WorkflowName, step: &StepName) -> String {
+        format!("#.{workflow}.{step}")
+    }
+
+    /// Where to publish a message for `step` so that it arrives after `delay`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use inqubo_core::protocol::Names;
+    ///
+    /// let route = Names::default().delay_route(
+    ///     Duration::from_millis(1_000),
+    ///     &"simple".parse().unwrap(),
+    ///     &"process_data".parse().unwrap(),
+    /// );
+    /// // 1 s = 10 ticks = 0b1010: tiers 3 (800 ms) and 1 (200 ms).
+    /// assert_eq!(route.exchange, "inqubo.delay.3");
+    /// assert!(route.routing_key.ends_with("1.0.1.0.simple.process_data"));
+    /// ```
+    pub fn delay_route(
+        &self,
+        delay: Duration,
+        workflow: &WorkflowName,
+        step: &StepName,
+    ) -> DelayRoute {
+        let ticks = delay_ticks(delay);
+        if ticks == 0 {
+            return DelayRoute {
+                exchange: self.retry_exchange(),
+                routing_key: format!("{workflow}.{step}"),
+                delay: Duration::ZERO,
+            };
+        }
+        let bits: Vec<&str> = (0..DELAY_TIERS)
+            .rev()
+            .map(|tier| if ticks & (1 << tier) != 0 { "1" } else { "0" })
+            .collect();
+        let highest = 63 - ticks.leading_zeros();
+        DelayRoute {
+            exchange: self.delay_exchange(highest),
+            routing_key: format!("{}.{workflow}.{step}", bits.join(".")),
+            delay: DELAY_TICK * u32::try_from(ticks).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::MAX_DELAY;
+
+    fn wf() -> WorkflowName {
+        WorkflowName::new("simple").unwrap()
+    }
+    fn step() -> StepName {
+        StepName::new("process_data").unwrap()
+    }
+
+    #[test]
+    fn names_follow_the_documented_layout() {
+        let names = Names::default();
+        assert_eq!(names.exchange(), "inqubo");
+        assert_eq!(
+            names.step_queue(&wf(), &step()).as_str(),
+            "inqubo.simple.process_data"
+        );
+        assert_eq!(names.parked_queue(&wf()).as_str(), "inqubo.simple.parked");
+        assert_eq!(names.retry_exchange(), "inqubo.retry");
+        assert_eq!(names.delay_queue(4).as_str(), "inqubo.delay.4");
+        assert_eq!(names.monitor_queue().as_str(), "inqubo.monitor");
+        let custom = Names::new("acme").unwrap();
+        assert_eq!(
+            custom.step_queue(&wf(), &step()).as_str(),
+            "acme.simple.process_data"
+        );
+    }
+
+    #[test]
+    fn join_shards_are_stable_and_spread() {
+        assert_eq!(Names::join_shard("run-1"), Names::join_shard("run-1"));
+        let mut seen = [0; JOIN_SHARDS as usize];
+        for i in 0..1000 {
+            seen[Names::join_shard(&format!("run-{i}")) as usize] += 1;
+        }
+        assert!(seen.iter().all(|n| *n > 150), "{seen:?}");
+        // FNV-1a of the empty string, so the hash never changes between versions.
+        assert_eq!(Names::join_shard(""), 0x811c_9dc5 % JOIN_SHARDS);
+        let names = Names::default();
+        assert_eq!(
+            names.join_queue(&wf(), "d", 2).as_str(),
+            "inqubo.simple.d.shard-2"
+        );
+        assert_eq!(Names::join_key(&wf(), RUN_JOIN, 1), "simple._run.1");
+    }
+
+    #[test]
+    fn prefixes_are_validated() {
+        assert!(Names::new("").is_err());
+        assert!(Names::new("has space").is_err());
+        assert!(Names::new("x".repeat(MAX_PREFIX_LEN)).is_ok());
+        assert!(Names::new("x".repeat(MAX_PREFIX_LEN + 1)).is_err());
+        assert!(Names::new("t-1.x_y").is_ok());
+    }
+
+    #[test]
+    fn delays_round_up_to_ticks_and_cap() {
+        assert_eq!(delay_ticks(Duration::ZERO), 0);
+        assert_eq!(delay_ticks(Duration::from_millis(1)), 1);
+        assert_eq!(delay_ticks(Duration::from_millis(100)), 1);
+        assert_eq!(delay_ticks(Duration::from_millis(101)), 2);
+        assert_eq!(delay_ticks(Duration::from_secs(300)), 3000);
+        assert_eq!(
+            delay_ticks(Duration::from_secs(u64::MAX)),
+            (1 << DELAY_TIERS) - 1
+        );
+        assert_eq!(MAX_DELAY, DELAY_TICK * ((1 << DELAY_TIERS) - 1));
+    }
+
+    #[test]
+    fn delay_routes_spell_the_ticks_in_binary_from_the_highest_tier() {
+        let route = Names::default().delay_route(Duration::from_millis(500), &wf(), &step());
+        // 5 ticks = 0b101
+        let words: Vec<&str> = route.routing_key.split('.').collect();
+        assert_eq!(words.len(), DELAY_TIERS as usize + 2);
+        assert_eq!(
+            &words[DELAY_TIERS as usize - 3..],
+            ["1", "0", "1", "simple", "process_data"]
+        );
+        assert!(words[..DELAY_TIERS as usize - 3].iter().all(|w| *w == "0"));
+        assert_eq!(route.exchange, "inqubo.delay.2");
+        assert_eq!(route.delay, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn zero_delay_goes_straight_to_the_retry_exchange() {
+        let route = Names::default().delay_route(Duration::ZERO, &wf(), &step());
+        assert_eq!(route.exchange, "inqubo.retry");
+        assert_eq!(route.routing_key, "simple.process_data");
+    }
+
+    #[test]
+    fn each_tier_binding_matches_exactly_its_own_bit() {
+        // The binding pattern of tier k has DELAY_TIERS-1-k leading wildcards: check that the
+        // word it tests is the bit of tier k in a delay route.
+        let names = Names::default();
+        for ticks in [1_u64, 2, 3, 10, 1000, (1 << DELAY_TIERS) - 1] {
+            let route = names.delay_route(DELAY_TICK * ticks as u32, &wf(), &step());
+            let words: Vec<&str> = route.routing_key.split('.').collect();
+            for tier in 0..DELAY_TIERS {
+                let (bit_set, _) = Names::delay_bindings(tier);
+                let position = bit_set.matches("*.").count();
+                assert_eq!(position, (DELAY_TIERS - 1 - tier) as usize);
+                let expected = if ticks & (1 << tier) != 0 { "1" } else { "0" };
+                assert_eq!(words[position], expected, "ticks {ticks} tier {tier}");
+            }
+        }
+    }
+}
