@@ -1,0 +1,309 @@
+//! The typed builder: stages (steps, tuples of stages in parallel, [`Chain`]s) and how they are
+//! attached to one another to make the graph.
+
+use std::{collections::HashMap, fmt, marker::PhantomData};
+
+use super::{JoinShape, StepNode, Workflow, WorkflowError};
+use crate::{
+    name::{StepName, WorkflowName},
+    step::{Step, StepSpec},
+};
+
+/// The untyped shape of a stage (a step, steps in parallel, or a chain), built by [`Stage`].
+///
+/// You do not build this yourself; it exists so that steps, tuples and [`Chain`]s can be passed
+/// to [`WorkflowBuilder::then`].
+pub struct StageSpec(StageKind);
+
+enum StageKind {
+    Step(StepSpec),
+    Parallel(Vec<StageSpec>),
+    Sequence(Vec<StageSpec>),
+}
+
+impl fmt::Debug for StageSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            StageKind::Step(spec) => write!(f, "{}", spec.name),
+            StageKind::Parallel(stages) => f.debug_tuple("Parallel").field(stages).finish(),
+            StageKind::Sequence(stages) => f.debug_tuple("Sequence").field(stages).finish(),
+        }
+    }
+}
+
+/// Something that can follow a step producing `In`: a [`Step`] taking `In`, a tuple of stages
+/// (run in parallel), or a [`Chain`].
+pub trait Stage<In> {
+    /// What the stage hands to whatever follows it (a tuple for parallel stages).
+    type Output;
+
+    /// The stage's untyped shape.
+    fn into_spec(self) -> StageSpec;
+}
+
+impl<I, O> Stage<I> for Step<I, O> {
+    type Output = O;
+
+    fn into_spec(self) -> StageSpec {
+        StageSpec(StageKind::Step(self.spec))
+    }
+}
+
+macro_rules! parallel_stage {
+    ($($stage:ident),+) => {
+        impl<In, $($stage),+> Stage<In> for ($($stage,)+)
+        where
+            $($stage: Stage<In>,)+
+        {
+            type Output = ($($stage::Output,)+);
+
+            #[allow(non_snake_case)]
+            fn into_spec(self) -> StageSpec {
+                let ($($stage,)+) = self;
+                StageSpec(StageKind::Parallel(vec![$($stage.into_spec()),+]))
+            }
+        }
+    };
+}
+
+parallel_stage!(A, B);
+parallel_stage!(A, B, C);
+parallel_stage!(A, B, C, D);
+parallel_stage!(A, B, C, D, E);
+parallel_stage!(A, B, C, D, E, F);
+parallel_stage!(A, B, C, D, E, F, G);
+parallel_stage!(A, B, C, D, E, F, G, H);
+
+/// A sequence of stages that can itself be placed in parallel with others, to build trees.
+///
+/// ```
+/// use inqubo_core::{Chain, Step, StepContext, StepError, Workflow};
+///
+/// async fn n(_: (), _: StepContext) -> Result<u32, StepError> { Ok(1) }
+/// async fn inc(x: u32, _: StepContext) -> Result<u32, StepError> { Ok(x + 1) }
+///
+/// // a -> b -> c, and a -> d
+/// let flow = Workflow::builder("tree")
+///     .start(Step::new("a", n))
+///     .then((Chain::new(Step::new("b", inc)).then(Step::new("c", inc)), Step::new("d", inc)))
+///     .build()?;
+/// assert_eq!(flow.step("c").unwrap().parents()[0].as_str(), "b");
+/// # Ok::<(), inqubo_core::WorkflowError>(())
+/// ```
+pub struct Chain<I, O> {
+    stages: Vec<StageSpec>,
+    _types: PhantomData<fn(I) -> O>,
+}
+
+impl<I, O> fmt::Debug for Chain<I, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Chain").field(&self.stages).finish()
+    }
+}
+
+impl<I, O> Chain<I, O> {
+    /// A chain starting with `stage`.
+    pub fn new<S: Stage<I, Output = O>>(stage: S) -> Self {
+        Self {
+            stages: vec![stage.into_spec()],
+            _types: PhantomData,
+        }
+    }
+
+    /// Appends `stage`, which receives this chain's output.
+    #[must_use]
+    pub fn then<S: Stage<O>>(mut self, stage: S) -> Chain<I, S::Output> {
+        self.stages.push(stage.into_spec());
+        Chain {
+            stages: self.stages,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<I, O> Stage<I> for Chain<I, O> {
+    type Output = O;
+
+    fn into_spec(self) -> StageSpec {
+        StageSpec(StageKind::Sequence(self.stages))
+    }
+}
+
+/// Marks a [`WorkflowBuilder`] that has no first step yet.
+#[derive(Debug)]
+pub enum NotStarted {}
+
+/// Builds a [`Workflow`]; see [`Workflow::builder`].
+pub struct WorkflowBuilder<T> {
+    name: String,
+    stages: Vec<StageSpec>,
+    _tail: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for WorkflowBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkflowBuilder")
+            .field("name", &self.name)
+            .field("stages", &self.stages)
+            .finish()
+    }
+}
+
+impl WorkflowBuilder<NotStarted> {
+    /// An empty builder of the workflow `name`.
+    pub(super) fn new(name: String) -> Self {
+        Self {
+            name,
+            stages: Vec::new(),
+            _tail: PhantomData,
+        }
+    }
+
+    /// Sets the first stage, which receives the run's input.
+    pub fn start<I, S: Stage<I>>(mut self, stage: S) -> WorkflowBuilder<S::Output> {
+        self.stages.push(stage.into_spec());
+        WorkflowBuilder {
+            name: self.name,
+            stages: self.stages,
+            _tail: PhantomData,
+        }
+    }
+}
+
+impl<T> WorkflowBuilder<T> {
+    /// Appends a stage that receives the output of the previous one.
+    ///
+    /// Pass a tuple of steps (or [`Chain`]s) to run them in parallel.
+    #[must_use]
+    pub fn then<S: Stage<T>>(mut self, stage: S) -> WorkflowBuilder<S::Output> {
+        self.stages.push(stage.into_spec());
+        WorkflowBuilder {
+            name: self.name,
+            stages: self.stages,
+            _tail: PhantomData,
+        }
+    }
+
+    /// Validates the graph and builds the workflow.
+    pub fn build(self) -> Result<Workflow, WorkflowError> {
+        let name = WorkflowName::new(self.name.clone()).map_err(|source| {
+            WorkflowError::InvalidWorkflowName {
+                name: self.name.clone(),
+                source,
+            }
+        })?;
+        let mut drafts = Vec::new();
+        attach(
+            StageSpec(StageKind::Sequence(self.stages)),
+            &Tail::Start,
+            &mut drafts,
+        );
+        if drafts.is_empty() {
+            return Err(WorkflowError::Empty(self.name));
+        }
+        let mut names = Vec::with_capacity(drafts.len());
+        let mut index_of = HashMap::new();
+        for (index, draft) in drafts.iter().enumerate() {
+            let step = StepName::new(draft.spec.name.clone()).map_err(|source| {
+                WorkflowError::InvalidStepName {
+                    name: draft.spec.name.clone(),
+                    source,
+                }
+            })?;
+            if index_of.insert(step.clone(), index).is_some() {
+                return Err(WorkflowError::DuplicateStep(step.to_string()));
+            }
+            names.push(step);
+        }
+        let mut steps: Vec<StepNode> = drafts
+            .iter()
+            .zip(&names)
+            .map(|(draft, name)| {
+                let parents: Vec<StepName> = draft
+                    .input
+                    .leaves()
+                    .into_iter()
+                    .map(|p| names[p].clone())
+                    .collect();
+                let join = match &draft.input {
+                    Tail::Many(_) => Some(draft.input.shape(&names)),
+                    Tail::Start | Tail::One(_) => None,
+                };
+                StepNode {
+                    name: name.clone(),
+                    parents,
+                    children: Vec::new(),
+                    join,
+                    spec: draft.spec.clone(),
+                }
+            })
+            .collect();
+        for (index, draft) in drafts.iter().enumerate() {
+            for parent in draft.input.leaves() {
+                steps[parent].children.push(names[index].clone());
+            }
+        }
+        Ok(Workflow::new(name, steps))
+    }
+}
+
+struct Draft {
+    spec: StepSpec,
+    /// What the step receives: the run input, one parent's output, or a join of several.
+    input: Tail,
+}
+
+/// The last steps of a stage, shaped like the stage's output type.
+#[derive(Debug, Clone)]
+enum Tail {
+    /// Nothing yet: the run input.
+    Start,
+    /// One step's output.
+    One(usize),
+    /// A tuple of outputs, from steps in parallel.
+    Many(Vec<Tail>),
+}
+
+impl Tail {
+    /// The steps whose outputs make up this tail, in order.
+    fn leaves(&self) -> Vec<usize> {
+        match self {
+            Tail::Start => Vec::new(),
+            Tail::One(index) => vec![*index],
+            Tail::Many(parts) => parts.iter().flat_map(Tail::leaves).collect(),
+        }
+    }
+
+    fn shape(&self, names: &[StepName]) -> JoinShape {
+        match self {
+            Tail::Start => JoinShape::Tuple(Vec::new()),
+            Tail::One(index) => JoinShape::Step(names[*index].clone()),
+            Tail::Many(parts) => JoinShape::Tuple(parts.iter().map(|p| p.shape(names)).collect()),
+        }
+    }
+}
+
+/// Adds `stage` to `drafts` after `tail` and returns the stage's own tail.
+///
+/// Drafts are pushed parents first, so their order is a topological order of the graph, and
+/// the graph cannot have a cycle.
+fn attach(stage: StageSpec, tail: &Tail, drafts: &mut Vec<Draft>) -> Tail {
+    match stage.0 {
+        StageKind::Step(spec) => {
+            drafts.push(Draft {
+                spec,
+                input: tail.clone(),
+            });
+            Tail::One(drafts.len() - 1)
+        }
+        StageKind::Parallel(stages) => Tail::Many(
+            stages
+                .into_iter()
+                .map(|stage| attach(stage, tail, drafts))
+                .collect(),
+        ),
+        StageKind::Sequence(stages) => stages
+            .into_iter()
+            .fold(tail.clone(), |tail, stage| attach(stage, &tail, drafts)),
+    }
+}
