@@ -3,6 +3,8 @@
 
 use std::{collections::HashMap, fmt, marker::PhantomData};
 
+use serde::Serialize;
+
 use super::{JoinShape, StepNode, Workflow, WorkflowError};
 use crate::{
     name::{StepName, WorkflowName},
@@ -129,9 +131,30 @@ impl<I, O> Stage<I> for Chain<I, O> {
     }
 }
 
-/// Marks a [`WorkflowBuilder`] that has no first step yet.
+/// Marks a [`WorkflowBuilder`] that has no first step yet: call [`WorkflowBuilder::start`].
 #[derive(Debug)]
 pub enum NotStarted {}
+
+/// Marks a [`WorkflowBuilder`] that has a first stage, so that it can be extended and built.
+///
+/// A started builder is typed with the output of its last stage, which is `Serialize` like every
+/// step's output; [`NotStarted`] is not. Sealed: public in a private module and never
+/// re-exported, so that no other type can implement it. Generic code over a builder's type
+/// bounds it by `serde::Serialize` instead.
+#[diagnostic::on_unimplemented(
+    message = "this workflow builder has no step yet: `{Self}` is not a step's output",
+    label = "call `start` first",
+    note = "`Workflow::builder(name)` makes an empty builder: give it its first step with \
+            `.start(Step::new(..))`, then `.then(..)` and `.build()`",
+    note = "in generic code, bound the builder's type by `serde::Serialize`, like every step's \
+            output"
+)]
+pub trait Started {}
+
+// Not recommended, so that the compiler reports `NotStarted: Started` with the message above
+// rather than asking for `NotStarted: Serialize`.
+#[diagnostic::do_not_recommend]
+impl<T: Serialize> Started for T {}
 
 /// Builds a [`Workflow`]; see [`Workflow::builder`].
 pub struct WorkflowBuilder<T> {
@@ -170,12 +193,17 @@ impl WorkflowBuilder<NotStarted> {
     }
 }
 
+// `T: Started` is a bound of each method rather than of the impl, so that calling them on a
+// `WorkflowBuilder<NotStarted>` reports the bound's own message rather than "method not found".
 impl<T> WorkflowBuilder<T> {
     /// Appends a stage that receives the output of the previous one.
     ///
     /// Pass a tuple of steps (or [`Chain`]s) to run them in parallel.
     #[must_use]
-    pub fn then<S: Stage<T>>(mut self, stage: S) -> WorkflowBuilder<S::Output> {
+    pub fn then<S: Stage<T>>(mut self, stage: S) -> WorkflowBuilder<S::Output>
+    where
+        T: Started,
+    {
         self.stages.push(stage.into_spec());
         WorkflowBuilder {
             name: self.name,
@@ -185,7 +213,19 @@ impl<T> WorkflowBuilder<T> {
     }
 
     /// Validates the graph and builds the workflow.
-    pub fn build(self) -> Result<Workflow, WorkflowError> {
+    ///
+    /// Only a started builder can be built, so that a workflow has at least one step:
+    ///
+    /// ```compile_fail,E0277
+    /// use inqubo_core::Workflow;
+    ///
+    /// // error: this workflow builder has no step yet: `NotStarted` is not a step's output
+    /// let flow = Workflow::builder("empty").build();
+    /// ```
+    pub fn build(self) -> Result<Workflow, WorkflowError>
+    where
+        T: Started,
+    {
         let name = WorkflowName::new(self.name.clone()).map_err(|source| {
             WorkflowError::InvalidWorkflowName {
                 name: self.name.clone(),
@@ -198,9 +238,6 @@ impl<T> WorkflowBuilder<T> {
             &Tail::Start,
             &mut drafts,
         );
-        if drafts.is_empty() {
-            return Err(WorkflowError::Empty(self.name));
-        }
         let mut names = Vec::with_capacity(drafts.len());
         let mut index_of = HashMap::new();
         for (index, draft) in drafts.iter().enumerate() {

@@ -63,9 +63,6 @@ pub enum WorkflowError {
     /// Two steps share a name.
     #[error("step `{0}` appears more than once")]
     DuplicateStep(String),
-    /// The workflow has no steps.
-    #[error("workflow `{0}` has no steps: call `start` first")]
-    Empty(String),
 }
 
 /// One step of a built workflow, with its place in the graph.

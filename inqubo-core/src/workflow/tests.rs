@@ -57,12 +57,6 @@ fn parallel_first_steps_all_start_from_the_trigger() {
 }
 
 #[test]
-fn empty_workflow_is_refused() {
-    let err = Workflow::builder("nothing").build().unwrap_err();
-    assert_eq!(err, WorkflowError::Empty("nothing".into()));
-}
-
-#[test]
 fn duplicate_step_names_are_refused() {
     let err = Workflow::builder("dup")
         .start(Step::new("a", unit))
