@@ -35,6 +35,30 @@ impl fmt::Debug for StageSpec {
 
 /// Something that can follow a step producing `In`: a [`Step`] taking `In`, a tuple of stages
 /// (run in parallel), or a [`Chain`].
+///
+/// A step whose input is not its parent's output does not compile:
+///
+/// ```compile_fail,E0277
+/// use inqubo_core::{Step, StepContext, StepError, Workflow};
+///
+/// async fn fetch(_: (), _: StepContext) -> Result<Vec<u32>, StepError> { Ok(vec![1, 2, 3]) }
+/// async fn total(v: Vec<u32>, _: StepContext) -> Result<u32, StepError> { Ok(v.iter().sum()) }
+/// async fn count(v: Vec<u32>, _: StepContext) -> Result<usize, StepError> { Ok(v.len()) }
+///
+/// // error: `Step<Vec<u32>, usize>` cannot follow a stage whose output is `u32`
+/// let flow = Workflow::builder("stats")
+///     .start(Step::new("fetch", fetch))
+///     .then(Step::new("total", total))
+///     .then(Step::new("count", count))
+///     .build();
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot follow a stage whose output is `{In}`",
+    label = "expected a step whose input is `{In}`",
+    note = "a step's input must be its parent's output, here `{In}`",
+    note = "a step after steps in parallel joins them: its input is the tuple of their outputs, \
+            in order"
+)]
 pub trait Stage<In> {
     /// What the stage hands to whatever follows it (a tuple for parallel stages).
     type Output;
