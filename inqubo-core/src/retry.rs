@@ -104,9 +104,20 @@ impl RetryPolicy {
         Self::custom(NoRetries)
     }
 
-    /// Retry `number_retries` times, `retry_timeout` apart.
-    pub fn limited(number_retries: u32, retry_timeout: Duration) -> Self {
-        Self::custom(LimitedRetries::new(number_retries, retry_timeout))
+    /// Retry up to `retries` times, waiting `delay` before each retry: at most `retries + 1`
+    /// attempts in all.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use inqubo_core::{RetryPolicy, StepError};
+    ///
+    /// let policy = RetryPolicy::limited(3, Duration::from_secs(2));
+    /// let error = StepError::retryable("flaky");
+    /// assert_eq!(policy.next_delay(3, &error), Some(Duration::from_secs(2))); // attempt 4, 2 s on
+    /// assert_eq!(policy.next_delay(4, &error), None); // attempt 4 was the last
+    /// ```
+    pub fn limited(retries: u32, delay: Duration) -> Self {
+        Self::custom(LimitedRetries::new(retries, delay))
     }
 
     /// Exponential backoff; see [`ExponentialBackoff`] for its settings.
@@ -176,11 +187,11 @@ pub struct LimitedRetries {
 }
 
 impl LimitedRetries {
-    /// `number_retries` retries, `retry_timeout` apart.
-    pub fn new(number_retries: u32, retry_timeout: Duration) -> Self {
+    /// Up to `retries` retries, each `delay` after the failed attempt.
+    pub fn new(retries: u32, delay: Duration) -> Self {
         Self {
-            number_retries,
-            retry_timeout,
+            number_retries: retries,
+            retry_timeout: delay,
         }
     }
 }
