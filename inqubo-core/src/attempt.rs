@@ -136,7 +136,7 @@ mod tests {
         }
     }
 
-    fn single<I, O>(step: Step<I, O>) -> Workflow {
+    fn single<I, O: serde::Serialize>(step: Step<I, O>) -> Workflow {
         Workflow::builder("wf").start(step).build().unwrap()
     }
 

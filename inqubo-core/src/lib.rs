@@ -55,15 +55,3 @@ pub use workflow::{
     Chain, Edge, JoinShape, NotStarted, Stage, StageSpec, StepDefinition, StepNode, Workflow,
     WorkflowBuilder, WorkflowDefinition, WorkflowError,
 };
-
-/// Any error of this crate.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// A workflow could not be built.
-    #[error(transparent)]
-    Workflow(#[from] WorkflowError),
-    /// A name or run id was refused.
-    #[error(transparent)]
-    Name(#[from] NameError),
-}

@@ -60,8 +60,9 @@ pub enum RetrySpec {
     Limited {
         /// Retries after the first attempt.
         number_retries: u32,
-        /// Delay between attempts, in milliseconds.
-        retry_timeout_ms: u64,
+        /// Delay before each retry, in milliseconds (`retry_timeout_ms` in older definitions).
+        #[serde(alias = "retry_timeout_ms")]
+        delay_ms: u64,
     },
     /// Exponential backoff with a cap and jitter.
     Exponential {
@@ -104,9 +105,20 @@ impl RetryPolicy {
         Self::custom(NoRetries)
     }
 
-    /// Retry `number_retries` times, `retry_timeout` apart.
-    pub fn limited(number_retries: u32, retry_timeout: Duration) -> Self {
-        Self::custom(LimitedRetries::new(number_retries, retry_timeout))
+    /// Retry up to `retries` times, waiting `delay` before each retry: at most `retries + 1`
+    /// attempts in all.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use inqubo_core::{RetryPolicy, StepError};
+    ///
+    /// let policy = RetryPolicy::limited(3, Duration::from_secs(2));
+    /// let error = StepError::retryable("flaky");
+    /// assert_eq!(policy.next_delay(3, &error), Some(Duration::from_secs(2))); // attempt 4, 2 s on
+    /// assert_eq!(policy.next_delay(4, &error), None); // attempt 4 was the last
+    /// ```
+    pub fn limited(retries: u32, delay: Duration) -> Self {
+        Self::custom(LimitedRetries::new(retries, delay))
     }
 
     /// Exponential backoff; see [`ExponentialBackoff`] for its settings.
@@ -171,16 +183,16 @@ impl RetryStrategy for NoRetries {
 pub struct LimitedRetries {
     /// Retries after the first attempt (so at most `number_retries + 1` attempts).
     pub number_retries: u32,
-    /// Delay between attempts.
-    pub retry_timeout: Duration,
+    /// Delay before each retry, from the failure of the attempt before it.
+    pub delay: Duration,
 }
 
 impl LimitedRetries {
-    /// `number_retries` retries, `retry_timeout` apart.
-    pub fn new(number_retries: u32, retry_timeout: Duration) -> Self {
+    /// Up to `retries` retries, each `delay` after the failed attempt.
+    pub fn new(retries: u32, delay: Duration) -> Self {
         Self {
-            number_retries,
-            retry_timeout,
+            number_retries: retries,
+            delay,
         }
     }
 }
@@ -194,12 +206,12 @@ impl Default for LimitedRetries {
 
 impl RetryStrategy for LimitedRetries {
     fn next_delay(&self, attempt: u32, _error: &StepError) -> Option<Duration> {
-        (attempt <= self.number_retries).then_some(self.retry_timeout)
+        (attempt <= self.number_retries).then_some(self.delay)
     }
     fn spec(&self) -> RetrySpec {
         RetrySpec::Limited {
             number_retries: self.number_retries,
-            retry_timeout_ms: millis(self.retry_timeout),
+            delay_ms: millis(self.delay),
         }
     }
 }
@@ -326,7 +338,7 @@ mod tests {
             policy.spec(),
             RetrySpec::Limited {
                 number_retries: 3,
-                retry_timeout_ms: 1000
+                delay_ms: 1000
             }
         );
     }
@@ -377,7 +389,20 @@ mod tests {
         let json = serde_json::to_value(LimitedRetries::default().spec()).unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"kind": "limited", "number_retries": 3, "retry_timeout_ms": 1000})
+            serde_json::json!({"kind": "limited", "number_retries": 3, "delay_ms": 1000})
+        );
+    }
+
+    #[test]
+    fn limited_specs_of_older_definitions_still_deserialise() {
+        let old =
+            serde_json::json!({"kind": "limited", "number_retries": 2, "retry_timeout_ms": 500});
+        assert_eq!(
+            serde_json::from_value::<RetrySpec>(old).unwrap(),
+            RetrySpec::Limited {
+                number_retries: 2,
+                delay_ms: 500
+            }
         );
     }
 }

@@ -1,0 +1,370 @@
+//! The typed builder: stages (steps, tuples of stages in parallel, [`Chain`]s) and how they are
+//! attached to one another to make the graph.
+
+use std::{collections::HashMap, fmt, marker::PhantomData};
+
+use serde::Serialize;
+
+use super::{JoinShape, StepNode, Workflow, WorkflowError};
+use crate::{
+    name::{StepName, WorkflowName},
+    step::{Step, StepSpec},
+};
+
+/// The untyped shape of a stage (a step, steps in parallel, or a chain), built by [`Stage`].
+///
+/// You do not build this yourself; it exists so that steps, tuples and [`Chain`]s can be passed
+/// to [`WorkflowBuilder::then`].
+pub struct StageSpec(StageKind);
+
+enum StageKind {
+    Step(StepSpec),
+    Parallel(Vec<StageSpec>),
+    Sequence(Vec<StageSpec>),
+}
+
+impl fmt::Debug for StageSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            StageKind::Step(spec) => write!(f, "{}", spec.name),
+            StageKind::Parallel(stages) => f.debug_tuple("Parallel").field(stages).finish(),
+            StageKind::Sequence(stages) => f.debug_tuple("Sequence").field(stages).finish(),
+        }
+    }
+}
+
+/// Something that can follow a step producing `In`: a [`Step`] taking `In`, a tuple of stages
+/// (run in parallel), or a [`Chain`].
+///
+/// A step whose input is not its parent's output does not compile:
+///
+/// ```compile_fail,E0277
+/// use inqubo_core::{Step, StepContext, StepError, Workflow};
+///
+/// async fn fetch(_: (), _: StepContext) -> Result<Vec<u32>, StepError> { Ok(vec![1, 2, 3]) }
+/// async fn total(v: Vec<u32>, _: StepContext) -> Result<u32, StepError> { Ok(v.iter().sum()) }
+/// async fn count(v: Vec<u32>, _: StepContext) -> Result<usize, StepError> { Ok(v.len()) }
+///
+/// // error: `Step<Vec<u32>, usize>` cannot follow a stage whose output is `u32`
+/// let flow = Workflow::builder("stats")
+///     .start(Step::new("fetch", fetch))
+///     .then(Step::new("total", total))
+///     .then(Step::new("count", count))
+///     .build();
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot follow a stage whose output is `{In}`",
+    label = "expected a step whose input is `{In}`",
+    note = "a step's input must be its parent's output, here `{In}`",
+    note = "a step after steps in parallel joins them: its input is the tuple of their outputs, \
+            in order"
+)]
+pub trait Stage<In> {
+    /// What the stage hands to whatever follows it (a tuple for parallel stages).
+    type Output;
+
+    /// The stage's untyped shape.
+    fn into_spec(self) -> StageSpec;
+}
+
+impl<I, O> Stage<I> for Step<I, O> {
+    type Output = O;
+
+    fn into_spec(self) -> StageSpec {
+        StageSpec(StageKind::Step(self.spec))
+    }
+}
+
+macro_rules! parallel_stage {
+    ($($stage:ident),+) => {
+        impl<In, $($stage),+> Stage<In> for ($($stage,)+)
+        where
+            $($stage: Stage<In>,)+
+        {
+            type Output = ($($stage::Output,)+);
+
+            #[allow(non_snake_case)]
+            fn into_spec(self) -> StageSpec {
+                let ($($stage,)+) = self;
+                StageSpec(StageKind::Parallel(vec![$($stage.into_spec()),+]))
+            }
+        }
+    };
+}
+
+parallel_stage!(A, B);
+parallel_stage!(A, B, C);
+parallel_stage!(A, B, C, D);
+parallel_stage!(A, B, C, D, E);
+parallel_stage!(A, B, C, D, E, F);
+parallel_stage!(A, B, C, D, E, F, G);
+parallel_stage!(A, B, C, D, E, F, G, H);
+
+/// A sequence of stages that can itself be placed in parallel with others, to build trees.
+///
+/// ```
+/// use inqubo_core::{Chain, Step, StepContext, StepError, Workflow};
+///
+/// async fn n(_: (), _: StepContext) -> Result<u32, StepError> { Ok(1) }
+/// async fn inc(x: u32, _: StepContext) -> Result<u32, StepError> { Ok(x + 1) }
+///
+/// // a -> b -> c, and a -> d
+/// let flow = Workflow::builder("tree")
+///     .start(Step::new("a", n))
+///     .then((Chain::new(Step::new("b", inc)).then(Step::new("c", inc)), Step::new("d", inc)))
+///     .build()?;
+/// assert_eq!(flow.step("c").unwrap().parents()[0].as_str(), "b");
+/// # Ok::<(), inqubo_core::WorkflowError>(())
+/// ```
+pub struct Chain<I, O> {
+    stages: Vec<StageSpec>,
+    _types: PhantomData<fn(I) -> O>,
+}
+
+impl<I, O> fmt::Debug for Chain<I, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Chain").field(&self.stages).finish()
+    }
+}
+
+impl<I, O> Chain<I, O> {
+    /// A chain starting with `stage`.
+    pub fn new<S: Stage<I, Output = O>>(stage: S) -> Self {
+        Self {
+            stages: vec![stage.into_spec()],
+            _types: PhantomData,
+        }
+    }
+
+    /// Appends `stage`, which receives this chain's output.
+    #[must_use]
+    pub fn then<S: Stage<O>>(mut self, stage: S) -> Chain<I, S::Output> {
+        self.stages.push(stage.into_spec());
+        Chain {
+            stages: self.stages,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<I, O> Stage<I> for Chain<I, O> {
+    type Output = O;
+
+    fn into_spec(self) -> StageSpec {
+        StageSpec(StageKind::Sequence(self.stages))
+    }
+}
+
+/// Marks a [`WorkflowBuilder`] that has no first step yet: call [`WorkflowBuilder::start`].
+#[derive(Debug)]
+pub enum NotStarted {}
+
+/// Marks a [`WorkflowBuilder`] that has a first stage, so that it can be extended and built.
+///
+/// A started builder is typed with the output of its last stage, which is `Serialize` like every
+/// step's output; [`NotStarted`] is not. Sealed: public in a private module and never
+/// re-exported, so that no other type can implement it. Generic code over a builder's type
+/// bounds it by `serde::Serialize` instead.
+#[diagnostic::on_unimplemented(
+    message = "this workflow builder has no step yet: `{Self}` is not a step's output",
+    label = "call `start` first",
+    note = "`Workflow::builder(name)` makes an empty builder: give it its first step with \
+            `.start(Step::new(..))`, then `.then(..)` and `.build()`",
+    note = "in generic code, bound the builder's type by `serde::Serialize`, like every step's \
+            output"
+)]
+pub trait Started {}
+
+// Not recommended, so that the compiler reports `NotStarted: Started` with the message above
+// rather than asking for `NotStarted: Serialize`.
+#[diagnostic::do_not_recommend]
+impl<T: Serialize> Started for T {}
+
+/// Builds a [`Workflow`]; see [`Workflow::builder`].
+pub struct WorkflowBuilder<T> {
+    name: String,
+    stages: Vec<StageSpec>,
+    _tail: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for WorkflowBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkflowBuilder")
+            .field("name", &self.name)
+            .field("stages", &self.stages)
+            .finish()
+    }
+}
+
+impl WorkflowBuilder<NotStarted> {
+    /// An empty builder of the workflow `name`.
+    pub(super) fn new(name: String) -> Self {
+        Self {
+            name,
+            stages: Vec::new(),
+            _tail: PhantomData,
+        }
+    }
+
+    /// Sets the first stage, which receives the run's input.
+    pub fn start<I, S: Stage<I>>(mut self, stage: S) -> WorkflowBuilder<S::Output> {
+        self.stages.push(stage.into_spec());
+        WorkflowBuilder {
+            name: self.name,
+            stages: self.stages,
+            _tail: PhantomData,
+        }
+    }
+}
+
+// `T: Started` is a bound of each method rather than of the impl, so that calling them on a
+// `WorkflowBuilder<NotStarted>` reports the bound's own message rather than "method not found".
+impl<T> WorkflowBuilder<T> {
+    /// Appends a stage that receives the output of the previous one.
+    ///
+    /// Pass a tuple of steps (or [`Chain`]s) to run them in parallel.
+    #[must_use]
+    pub fn then<S: Stage<T>>(mut self, stage: S) -> WorkflowBuilder<S::Output>
+    where
+        T: Started,
+    {
+        self.stages.push(stage.into_spec());
+        WorkflowBuilder {
+            name: self.name,
+            stages: self.stages,
+            _tail: PhantomData,
+        }
+    }
+
+    /// Validates the graph and builds the workflow.
+    ///
+    /// Only a started builder can be built, so that a workflow has at least one step:
+    ///
+    /// ```compile_fail,E0277
+    /// use inqubo_core::Workflow;
+    ///
+    /// // error: this workflow builder has no step yet: `NotStarted` is not a step's output
+    /// let flow = Workflow::builder("empty").build();
+    /// ```
+    pub fn build(self) -> Result<Workflow, WorkflowError>
+    where
+        T: Started,
+    {
+        let name = WorkflowName::new(self.name.clone()).map_err(|source| {
+            WorkflowError::InvalidWorkflowName {
+                name: self.name.clone(),
+                source,
+            }
+        })?;
+        let mut drafts = Vec::new();
+        attach(
+            StageSpec(StageKind::Sequence(self.stages)),
+            &Tail::Start,
+            &mut drafts,
+        );
+        let mut names = Vec::with_capacity(drafts.len());
+        let mut index_of = HashMap::new();
+        for (index, draft) in drafts.iter().enumerate() {
+            let step = StepName::new(draft.spec.name.clone()).map_err(|source| {
+                WorkflowError::InvalidStepName {
+                    name: draft.spec.name.clone(),
+                    source,
+                }
+            })?;
+            if index_of.insert(step.clone(), index).is_some() {
+                return Err(WorkflowError::DuplicateStep(step.to_string()));
+            }
+            names.push(step);
+        }
+        let mut steps: Vec<StepNode> = drafts
+            .iter()
+            .zip(&names)
+            .map(|(draft, name)| {
+                let parents: Vec<StepName> = draft
+                    .input
+                    .leaves()
+                    .into_iter()
+                    .map(|p| names[p].clone())
+                    .collect();
+                let join = match &draft.input {
+                    Tail::Many(_) => Some(draft.input.shape(&names)),
+                    Tail::Start | Tail::One(_) => None,
+                };
+                StepNode {
+                    name: name.clone(),
+                    parents,
+                    children: Vec::new(),
+                    join,
+                    spec: draft.spec.clone(),
+                }
+            })
+            .collect();
+        for (index, draft) in drafts.iter().enumerate() {
+            for parent in draft.input.leaves() {
+                steps[parent].children.push(names[index].clone());
+            }
+        }
+        Ok(Workflow::new(name, steps))
+    }
+}
+
+struct Draft {
+    spec: StepSpec,
+    /// What the step receives: the run input, one parent's output, or a join of several.
+    input: Tail,
+}
+
+/// The last steps of a stage, shaped like the stage's output type.
+#[derive(Debug, Clone)]
+enum Tail {
+    /// Nothing yet: the run input.
+    Start,
+    /// One step's output.
+    One(usize),
+    /// A tuple of outputs, from steps in parallel.
+    Many(Vec<Tail>),
+}
+
+impl Tail {
+    /// The steps whose outputs make up this tail, in order.
+    fn leaves(&self) -> Vec<usize> {
+        match self {
+            Tail::Start => Vec::new(),
+            Tail::One(index) => vec![*index],
+            Tail::Many(parts) => parts.iter().flat_map(Tail::leaves).collect(),
+        }
+    }
+
+    fn shape(&self, names: &[StepName]) -> JoinShape {
+        match self {
+            Tail::Start => JoinShape::Tuple(Vec::new()),
+            Tail::One(index) => JoinShape::Step(names[*index].clone()),
+            Tail::Many(parts) => JoinShape::Tuple(parts.iter().map(|p| p.shape(names)).collect()),
+        }
+    }
+}
+
+/// Adds `stage` to `drafts` after `tail` and returns the stage's own tail.
+///
+/// Drafts are pushed parents first, so their order is a topological order of the graph, and
+/// the graph cannot have a cycle.
+fn attach(stage: StageSpec, tail: &Tail, drafts: &mut Vec<Draft>) -> Tail {
+    match stage.0 {
+        StageKind::Step(spec) => {
+            drafts.push(Draft {
+                spec,
+                input: tail.clone(),
+            });
+            Tail::One(drafts.len() - 1)
+        }
+        StageKind::Parallel(stages) => Tail::Many(
+            stages
+                .into_iter()
+                .map(|stage| attach(stage, tail, drafts))
+                .collect(),
+        ),
+        StageKind::Sequence(stages) => stages
+            .into_iter()
+            .fold(tail.clone(), |tail, stage| attach(stage, &tail, drafts)),
+    }
+}

@@ -1,0 +1,283 @@
+//! Workflows: named graphs of steps, built with a typed builder.
+//!
+//! ```
+//! use inqubo_core::{Step, StepContext, StepError, Workflow};
+//!
+//! async fn fetch(_: (), _: StepContext) -> Result<Vec<u32>, StepError> { Ok(vec![1, 2, 3]) }
+//! async fn total(v: Vec<u32>, _: StepContext) -> Result<u32, StepError> { Ok(v.iter().sum()) }
+//! async fn count(v: Vec<u32>, _: StepContext) -> Result<usize, StepError> { Ok(v.len()) }
+//!
+//! let flow = Workflow::builder("stats")
+//!     .start(Step::new("fetch", fetch))
+//!     .then((Step::new("total", total), Step::new("count", count))) // in parallel
+//!     .build()?;
+//! assert_eq!(flow.steps().len(), 3);
+//! # Ok::<(), inqubo_core::WorkflowError>(())
+//! ```
+//!
+//! The compiler checks that every step's input type is its parent's output type: placing
+//! `count` after `total` above would not compile, because `total` produces a `u32` and `count`
+//! takes a `Vec<u32>`.
+
+mod builder;
+mod join_shape;
+#[cfg(test)]
+mod tests;
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+pub use self::{
+    builder::{Chain, NotStarted, Stage, StageSpec, WorkflowBuilder},
+    join_shape::JoinShape,
+};
+use crate::{
+    name::{NameError, StepName, WorkflowName},
+    retry::{RetryPolicy, RetrySpec},
+    step::{ErasedStep, StepSpec},
+};
+
+/// Why a workflow could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkflowError {
+    /// The workflow's name is not a valid identifier.
+    #[error("invalid workflow name `{name}`")]
+    InvalidWorkflowName {
+        /// The refused name.
+        name: String,
+        /// Why it was refused.
+        #[source]
+        source: NameError,
+    },
+    /// A step's name is not a valid identifier.
+    #[error("invalid step name `{name}`")]
+    InvalidStepName {
+        /// The refused name.
+        name: String,
+        /// Why it was refused.
+        #[source]
+        source: NameError,
+    },
+    /// Two steps share a name.
+    #[error("step `{0}` appears more than once")]
+    DuplicateStep(String),
+}
+
+/// One step of a built workflow, with its place in the graph.
+#[derive(Clone)]
+pub struct StepNode {
+    name: StepName,
+    parents: Vec<StepName>,
+    children: Vec<StepName>,
+    join: Option<JoinShape>,
+    spec: StepSpec,
+}
+
+impl fmt::Debug for StepNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StepNode")
+            .field("name", &self.name)
+            .field("parents", &self.parents)
+            .field("children", &self.children)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StepNode {
+    /// The step's name.
+    pub fn name(&self) -> &StepName {
+        &self.name
+    }
+
+    /// The steps whose success triggers this one; empty for a first step.
+    pub fn parents(&self) -> &[StepName] {
+        &self.parents
+    }
+
+    /// The steps triggered by this one's success; empty for a last step.
+    pub fn children(&self) -> &[StepName] {
+        &self.children
+    }
+
+    /// For a step that waits for several parents, how its input is assembled from theirs.
+    pub fn join(&self) -> Option<&JoinShape> {
+        self.join.as_ref()
+    }
+
+    /// Whether this step waits for several parents.
+    pub fn is_join(&self) -> bool {
+        self.join.is_some()
+    }
+
+    /// The step's retry policy.
+    pub fn retry(&self) -> &RetryPolicy {
+        &self.spec.retry
+    }
+
+    /// How long one attempt may run.
+    pub fn timeout(&self) -> Duration {
+        self.spec.timeout
+    }
+
+    pub(crate) fn handler(&self) -> &dyn ErasedStep {
+        &*self.spec.handler
+    }
+}
+
+struct WorkflowInner {
+    name: WorkflowName,
+    steps: Vec<StepNode>,
+    /// Computed once: runtimes ask for every step they run.
+    chain: bool,
+}
+
+/// One first step, no fan-out, no join.
+fn is_chain(steps: &[StepNode]) -> bool {
+    let roots = steps.iter().filter(|s| s.parents.is_empty()).count();
+    roots == 1 && steps.iter().all(|s| s.children.len() <= 1 && !s.is_join())
+}
+
+/// A validated workflow: a named graph of steps. Cheap to clone.
+#[derive(Clone)]
+pub struct Workflow {
+    inner: Arc<WorkflowInner>,
+}
+
+impl fmt::Debug for Workflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Workflow")
+            .field("name", &self.inner.name)
+            .field("steps", &self.inner.steps)
+            .finish()
+    }
+}
+
+impl Workflow {
+    /// Starts building a workflow named `name` (checked by [`WorkflowBuilder::build`]).
+    pub fn builder(name: impl Into<String>) -> WorkflowBuilder<NotStarted> {
+        WorkflowBuilder::new(name.into())
+    }
+
+    /// A workflow of `steps`, given parents before children with their edges filled in.
+    fn new(name: WorkflowName, steps: Vec<StepNode>) -> Self {
+        Self {
+            inner: Arc::new(WorkflowInner {
+                chain: is_chain(&steps),
+                name,
+                steps,
+            }),
+        }
+    }
+
+    /// The workflow's name.
+    pub fn name(&self) -> &WorkflowName {
+        &self.inner.name
+    }
+
+    /// Every step, parents before children.
+    pub fn steps(&self) -> &[StepNode] {
+        &self.inner.steps
+    }
+
+    /// The step called `name`, if any.
+    pub fn step(&self, name: &str) -> Option<&StepNode> {
+        self.inner.steps.iter().find(|s| s.name.as_str() == name)
+    }
+
+    /// The steps without children: a run succeeds when all of them have.
+    pub fn leaves(&self) -> impl Iterator<Item = &StepNode> {
+        self.steps().iter().filter(|s| s.children.is_empty())
+    }
+
+    /// Whether the workflow is a single chain (one first step, no fan-out, no join). A chain
+    /// needs no join state to know when a run ends.
+    pub fn is_chain(&self) -> bool {
+        self.inner.chain
+    }
+
+    /// The join steps that can no longer run once `step` failed: joins downstream of it.
+    pub fn joins_after(&self, step: &StepName) -> Vec<&StepNode> {
+        let mut reached = vec![step.clone()];
+        let mut joins = Vec::new();
+        // Steps are in topological order, so one pass finds every descendant.
+        for node in self.steps() {
+            if node.parents.iter().any(|p| reached.contains(p)) {
+                reached.push(node.name.clone());
+                if node.is_join() {
+                    joins.push(node);
+                }
+            }
+        }
+        joins
+    }
+
+    /// A serialisable description of the graph, for tools.
+    pub fn definition(&self) -> WorkflowDefinition {
+        let steps = self
+            .steps()
+            .iter()
+            .map(|node| StepDefinition {
+                name: node.name.clone(),
+                parents: node.parents.clone(),
+                input_type: node.spec.input_type.to_owned(),
+                output_type: node.spec.output_type.to_owned(),
+                retry: node.spec.retry.spec(),
+                timeout_ms: u64::try_from(node.spec.timeout.as_millis()).unwrap_or(u64::MAX),
+            })
+            .collect();
+        let edges = self
+            .steps()
+            .iter()
+            .flat_map(|node| {
+                node.parents.iter().map(|parent| Edge {
+                    from: parent.clone(),
+                    to: node.name.clone(),
+                })
+            })
+            .collect();
+        WorkflowDefinition {
+            name: self.inner.name.clone(),
+            steps,
+            edges,
+        }
+    }
+}
+
+/// The JSON form of a workflow: its steps, edges and retry policies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowDefinition {
+    /// The workflow's name.
+    pub name: WorkflowName,
+    /// The steps, parents before children.
+    pub steps: Vec<StepDefinition>,
+    /// Parent-to-child edges.
+    pub edges: Vec<Edge>,
+}
+
+/// The JSON form of one step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepDefinition {
+    /// The step's name.
+    pub name: StepName,
+    /// Its parents; empty for a first step.
+    pub parents: Vec<StepName>,
+    /// The Rust type of its input.
+    pub input_type: String,
+    /// The Rust type of its output.
+    pub output_type: String,
+    /// Its retry policy.
+    pub retry: RetrySpec,
+    /// How long one attempt may run, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// A parent-to-child edge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Edge {
+    /// The parent.
+    pub from: StepName,
+    /// The child.
+    pub to: StepName,
+}
