@@ -23,7 +23,7 @@ pub mod otel;
 mod publisher;
 mod runner;
 mod topology;
-mod wire;
+pub mod wire;
 
 pub use client::{Client, DEFAULT_AMQP_URL, EventStream, event_from_delivery};
 pub use error::{Error, Result};

@@ -14,20 +14,26 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 
-/// A message ready for `basic_publish`.
+/// A protocol message ready for lapin's `basic_publish`: for tools that publish Inqubo
+/// messages on channels of their own (the CLI's replay, the benchmark).
 #[derive(Debug, Clone)]
-pub(crate) struct Wire {
-    pub(crate) exchange: String,
-    pub(crate) routing_key: String,
-    pub(crate) body: Vec<u8>,
-    pub(crate) properties: BasicProperties,
-    pub(crate) mandatory: bool,
+pub struct Wire {
+    /// The exchange to publish to.
+    pub exchange: String,
+    /// The routing key to publish with.
+    pub routing_key: String,
+    /// The body.
+    pub body: Vec<u8>,
+    /// Persistent, JSON, `message_id`, `timestamp` and the headers.
+    pub properties: BasicProperties,
+    /// Whether to publish with `mandatory`.
+    pub mandatory: bool,
 }
 
 impl Wire {
     /// `message` addressed under `names`; `received` are the headers of the delivery it
     /// answers, which it starts from if it inherits them.
-    pub(crate) fn new(names: &Names, message: Outgoing, received: Option<&FieldTable>) -> Self {
+    pub fn new(names: &Names, message: Outgoing, received: Option<&FieldTable>) -> Self {
         let address = names.address(&message.destination);
         let mut table = match (message.inherit_headers, received) {
             (true, Some(received)) => received.clone(),
@@ -56,7 +62,7 @@ impl Wire {
     }
 
     /// Every message of `messages`, addressed under `names`.
-    pub(crate) fn all(
+    pub fn all(
         names: &Names,
         messages: Vec<Outgoing>,
         received: Option<&FieldTable>,
@@ -79,7 +85,7 @@ fn amqp_value(value: &HeaderValue) -> AMQPValue {
 }
 
 /// The headers of `table` that Inqubo can read: strings, integers and booleans.
-pub(crate) fn headers(table: Option<&FieldTable>) -> Headers {
+pub fn headers(table: Option<&FieldTable>) -> Headers {
     let Some(table) = table else {
         return Headers::new();
     };
@@ -100,7 +106,7 @@ pub(crate) fn headers(table: Option<&FieldTable>) -> Headers {
 }
 
 /// `delivery` as the engine reads it.
-pub(crate) fn incoming(delivery: &Delivery) -> Incoming<'_> {
+pub fn incoming(delivery: &Delivery) -> Incoming<'_> {
     Incoming {
         routing_key: delivery.routing_key.as_str(),
         redelivered: delivery.redelivered,
@@ -115,7 +121,7 @@ pub(crate) fn incoming(delivery: &Delivery) -> Incoming<'_> {
 }
 
 /// The text of a string header (long or short string, valid UTF-8).
-pub(crate) fn string_value(value: &AMQPValue) -> Option<String> {
+pub fn string_value(value: &AMQPValue) -> Option<String> {
     match value {
         AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
@@ -124,7 +130,7 @@ pub(crate) fn string_value(value: &AMQPValue) -> Option<String> {
 }
 
 /// The value of an integer header of any width.
-pub(crate) fn integer_value(value: &AMQPValue) -> Option<i64> {
+pub fn integer_value(value: &AMQPValue) -> Option<i64> {
     match *value {
         AMQPValue::ShortShortInt(n) => Some(n.into()),
         AMQPValue::ShortShortUInt(n) => Some(n.into()),
