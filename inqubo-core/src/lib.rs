@@ -2,8 +2,9 @@
 //!
 //! It defines what a workflow *is* — a validated graph of typed async [`Step`]s with
 //! [`RetryPolicy`]s — and what one attempt of a step *does* ([`run_attempt`]), without
-//! knowing anything about RabbitMQ. The AMQP runtime in `inqubo-amqp` moves messages; this
-//! crate decides what the messages mean.
+//! knowing anything about RabbitMQ; and the rules of a run ([`engine::Engine`]), a state
+//! machine without I/O that every backend drives. The AMQP runtime in `inqubo-amqp` moves
+//! messages; this crate decides what the messages are and what they mean.
 //!
 //! Most users depend on the `inqubo` facade crate instead, which re-exports everything here.
 //!
@@ -14,9 +15,10 @@
 //! | `retry` | [`RetryPolicy`] and the built-in strategies |
 //! | `workflow` | [`Workflow`] and its typed builder |
 //! | `event` | [`LifecycleEvent`] and the JSON bodies of events |
-//! | `protocol` | routing keys and header names of the wire protocol |
-//! | `attempt` | [`run_attempt`]: one attempt of a step, and what must follow |
-//! | `testing` | (feature `test-util`) `testing::TestRunner`: run a workflow in-process, no broker |
+//! | `protocol` | the wire protocol: names, routing keys, headers, every message |
+//! | `engine` | [`engine::Engine`]: what a delivery and an attempt's outcome call for |
+//! | `attempt` | [`run_attempt`]: one attempt of a step (decode, call, timeout, retry policy) |
+//! | `testing` | (feature `test-util`) `testing::TestRunner`: the engine driven in memory |
 //! | `trace` | W3C `traceparent` values: one run, one trace |
 //! | `join` | [`join::JoinBook`]: which parents of which runs reported, and when a join fires |
 

@@ -1,8 +1,8 @@
 //! The rules of a run, written once: a deterministic state machine with no I/O.
 //!
 //! Every backend — the RabbitMQ runtime in `inqubo-amqp`, the in-process harness in
-//! [`testing`](crate::testing) — is a *driver* of this engine. A driver decodes a delivery
-//! into an [`Incoming`], asks the engine what it means, runs the step when told to, hands the
+//! `testing` (feature `test-util`) — is a *driver* of this engine. A driver decodes a delivery
+//! into an [`Incoming`](crate::protocol::Incoming), asks the engine what it means, runs the step when told to, hands the
 //! result back, and executes the [`Effects`] it gets: publish these messages (each with its
 //! destination, routing key, headers and `message_id`), and once the broker has confirmed
 //! every one of them, acknowledge the delivery. The engine never reads a clock, a socket or a
