@@ -1,63 +1,27 @@
-//! A connection that triggers runs and follows their events, without running any step.
+//! The user-facing client: triggers runs and follows their events, without running any step.
 
-use std::{
-    pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    task::{Context, Poll},
-};
+use std::sync::Arc;
 
-use futures_util::Stream;
 use futures_util::StreamExt;
-use inqubo_core::{
-    EventKind, LifecycleEvent, RoutingKey, RunFailedBody, RunId, WorkflowName, protocol::header,
-};
+use inqubo_core::{EventKind, RoutingKey, RunFailedBody, RunId, WorkflowName};
 use lapin::{
-    Channel, Connection, ConnectionProperties, Consumer,
     options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use serde::Serialize;
-use tracing::{info, instrument, warn};
+use tracing::instrument;
 
 use crate::{
-    error::{Error, Result, redact_url},
-    message::{self, integer_value, string_value},
-    publisher::Publisher,
+    error::{Error, Result},
+    event_stream::EventStream,
+    message,
+    session::{Connector, Session, split_urls},
     topology::Topology,
 };
 
-/// How long one connection attempt (TCP, TLS and AMQP handshake) may take.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// The broker address used when none is given: the local RabbitMQ with its default user.
-pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-/// One live connection and its confirm-mode publishing channel.
-#[derive(Debug)]
-pub(crate) struct Session {
-    pub(crate) connection: Arc<Connection>,
-    pub(crate) publisher: Publisher,
-}
-
-impl Session {
-    pub(crate) fn is_alive(&self) -> bool {
-        self.connection.status().connected()
-    }
-
-    /// Opens a new channel on this session's connection.
-    pub(crate) async fn channel(&self) -> Result<Channel> {
-        Ok(self.connection.create_channel().await?)
-    }
-}
-
 struct ClientInner {
-    urls: Vec<String>,
+    connector: Connector,
     topology: Topology,
-    session: tokio::sync::Mutex<Option<Arc<Session>>>,
-    next_url: AtomicUsize,
 }
 
 /// Triggers runs and subscribes to lifecycle events. Cheap to clone.
@@ -86,27 +50,10 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field(
-                "urls",
-                &self
-                    .inner
-                    .urls
-                    .iter()
-                    .map(|u| redact_url(u))
-                    .collect::<Vec<_>>(),
-            )
+            .field("connector", &self.inner.connector)
             .field("topology", &self.inner.topology)
             .finish_non_exhaustive()
     }
-}
-
-/// Splits a comma-separated list of broker addresses (`amqp://a:5672,amqp://b:5672`).
-pub(crate) fn split_urls(urls: &str) -> Vec<String> {
-    urls.split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 impl Client {
@@ -131,10 +78,8 @@ impl Client {
     pub(crate) fn lazy(urls: Vec<String>, topology: Topology) -> Self {
         Self {
             inner: Arc::new(ClientInner {
-                urls,
+                connector: Connector::new(urls),
                 topology,
-                session: tokio::sync::Mutex::new(None),
-                next_url: AtomicUsize::new(0),
             }),
         }
     }
@@ -146,53 +91,7 @@ impl Client {
 
     /// The live session, reconnecting first if there is none.
     pub(crate) async fn session(&self) -> Result<Arc<Session>> {
-        let mut current = self.inner.session.lock().await;
-        if let Some(session) = current.as_ref().filter(|s| s.is_alive()) {
-            return Ok(Arc::clone(session));
-        }
-        let session = Arc::new(self.open_session().await?);
-        *current = Some(Arc::clone(&session));
-        Ok(session)
-    }
-
-    /// Tries every broker address once, starting after the last one that worked.
-    async fn open_session(&self) -> Result<Session> {
-        let urls = &self.inner.urls;
-        let start = self.inner.next_url.load(Ordering::Relaxed);
-        let mut last_error = Error::NoBrokerAddress;
-        for offset in 0..urls.len() {
-            let index = (start + offset) % urls.len();
-            let url = &urls[index];
-            let attempt = Connection::connect(url, ConnectionProperties::default());
-            let Ok(connected) = tokio::time::timeout(CONNECT_TIMEOUT, attempt).await else {
-                warn!(url = %redact_url(url), timeout = ?CONNECT_TIMEOUT, "connection attempt timed out");
-                last_error = Error::ConnectTimeout {
-                    url: redact_url(url),
-                    timeout: CONNECT_TIMEOUT,
-                };
-                continue;
-            };
-            match connected {
-                Ok(connection) => {
-                    let connection = Arc::new(connection);
-                    let publisher = Publisher::new(Arc::clone(&connection)).await?;
-                    self.inner.next_url.store(index, Ordering::Relaxed);
-                    info!(url = %redact_url(url), prefix = self.inner.topology.prefix(), "connected");
-                    return Ok(Session {
-                        connection,
-                        publisher,
-                    });
-                }
-                Err(source) => {
-                    warn!(url = %redact_url(url), error = %source, "cannot connect");
-                    last_error = Error::Connect {
-                        url: redact_url(url),
-                        source,
-                    };
-                }
-            }
-        }
-        Err(last_error)
+        self.inner.connector.session().await
     }
 
     /// Starts a run of `workflow` named `run_id` with `input`, and returns once the broker has
@@ -326,50 +225,13 @@ impl Client {
                 FieldTable::default(),
             )
             .await?;
-        Ok(EventStream {
-            consumer,
-            _channel: channel,
-        })
+        Ok(EventStream::new(consumer, channel))
     }
 
     /// Closes the connection, if one is open.
     pub async fn close(&self) -> Result<()> {
-        let Some(session) = self.inner.session.lock().await.take() else {
-            return Ok(());
-        };
-        match session.connection.close(200, "bye".into()).await {
-            // A channel whose last handle was just dropped is already closing on its own;
-            // the connection still closes.
-            Err(error) if matches!(error.kind(), lapin::ErrorKind::InvalidChannelState(..)) => {
-                Ok(())
-            }
-            Err(error) if !session.is_alive() => {
-                tracing::debug!(%error, "connection already closed");
-                Ok(())
-            }
-            other => Ok(other?),
-        }
+        self.inner.connector.close().await
     }
-}
-
-/// Reads a lifecycle event from a message received from the events exchange: its routing
-/// key, its `run-id` and `attempt` headers, and its body. For consumers of queues of their own
-/// (a monitor, a harness) that do not go through [`Client::subscribe`].
-pub fn event_from_delivery(
-    delivery: &lapin::message::Delivery,
-) -> std::result::Result<LifecycleEvent, inqubo_core::EventDecodeError> {
-    let headers = delivery.properties.headers().as_ref();
-    let get = |name: &str| headers.and_then(|h| h.inner().get(name));
-    let run_id = get(header::RUN_ID).and_then(string_value);
-    let attempt = get(header::ATTEMPT)
-        .and_then(integer_value)
-        .and_then(|n| u32::try_from(n).ok());
-    LifecycleEvent::from_wire(
-        delivery.routing_key.as_str(),
-        run_id.as_deref(),
-        attempt,
-        &delivery.data,
-    )
 }
 
 /// How a run ended; see [`Client::trigger_and_wait`].
@@ -380,41 +242,6 @@ pub enum RunOutcome {
     Succeeded(serde_json::Value),
     /// A step failed for good.
     Failed(RunFailedBody),
-}
-
-/// A live stream of lifecycle events; see [`Client::subscribe`].
-///
-/// Messages on the exchange that are not Inqubo events are skipped with a warning.
-pub struct EventStream {
-    consumer: Consumer,
-    _channel: Channel,
-}
-
-impl std::fmt::Debug for EventStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventStream")
-            .field("queue", &self.consumer.queue())
-            .finish()
-    }
-}
-
-impl Stream for EventStream {
-    type Item = Result<LifecycleEvent>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            let delivery = match Pin::new(&mut self.consumer).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error.into()))),
-                Poll::Ready(Some(Ok(delivery))) => delivery,
-            };
-            match event_from_delivery(&delivery) {
-                Ok(event) => return Poll::Ready(Some(Ok(event))),
-                Err(error) => warn!(%error, "skipped a message that is not an inqubo event"),
-            }
-        }
-    }
 }
 
 /// The `traceparent` a trigger starts its run's trace with: the caller's current span when

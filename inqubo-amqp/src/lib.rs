@@ -7,6 +7,7 @@
 //! The path of one message — trigger → step queue → step → outcome events → ack — reads in
 //! `client.rs` (trigger), `consumer.rs` (the loop), `message.rs` (what is published) and
 //! `publisher.rs` (confirms). `docs/protocol.md` describes the same path on the wire.
+//! `session.rs` connects (several addresses, timeout, TLS) and `event_stream.rs` reads events.
 
 #![cfg_attr(
     not(test),
@@ -16,6 +17,7 @@
 mod client;
 mod consumer;
 mod error;
+mod event_stream;
 mod joiner;
 mod message;
 mod metric;
@@ -23,12 +25,15 @@ mod metric;
 pub mod otel;
 mod publisher;
 mod runner;
+mod session;
 mod topology;
 
-pub use client::{Client, DEFAULT_AMQP_URL, EventStream, RunOutcome, event_from_delivery};
+pub use client::{Client, RunOutcome};
 pub use error::{Error, Result};
+pub use event_stream::{EventStream, event_from_delivery};
 pub use metric::STEP_DURATION_BUCKETS;
 pub use runner::{Runner, RunnerBuilder};
+pub use session::DEFAULT_AMQP_URL;
 pub use topology::{
     BROKER_DELIVERY_LIMIT, DELAY_TICK, DELAY_TIERS, DelayRoute, JOIN_SHARDS, MAX_DELAY, QueueName,
     QueueType, RUN_JOIN, Topology,

@@ -22,12 +22,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, info, instrument, warn};
 
 use crate::{
-    client::{self, Client, DEFAULT_AMQP_URL, RunOutcome, split_urls},
+    client::{Client, RunOutcome},
     consumer::{Limits, StepWorker, consume},
     error::{Error, Result},
     joiner::{JoinShard, consume_shard},
     message,
     metric::StepMetrics,
+    session::{self, DEFAULT_AMQP_URL, split_urls},
     topology::{JOIN_SHARDS, QueueName, QueueType, Topology},
 };
 
@@ -289,7 +290,7 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
 
 /// A channel of its own with `prefetch`, consuming `queue`.
 async fn consume_on(
-    session: &client::Session,
+    session: &session::Session,
     queue: &QueueName,
     prefetch: u16,
 ) -> Result<(lapin::Channel, lapin::Consumer)> {
