@@ -161,15 +161,17 @@ impl Client {
                 match event.kind {
                     EventKind::RunSucceeded => return Ok(RunOutcome::Succeeded(event.body)),
                     EventKind::RunFailed => {
-                        let failure = serde_json::from_value(event.body).map_err(Error::Encode)?;
+                        let failure =
+                            serde_json::from_value(event.body).map_err(|source| Error::Decode {
+                                what: "the body of a run.failed event",
+                                source,
+                            })?;
                         return Ok(RunOutcome::Failed(failure));
                     }
                     _ => {}
                 }
             }
-            Err(Error::ConsumerStopped {
-                queue: "run events".into(),
-            })
+            Err(Error::EventStreamEnded)
         };
         tokio::time::timeout(timeout, wait)
             .await

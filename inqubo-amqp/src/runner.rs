@@ -333,9 +333,7 @@ async fn supervise(
                 queue: "unknown".into(),
             },
             Ok(Err(error)) => error,
-            Err(join) => Error::ConsumerStopped {
-                queue: join.to_string(),
-            },
+            Err(join) => Error::task_panicked("queue consumer", join),
         };
         warn!(workflow = %shared.workflow.name(), %error, "connection to the broker lost; reconnecting");
         session.cancel.cancel();
@@ -452,7 +450,7 @@ impl Runner {
             () = shutdown => None,
             ended = &mut self.supervisor => Some(match ended {
                 Ok(result) => result.err(),
-                Err(join) => Some(Error::ConsumerStopped { queue: join.to_string() }),
+                Err(join) => Some(Error::task_panicked("runner supervisor", join)),
             }),
         };
         match failure {
