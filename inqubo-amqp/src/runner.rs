@@ -465,15 +465,18 @@ impl Runner {
     /// Stops consuming, lets attempts in flight finish and publish their outcome (up to the
     /// shutdown timeout), then closes the connection. Unfinished deliveries go back to their
     /// queues.
+    ///
+    /// Shuts down in any case, and then returns the error that had already stopped the runner,
+    /// if one had (as [`Runner::run`] would have), or [`Error::TaskPanicked`] if its supervisor
+    /// panicked.
     pub async fn shutdown(mut self) -> Result<()> {
         self.cancel.cancel();
-        match (&mut self.supervisor).await {
-            Ok(Err(error)) => warn!(%error, "runner was failing when shut down"),
-            Err(join) => warn!(error = %join, "runner supervisor panicked"),
-            Ok(Ok(())) => {}
-        }
+        let supervised = match (&mut self.supervisor).await {
+            Ok(result) => result,
+            Err(join) => Err(Error::task_panicked("runner supervisor", join)),
+        };
         self.finish().await;
-        Ok(())
+        supervised
     }
 
     async fn finish(&self) {
