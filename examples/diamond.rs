@@ -75,10 +75,9 @@ async fn demo(settings: RunnerBuilder) -> anyhow::Result<serde_json::Value> {
         .client()
         .subscribe(Some(runner.workflow().name()))
         .await?;
-    let run_id = inqubo::RunId::random();
-    runner
+    let run_id = runner
         .trigger(
-            run_id.as_str(),
+            inqubo::RunId::random(),
             &Order {
                 items: vec![3, 5, 7, 11],
             },

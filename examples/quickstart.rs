@@ -103,7 +103,7 @@ async fn demo(settings: RunnerBuilder, fail_times: u32) -> anyhow::Result<()> {
         .await?;
     let run_id = runner
         .trigger(
-            inqubo::RunId::random().as_str(),
+            inqubo::RunId::random(),
             &json!({ "fail_times": fail_times }),
         )
         .await?;

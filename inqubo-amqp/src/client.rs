@@ -35,8 +35,9 @@ struct ClientInner {
 /// use inqubo_amqp::{Client, DEFAULT_AMQP_URL};
 ///
 /// let client = Client::connect(DEFAULT_AMQP_URL).await?;
-/// let mut events = client.subscribe(Some(&"simple".parse()?)).await?;
-/// let run_id = client.trigger("simple", "run-42", &serde_json::json!({})).await?;
+/// let simple = "simple".parse()?;
+/// let mut events = client.subscribe(Some(&simple)).await?;
+/// client.trigger(&simple, "run-42".parse()?, &serde_json::json!({})).await?;
 /// while let Some(event) = events.next().await {
 ///     println!("{}", event?);
 /// }
@@ -94,15 +95,18 @@ impl Client {
         self.inner.connector.session().await
     }
 
-    /// Starts a run of `workflow` named `run_id` with `input`, and returns once the broker has
-    /// confirmed the trigger.
+    /// Starts a run of `workflow` named `run_id` with `input`, and returns its id once the
+    /// broker has confirmed the trigger.
+    ///
+    /// The run id is the caller's: a business key (`RunId::new("order-42")?`) to recognise
+    /// the run by, or [`RunId::random()`] for a fresh one.
     ///
     /// Fails with [`Error::Unroutable`] when no queue listens for the workflow's trigger, that
     /// is when no runner ever declared the workflow under this prefix.
     pub async fn trigger(
         &self,
-        workflow: &str,
-        run_id: impl Into<String>,
+        workflow: &WorkflowName,
+        run_id: RunId,
         input: &impl Serialize,
     ) -> Result<RunId> {
         let body = serde_json::to_vec(input).map_err(Error::Encode)?;
@@ -110,17 +114,14 @@ impl Client {
     }
 
     /// Like [`Client::trigger`], with the input already encoded as JSON.
-    #[instrument(skip_all, fields(workflow, run_id = tracing::field::Empty))]
+    #[instrument(skip_all, fields(%workflow, %run_id))]
     pub async fn trigger_json(
         &self,
-        workflow: &str,
-        run_id: impl Into<String>,
+        workflow: &WorkflowName,
+        run_id: RunId,
         input: Vec<u8>,
     ) -> Result<RunId> {
-        let workflow = WorkflowName::new(workflow)?;
-        let run_id = RunId::new(run_id)?;
-        tracing::Span::current().record("run_id", tracing::field::display(&run_id));
-        let trigger = message::trigger(&self.inner.topology, &workflow, &run_id, input)
+        let trigger = message::trigger(&self.inner.topology, workflow, &run_id, input)
             .with_trace(&root_traceparent());
         let session = self.session().await?;
         session.publisher.send(&trigger).await?.wait().await?;
@@ -130,12 +131,18 @@ impl Client {
     /// Starts a run and waits for its end: `<workflow>.run.succeeded` (the last steps'
     /// outputs, keyed by step name) or `<workflow>.run.failed`.
     ///
+    /// Fails with [`Error::RunTimeout`] if the run has not ended after `timeout` (it goes on),
+    /// and with [`Error::EventStreamEnded`] if the connection closes first.
+    ///
     /// ```no_run
     /// # async fn demo(client: inqubo_amqp::Client) -> Result<(), inqubo_amqp::Error> {
     /// use std::time::Duration;
     /// use inqubo_amqp::RunOutcome;
+    /// use inqubo_core::{RunId, WorkflowName};
     ///
-    /// match client.trigger_and_wait("diamond", "run-7", &1, Duration::from_secs(30)).await? {
+    /// let diamond = WorkflowName::new("diamond")?;
+    /// let run_id = RunId::new("run-7")?;
+    /// match client.trigger_and_wait(&diamond, run_id, &1, Duration::from_secs(30)).await? {
     ///     RunOutcome::Succeeded(outputs) => println!("done: {outputs}"),
     ///     RunOutcome::Failed(failure) => println!("{} failed: {}", failure.step, failure.error),
     ///     _ => {}
@@ -144,13 +151,12 @@ impl Client {
     /// ```
     pub async fn trigger_and_wait(
         &self,
-        workflow: &str,
-        run_id: impl Into<String>,
+        workflow: &WorkflowName,
+        run_id: RunId,
         input: &impl Serialize,
         timeout: std::time::Duration,
     ) -> Result<RunOutcome> {
-        let name = WorkflowName::new(workflow)?;
-        let mut events = self.subscribe_to(&format!("{name}.run.*")).await?;
+        let mut events = self.subscribe_to(&format!("{workflow}.run.*")).await?;
         let run_id = self.trigger(workflow, run_id, input).await?;
         let wait = async {
             while let Some(event) = events.next().await {

@@ -371,7 +371,7 @@ async fn supervise(
 /// use inqubo_amqp::Runner;
 ///
 /// let runner = Runner::connect("amqp://guest:guest@127.0.0.1:5672/%2f", flow).await?;
-/// runner.trigger("run-42", &()).await?;
+/// runner.trigger(inqubo_core::RunId::new("run-42")?, &()).await?;
 /// runner.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
 /// # Ok(()) }
 /// ```
@@ -416,14 +416,10 @@ impl Runner {
     }
 
     /// Starts a run of this runner's workflow; see [`Client::trigger`].
-    pub async fn trigger(
-        &self,
-        run_id: impl Into<String>,
-        input: &impl Serialize,
-    ) -> Result<RunId> {
+    pub async fn trigger(&self, run_id: RunId, input: &impl Serialize) -> Result<RunId> {
         self.shared
             .client
-            .trigger(self.shared.workflow.name().as_str(), run_id, input)
+            .trigger(self.shared.workflow.name(), run_id, input)
             .await
     }
 
@@ -431,13 +427,13 @@ impl Runner {
     /// [`Client::trigger_and_wait`].
     pub async fn trigger_and_wait(
         &self,
-        run_id: impl Into<String>,
+        run_id: RunId,
         input: &impl Serialize,
         timeout: Duration,
     ) -> Result<RunOutcome> {
         self.shared
             .client
-            .trigger_and_wait(self.shared.workflow.name().as_str(), run_id, input, timeout)
+            .trigger_and_wait(self.shared.workflow.name(), run_id, input, timeout)
             .await
     }
 

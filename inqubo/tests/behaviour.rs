@@ -8,7 +8,7 @@ use inqubo::{EventKind, LifecycleEvent, RetryPolicy, Step, StepContext, StepErro
 use inqubo_core::testing::{
     RunOutcome, TestRunner, fail_first, fatal_first, hang_first, panic_first,
 };
-use inqubo_testkit::TestBroker;
+use inqubo_testkit::{TestBroker, run_id};
 use serde_json::{Value, json};
 
 /// What a scenario observes of a run, on either backend.
@@ -58,7 +58,7 @@ impl Backend for RabbitMq {
             .unwrap();
         runner
             .client()
-            .trigger_json(workflow.name().as_str(), "run-1", input)
+            .trigger_json(workflow.name(), run_id("run-1"), input)
             .await
             .unwrap();
         let mut events = Vec::new();
