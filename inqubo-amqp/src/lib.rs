@@ -33,7 +33,7 @@ pub use error::{Error, Result};
 pub use event_stream::{EventStream, event_from_delivery};
 pub use metric::STEP_DURATION_BUCKETS;
 pub use runner::{Runner, RunnerBuilder};
-pub use session::DEFAULT_AMQP_URL;
+pub use session::{DEFAULT_AMQP_URL, open_connection, redact_url};
 pub use topology::{
     BROKER_DELIVERY_LIMIT, DELAY_TICK, DELAY_TIERS, DelayRoute, JOIN_SHARDS, MAX_DELAY, QueueName,
     QueueType, RUN_JOIN, Topology,

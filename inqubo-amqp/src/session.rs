@@ -11,7 +11,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use tracing::{info, warn};
 
 use crate::{
-    error::{Error, Result, redact_url},
+    error::{Error, Result},
     publisher::Publisher,
 };
 
@@ -20,6 +20,62 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The broker address used when none is given: the local RabbitMQ with its default user.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// `url` with its password replaced by `***`, for logs, errors and messages to users; each
+/// address of a comma-separated list is redacted.
+///
+/// ```
+/// use inqubo_amqp::redact_url;
+///
+/// assert_eq!(redact_url("amqps://alice:s3cret@broker:5671/prod"), "amqps://alice:***@broker:5671/prod");
+/// assert_eq!(redact_url("amqp://a:x@n1,amqp://a:x@n2"), "amqp://a:***@n1,amqp://a:***@n2");
+/// assert_eq!(redact_url("sqlite://inqubo.db"), "sqlite://inqubo.db");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let addresses: Vec<&str> = url.split(',').collect();
+    // A comma inside a password would split it; then the whole text is one address.
+    if addresses.iter().all(|a| a.contains("://")) {
+        addresses
+            .iter()
+            .map(|a| redact_address(a))
+            .collect::<Vec<_>>()
+            .join(",")
+    } else {
+        redact_address(url)
+    }
+}
+
+fn redact_address(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Opens a lapin connection to the first address of `url` (one broker address, or several
+/// of one cluster separated by commas) that answers, as [`Client`](crate::Client) and
+/// [`Runner`](crate::Runner) do: each attempt is bounded by a timeout, `amqps://` uses TLS,
+/// and the password never appears in errors or logs.
+///
+/// For tools that need a channel of their own (to inspect or purge queues); the client and
+/// the runner connect by themselves.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), inqubo_amqp::Error> {
+/// let connection = inqubo_amqp::open_connection("amqp://guest:guest@n1,amqp://guest:guest@n2").await?;
+/// let channel = connection.create_channel().await?;
+/// # Ok(()) }
+/// ```
+pub async fn open_connection(url: &str) -> Result<Connection> {
+    let (_, connection) = connect_any(&split_urls(url), 0).await?;
+    Ok(connection)
+}
 
 /// Splits a comma-separated list of broker addresses (`amqp://a:5672,amqp://b:5672`).
 pub(crate) fn split_urls(urls: &str) -> Vec<String> {
@@ -149,4 +205,40 @@ async fn connect_any(urls: &[String], start: usize) -> Result<(usize, Connection
         }
     }
     Err(last_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact_url("amqps://alice:s3cr%40t@broker:5671/prod"),
+            "amqps://alice:***@broker:5671/prod"
+        );
+        assert_eq!(
+            redact_url("amqp://127.0.0.1:5672/%2f"),
+            "amqp://127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://bob@host/%2f"), "amqp://bob@host/%2f");
+        assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(
+            redact_url("postgres://app:pw@db/history"),
+            "postgres://app:***@db/history"
+        );
+    }
+
+    #[test]
+    fn every_address_of_a_list_is_redacted() {
+        assert_eq!(
+            redact_url("amqp://a:one@n1:5672, amqp://b:two@n2:5672"),
+            "amqp://a:***@n1:5672, amqp://b:***@n2:5672"
+        );
+        // A comma in a password does not split the address and leak a piece of it.
+        assert_eq!(
+            redact_url("amqp://a:pass,word@n1:5672"),
+            "amqp://a:***@n1:5672"
+        );
+    }
 }

@@ -32,7 +32,7 @@
 pub use inqubo_amqp::{
     Client, DEFAULT_AMQP_URL, DELAY_TICK, DELAY_TIERS, DelayRoute, Error, EventStream, MAX_DELAY,
     QueueName, QueueType, Result, RunOutcome, Runner, RunnerBuilder, STEP_DURATION_BUCKETS,
-    Topology, event_from_delivery,
+    Topology, event_from_delivery, open_connection, redact_url,
 };
 pub use inqubo_core::{
     AttemptOutcome, Chain, DEFAULT_STEP_TIMEOUT, EventKind, ExponentialBackoff, FailedBody,
