@@ -299,10 +299,7 @@ impl Events {
         self.seen
             .iter()
             .filter(|e| e.run_id.as_str() == run_id)
-            .map(|e| match &e.step {
-                Some(step) => format!("{step}.{}", e.kind),
-                None => format!("run.{}", e.kind),
-            })
+            .map(inqubo_core::LifecycleEvent::short_name)
             .collect()
     }
 }

@@ -23,7 +23,7 @@ impl Observed {
         self.events
             .iter()
             .filter(|e| e.step.as_ref().map_or("run", |s| s.as_str()) == step)
-            .map(|e| format!("{step}.{}", e.kind))
+            .map(LifecycleEvent::short_name)
             .collect()
     }
 }
