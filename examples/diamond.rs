@@ -10,8 +10,8 @@
 //! lives in RabbitMQ (see docs/joins.md), so any runner may hold it and a killed runner loses
 //! nothing.
 //!
-//! `cargo run --example diamond` starts a runner, triggers one run, prints its events and
-//! exits 0 on `diamond.run.succeeded`; `--serve` runs until Ctrl-C or SIGTERM. The broker is
+//! `cargo run --example diamond` starts a runner, triggers one run with
+//! `Runner::trigger_and_wait`, prints its events and exits 0 on `diamond.run.succeeded`; `--serve` runs until Ctrl-C or SIGTERM. The broker is
 //! `AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`), the prefix `INQUBO_PREFIX`
 //! (default `inqubo`).
 
@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use inqubo::{
-    EventKind, RetryPolicy, Runner, RunnerBuilder, Step, StepContext, StepError, Workflow,
+    EventStream, RetryPolicy, RunId, RunOutcome, Runner, RunnerBuilder, Step, StepContext,
+    StepError, Workflow,
 };
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
@@ -69,40 +70,57 @@ fn workflow() -> Result<Workflow, inqubo::WorkflowError> {
         .build()
 }
 
+/// How long the demo run may take.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Triggers one run, prints its events and returns its outputs.
 async fn demo(settings: RunnerBuilder) -> anyhow::Result<serde_json::Value> {
     let runner = settings.connect().await?;
     let mut events = runner
         .client()
         .subscribe(Some(runner.workflow().name()))
         .await?;
-    let run_id = inqubo::RunId::random();
-    runner
-        .trigger(
-            run_id.as_str(),
-            &Order {
-                items: vec![3, 5, 7, 11],
-            },
-        )
-        .await?;
+    let run_id = RunId::random();
+    let order = Order {
+        items: vec![3, 5, 7, 11],
+    };
     println!("triggered run {run_id} of workflow diamond");
-    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(event) = events.next().await {
-            let event = event?;
-            if event.run_id != run_id {
-                continue;
-            }
-            println!("{event}");
-            match event.kind {
-                EventKind::RunSucceeded => return Ok(event.body),
-                EventKind::RunFailed => anyhow::bail!("run failed: {}", event.body),
-                _ => {}
-            }
-        }
-        anyhow::bail!("event stream ended")
-    })
-    .await;
+    let (outcome, printed) = tokio::join!(
+        runner.trigger_and_wait(run_id.clone(), &order, RUN_TIMEOUT),
+        tokio::time::timeout(RUN_TIMEOUT, print_events(&mut events, &run_id)),
+    );
     runner.shutdown().await?;
-    outcome.map_err(|_| anyhow::anyhow!("run {run_id} did not finish within 60 s"))?
+    let outputs = match outcome {
+        Ok(RunOutcome::Succeeded(outputs)) => outputs,
+        Ok(RunOutcome::Failed(failure)) => anyhow::bail!(
+            "run failed: step {} ({}): {}",
+            failure.step,
+            failure.reason,
+            failure.error
+        ),
+        Ok(other) => anyhow::bail!("run {run_id} ended: {other:?}"),
+        Err(inqubo::Error::RunTimeout { .. }) => {
+            anyhow::bail!("run {run_id} did not finish within 60 s")
+        }
+        Err(error) => return Err(error.into()),
+    };
+    printed.map_err(|_| anyhow::anyhow!("the events of run {run_id} stopped arriving"))??;
+    Ok(outputs)
+}
+
+/// Prints the events of run `run_id` as they arrive, up to its end.
+async fn print_events(events: &mut EventStream, run_id: &RunId) -> anyhow::Result<()> {
+    while let Some(event) = events.next().await {
+        let event = event?;
+        if event.run_id != *run_id {
+            continue;
+        }
+        println!("{event}");
+        if event.kind.is_run_event() && event.kind.is_terminal() {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("event stream ended")
 }
 
 #[tokio::main]

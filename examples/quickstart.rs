@@ -5,9 +5,9 @@
 //!                           └▶ load_data_to_internal_system
 //! ```
 //!
-//! `cargo run --example quickstart` starts a runner, triggers one run, prints each lifecycle
-//! event as it happens, and exits 0 once both last steps succeeded and the run reported
-//! `simple.run.succeeded`.
+//! `cargo run --example quickstart` starts a runner, triggers one run with
+//! `Runner::trigger_and_wait`, prints each lifecycle event of the run as it happens, and exits
+//! 0 once the run reported `simple.run.succeeded`.
 //! `cargo run --example quickstart -- --serve` runs the runner until Ctrl-C or SIGTERM, so that
 //! other clients can trigger runs (see docs/protocol.md).
 //!
@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use inqubo::{
-    EventKind, NoRetries, RetryPolicy, Runner, RunnerBuilder, Step, StepContext, StepError,
-    Workflow,
+    EventStream, NoRetries, RetryPolicy, RunId, RunOutcome, Runner, RunnerBuilder, Step,
+    StepContext, StepError, Workflow,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -94,53 +94,51 @@ fn workflow() -> Result<Workflow, inqubo::WorkflowError> {
         .build()
 }
 
-/// Triggers one run and prints its events until both last steps succeeded.
+/// How long the demo run may take.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Triggers one run, prints its events as they happen and waits for its end.
 async fn demo(settings: RunnerBuilder, fail_times: u32) -> anyhow::Result<()> {
     let runner = settings.connect().await?;
     let mut events = runner
         .client()
         .subscribe(Some(runner.workflow().name()))
         .await?;
-    let run_id = runner
-        .trigger(
-            inqubo::RunId::random().as_str(),
-            &json!({ "fail_times": fail_times }),
-        )
-        .await?;
+    let run_id = RunId::random();
+    let input = json!({ "fail_times": fail_times });
     println!("triggered run {run_id} of workflow simple");
-
-    let leaves = [
-        "load_data_to_external_system",
-        "load_data_to_internal_system",
-    ];
-    let mut finished = Vec::new();
-    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(event) = events.next().await {
-            let event = event?;
-            if event.run_id != run_id {
-                continue;
-            }
-            println!("{event}");
-            let step = event.step.as_ref().map(|s| s.as_str()).unwrap_or_default();
-            match event.kind {
-                EventKind::Failed => anyhow::bail!("step {step} failed"),
-                EventKind::Succeeded if leaves.contains(&step) => {
-                    finished.push(step.to_owned());
-                    if finished.len() == leaves.len() {
-                        return Ok(());
-                    }
-                }
-                _ => {}
-            }
-        }
-        anyhow::bail!("event stream ended")
-    })
-    .await;
+    let (outcome, printed) = tokio::join!(
+        runner.trigger_and_wait(run_id.clone(), &input, RUN_TIMEOUT),
+        tokio::time::timeout(RUN_TIMEOUT, print_events(&mut events, &run_id)),
+    );
     runner.shutdown().await?;
     match outcome {
-        Ok(result) => result.map(|()| println!("run {run_id} succeeded")),
-        Err(_) => anyhow::bail!("run {run_id} did not finish within 60 s"),
+        Ok(RunOutcome::Succeeded(_)) => {}
+        Ok(RunOutcome::Failed(failure)) => anyhow::bail!("step {} failed", failure.step),
+        Ok(other) => anyhow::bail!("run {run_id} ended: {other:?}"),
+        Err(inqubo::Error::RunTimeout { .. }) => {
+            anyhow::bail!("run {run_id} did not finish within 60 s")
+        }
+        Err(error) => return Err(error.into()),
     }
+    printed.map_err(|_| anyhow::anyhow!("the events of run {run_id} stopped arriving"))??;
+    println!("run {run_id} succeeded");
+    Ok(())
+}
+
+/// Prints the events of run `run_id` as they arrive, up to its end.
+async fn print_events(events: &mut EventStream, run_id: &RunId) -> anyhow::Result<()> {
+    while let Some(event) = events.next().await {
+        let event = event?;
+        if event.run_id != *run_id {
+            continue;
+        }
+        println!("{event}");
+        if event.kind.is_run_event() && event.kind.is_terminal() {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("event stream ended")
 }
 
 /// Serves until Ctrl-C or SIGTERM.

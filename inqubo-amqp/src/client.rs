@@ -1,64 +1,27 @@
-//! A connection that triggers runs and follows their events, without running any step.
+//! The user-facing client: triggers runs and follows their events, without running any step.
 
-use std::{
-    pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    task::{Context, Poll},
-};
+use std::sync::Arc;
 
-use futures_util::Stream;
 use futures_util::StreamExt;
-use inqubo_core::{
-    EventKind, LifecycleEvent, RoutingKey, RunId, RunOutcome, WorkflowName,
-    protocol::{self, header},
-};
+use inqubo_core::{EventKind, RoutingKey, RunId, RunOutcome, WorkflowName, protocol};
 use lapin::{
-    Channel, Connection, ConnectionProperties, Consumer,
     options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use serde::Serialize;
-use tracing::{info, instrument, warn};
+use tracing::instrument;
 
 use crate::{
-    error::{Error, Result, redact_url},
-    publisher::Publisher,
+    error::{Error, Result},
+    event_stream::EventStream,
+    session::{Connector, Session, split_urls},
     topology::Topology,
-    wire::{Wire, integer_value, string_value},
+    wire::Wire,
 };
 
-/// How long one connection attempt (TCP, TLS and AMQP handshake) may take.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// The broker address used when none is given: the local RabbitMQ with its default user.
-pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-/// One live connection and its confirm-mode publishing channel.
-#[derive(Debug)]
-pub(crate) struct Session {
-    pub(crate) connection: Arc<Connection>,
-    pub(crate) publisher: Publisher,
-}
-
-impl Session {
-    pub(crate) fn is_alive(&self) -> bool {
-        self.connection.status().connected()
-    }
-
-    /// Opens a new channel on this session's connection.
-    pub(crate) async fn channel(&self) -> Result<Channel> {
-        Ok(self.connection.create_channel().await?)
-    }
-}
-
 struct ClientInner {
-    urls: Vec<String>,
+    connector: Connector,
     topology: Topology,
-    session: tokio::sync::Mutex<Option<Arc<Session>>>,
-    next_url: AtomicUsize,
 }
 
 /// Triggers runs and subscribes to lifecycle events. Cheap to clone.
@@ -72,8 +35,9 @@ struct ClientInner {
 /// use inqubo_amqp::{Client, DEFAULT_AMQP_URL};
 ///
 /// let client = Client::connect(DEFAULT_AMQP_URL).await?;
-/// let mut events = client.subscribe(Some(&"simple".parse()?)).await?;
-/// let run_id = client.trigger("simple", "run-42", &serde_json::json!({})).await?;
+/// let simple = "simple".parse()?;
+/// let mut events = client.subscribe(Some(&simple)).await?;
+/// client.trigger(&simple, "run-42".parse()?, &serde_json::json!({})).await?;
 /// while let Some(event) = events.next().await {
 ///     println!("{}", event?);
 /// }
@@ -87,27 +51,10 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field(
-                "urls",
-                &self
-                    .inner
-                    .urls
-                    .iter()
-                    .map(|u| redact_url(u))
-                    .collect::<Vec<_>>(),
-            )
+            .field("connector", &self.inner.connector)
             .field("topology", &self.inner.topology)
             .finish_non_exhaustive()
     }
-}
-
-/// Splits a comma-separated list of broker addresses (`amqp://a:5672,amqp://b:5672`).
-pub(crate) fn split_urls(urls: &str) -> Vec<String> {
-    urls.split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 impl Client {
@@ -132,10 +79,8 @@ impl Client {
     pub(crate) fn lazy(urls: Vec<String>, topology: Topology) -> Self {
         Self {
             inner: Arc::new(ClientInner {
-                urls,
+                connector: Connector::new(urls),
                 topology,
-                session: tokio::sync::Mutex::new(None),
-                next_url: AtomicUsize::new(0),
             }),
         }
     }
@@ -147,64 +92,21 @@ impl Client {
 
     /// The live session, reconnecting first if there is none.
     pub(crate) async fn session(&self) -> Result<Arc<Session>> {
-        let mut current = self.inner.session.lock().await;
-        if let Some(session) = current.as_ref().filter(|s| s.is_alive()) {
-            return Ok(Arc::clone(session));
-        }
-        let session = Arc::new(self.open_session().await?);
-        *current = Some(Arc::clone(&session));
-        Ok(session)
+        self.inner.connector.session().await
     }
 
-    /// Tries every broker address once, starting after the last one that worked.
-    async fn open_session(&self) -> Result<Session> {
-        let urls = &self.inner.urls;
-        let start = self.inner.next_url.load(Ordering::Relaxed);
-        let mut last_error = Error::NoBrokerAddress;
-        for offset in 0..urls.len() {
-            let index = (start + offset) % urls.len();
-            let url = &urls[index];
-            let attempt = Connection::connect(url, ConnectionProperties::default());
-            let Ok(connected) = tokio::time::timeout(CONNECT_TIMEOUT, attempt).await else {
-                warn!(url = %redact_url(url), timeout = ?CONNECT_TIMEOUT, "connection attempt timed out");
-                last_error = Error::ConnectTimeout {
-                    url: redact_url(url),
-                    timeout: CONNECT_TIMEOUT,
-                };
-                continue;
-            };
-            match connected {
-                Ok(connection) => {
-                    let connection = Arc::new(connection);
-                    let publisher = Publisher::new(Arc::clone(&connection)).await?;
-                    self.inner.next_url.store(index, Ordering::Relaxed);
-                    info!(url = %redact_url(url), prefix = self.inner.topology.prefix(), "connected");
-                    return Ok(Session {
-                        connection,
-                        publisher,
-                    });
-                }
-                Err(source) => {
-                    warn!(url = %redact_url(url), error = %source, "cannot connect");
-                    last_error = Error::Connect {
-                        url: redact_url(url),
-                        source,
-                    };
-                }
-            }
-        }
-        Err(last_error)
-    }
-
-    /// Starts a run of `workflow` named `run_id` with `input`, and returns once the broker has
-    /// confirmed the trigger.
+    /// Starts a run of `workflow` named `run_id` with `input`, and returns its id once the
+    /// broker has confirmed the trigger.
+    ///
+    /// The run id is the caller's: a business key (`RunId::new("order-42")?`) to recognise
+    /// the run by, or [`RunId::random()`] for a fresh one.
     ///
     /// Fails with [`Error::Unroutable`] when no queue listens for the workflow's trigger, that
     /// is when no runner ever declared the workflow under this prefix.
     pub async fn trigger(
         &self,
-        workflow: &str,
-        run_id: impl Into<String>,
+        workflow: &WorkflowName,
+        run_id: RunId,
         input: &impl Serialize,
     ) -> Result<RunId> {
         let body = serde_json::to_vec(input).map_err(Error::Encode)?;
@@ -212,17 +114,14 @@ impl Client {
     }
 
     /// Like [`Client::trigger`], with the input already encoded as JSON.
-    #[instrument(skip_all, fields(workflow, run_id = tracing::field::Empty))]
+    #[instrument(skip_all, fields(%workflow, %run_id))]
     pub async fn trigger_json(
         &self,
-        workflow: &str,
-        run_id: impl Into<String>,
+        workflow: &WorkflowName,
+        run_id: RunId,
         input: Vec<u8>,
     ) -> Result<RunId> {
-        let workflow = WorkflowName::new(workflow)?;
-        let run_id = RunId::new(run_id)?;
-        tracing::Span::current().record("run_id", tracing::field::display(&run_id));
-        let trigger = protocol::trigger(&workflow, &run_id, input).with_trace(&root_traceparent());
+        let trigger = protocol::trigger(workflow, &run_id, input).with_trace(&root_traceparent());
         let trigger = Wire::new(self.inner.topology.names(), trigger, None);
         let session = self.session().await?;
         session.publisher.send(&trigger).await?.wait().await?;
@@ -232,12 +131,18 @@ impl Client {
     /// Starts a run and waits for its end: `<workflow>.run.succeeded` (the last steps'
     /// outputs, keyed by step name) or `<workflow>.run.failed`.
     ///
+    /// Fails with [`Error::RunTimeout`] if the run has not ended after `timeout` (it goes on),
+    /// and with [`Error::EventStreamEnded`] if the connection closes first.
+    ///
     /// ```no_run
     /// # async fn demo(client: inqubo_amqp::Client) -> Result<(), inqubo_amqp::Error> {
     /// use std::time::Duration;
     /// use inqubo_amqp::RunOutcome;
+    /// use inqubo_core::{RunId, WorkflowName};
     ///
-    /// match client.trigger_and_wait("diamond", "run-7", &1, Duration::from_secs(30)).await? {
+    /// let diamond = WorkflowName::new("diamond")?;
+    /// let run_id = RunId::new("run-7")?;
+    /// match client.trigger_and_wait(&diamond, run_id, &1, Duration::from_secs(30)).await? {
     ///     RunOutcome::Succeeded(outputs) => println!("done: {outputs}"),
     ///     RunOutcome::Failed(failure) => println!("{} failed: {}", failure.step, failure.error),
     ///     _ => {}
@@ -246,14 +151,13 @@ impl Client {
     /// ```
     pub async fn trigger_and_wait(
         &self,
-        workflow: &str,
-        run_id: impl Into<String>,
+        workflow: &WorkflowName,
+        run_id: RunId,
         input: &impl Serialize,
         timeout: std::time::Duration,
     ) -> Result<RunOutcome> {
-        let name = WorkflowName::new(workflow)?;
         let mut events = self
-            .subscribe_to(RoutingKey::run_events(&name).as_str())
+            .subscribe_to(RoutingKey::run_events(workflow).as_str())
             .await?;
         let run_id = self.trigger(workflow, run_id, input).await?;
         let wait = async {
@@ -265,15 +169,17 @@ impl Client {
                 match event.kind {
                     EventKind::RunSucceeded => return Ok(RunOutcome::Succeeded(event.body)),
                     EventKind::RunFailed => {
-                        let failure = serde_json::from_value(event.body).map_err(Error::Encode)?;
+                        let failure =
+                            serde_json::from_value(event.body).map_err(|source| Error::Decode {
+                                what: "the body of a run.failed event",
+                                source,
+                            })?;
                         return Ok(RunOutcome::Failed(failure));
                     }
                     _ => {}
                 }
             }
-            Err(Error::ConsumerStopped {
-                queue: "run events".into(),
-            })
+            Err(Error::EventStreamEnded)
         };
         tokio::time::timeout(timeout, wait)
             .await
@@ -329,84 +235,12 @@ impl Client {
                 FieldTable::default(),
             )
             .await?;
-        Ok(EventStream {
-            consumer,
-            _channel: channel,
-        })
+        Ok(EventStream::new(consumer, channel))
     }
 
     /// Closes the connection, if one is open.
     pub async fn close(&self) -> Result<()> {
-        let Some(session) = self.inner.session.lock().await.take() else {
-            return Ok(());
-        };
-        match session.connection.close(200, "bye".into()).await {
-            // A channel whose last handle was just dropped is already closing on its own;
-            // the connection still closes.
-            Err(error) if matches!(error.kind(), lapin::ErrorKind::InvalidChannelState(..)) => {
-                Ok(())
-            }
-            Err(error) if !session.is_alive() => {
-                tracing::debug!(%error, "connection already closed");
-                Ok(())
-            }
-            other => Ok(other?),
-        }
-    }
-}
-
-/// Reads a lifecycle event from a message received from the events exchange: its routing
-/// key, its `run-id` and `attempt` headers, and its body. For consumers of queues of their own
-/// (a monitor, a harness) that do not go through [`Client::subscribe`].
-pub fn event_from_delivery(
-    delivery: &lapin::message::Delivery,
-) -> std::result::Result<LifecycleEvent, inqubo_core::EventDecodeError> {
-    let headers = delivery.properties.headers().as_ref();
-    let get = |name: &str| headers.and_then(|h| h.inner().get(name));
-    let run_id = get(header::RUN_ID).and_then(string_value);
-    let attempt = get(header::ATTEMPT)
-        .and_then(integer_value)
-        .and_then(|n| u32::try_from(n).ok());
-    LifecycleEvent::from_wire(
-        delivery.routing_key.as_str(),
-        run_id.as_deref(),
-        attempt,
-        &delivery.data,
-    )
-}
-
-/// A live stream of lifecycle events; see [`Client::subscribe`].
-///
-/// Messages on the exchange that are not Inqubo events are skipped with a warning.
-pub struct EventStream {
-    consumer: Consumer,
-    _channel: Channel,
-}
-
-impl std::fmt::Debug for EventStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventStream")
-            .field("queue", &self.consumer.queue())
-            .finish()
-    }
-}
-
-impl Stream for EventStream {
-    type Item = Result<LifecycleEvent>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            let delivery = match Pin::new(&mut self.consumer).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error.into()))),
-                Poll::Ready(Some(Ok(delivery))) => delivery,
-            };
-            match event_from_delivery(&delivery) {
-                Ok(event) => return Poll::Ready(Some(Ok(event))),
-                Err(error) => warn!(%error, "skipped a message that is not an inqubo event"),
-            }
-        }
+        self.inner.connector.close().await
     }
 }
 

@@ -97,57 +97,111 @@ pub enum Error {
         /// The queue it consumed.
         queue: String,
     },
+    /// The broker did not answer an acknowledgement in time (the connection is probably
+    /// dying); the deliveries it covered will be redelivered.
+    #[error("acknowledging deliveries of queue `{queue}` timed out")]
+    AckTimeout {
+        /// The queue the deliveries came from.
+        queue: String,
+    },
+    /// A task of the runtime panicked: a bug in Inqubo (a step's own panic is a failed
+    /// attempt, not this).
+    #[error("the {task} task panicked: {message}")]
+    TaskPanicked {
+        /// Which task: `runner supervisor` or `queue consumer` (of a step or join queue).
+        task: &'static str,
+        /// The panic message.
+        message: String,
+    },
+    /// A stream of events ended before the event waited for arrived (its channel or connection
+    /// closed).
+    #[error("the event stream ended before the run did")]
+    EventStreamEnded,
+    /// A message from the broker could not be decoded.
+    #[error("cannot decode {what}")]
+    Decode {
+        /// What was being decoded, such as `the body of a run.failed event`.
+        what: &'static str,
+        /// What the JSON parser said.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl Error {
     /// Whether retrying the same operation later (after reconnecting) may succeed.
     ///
-    /// Connection and channel failures are transient; refused names, mismatched topology and
-    /// unroutable messages are not.
+    /// Connection and channel failures are transient (a stopped consumer, an unanswered
+    /// acknowledgement, an event stream that ended); refused names, mismatched topology,
+    /// unroutable messages, undecodable messages and panics are not.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Connect { source, .. } | Error::Amqp(source) => {
                 source.is_io_error() || source.can_be_recovered() || !source.is_amqp_error()
             }
-            Error::ConsumerStopped { .. } | Error::Nacked { .. } | Error::ConnectTimeout { .. } => {
-                true
-            }
+            Error::ConsumerStopped { .. }
+            | Error::AckTimeout { .. }
+            | Error::EventStreamEnded
+            | Error::Nacked { .. }
+            | Error::ConnectTimeout { .. } => true,
             _ => false,
         }
+    }
+
+    /// The error of a task that did not finish: its panic, with the panic message.
+    pub(crate) fn task_panicked(task: &'static str, join: tokio::task::JoinError) -> Self {
+        let message = match join.try_into_panic() {
+            Ok(payload) => payload
+                .downcast_ref::<&str>()
+                .map(|m| (*m).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_owned()),
+            // The runtime never aborts the tasks whose result it reads.
+            Err(join) => join.to_string(),
+        };
+        Error::TaskPanicked { task, message }
     }
 }
 
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// `url` with its password replaced by `***`, for logs and errors.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_panicked_task_says_which_and_why() {
+        let join = tokio::spawn(async { panic!("boom {}", 7) })
+            .await
+            .unwrap_err();
+        let error = Error::task_panicked("runner supervisor", join);
+        assert_eq!(
+            error.to_string(),
+            "the runner supervisor task panicked: boom 7"
+        );
+        assert!(!error.is_transient());
+        let join = tokio::spawn(async { panic!("static") }).await.unwrap_err();
+        assert!(
+            Error::task_panicked("queue consumer", join)
+                .to_string()
+                .ends_with(": static")
+        );
+    }
+
     #[test]
-    fn passwords_never_reach_messages() {
+    fn messages_do_not_repeat_their_source() {
+        let source = serde_json::from_str::<u32>("x").unwrap_err();
+        let error = Error::Decode {
+            what: "the body of a run.failed event",
+            source,
+        };
         assert_eq!(
-            redact_url("amqps://alice:s3cr%40t@broker:5671/prod"),
-            "amqps://alice:***@broker:5671/prod"
+            error.to_string(),
+            "cannot decode the body of a run.failed event"
         );
-        assert_eq!(
-            redact_url("amqp://127.0.0.1:5672/%2f"),
-            "amqp://127.0.0.1:5672/%2f"
-        );
-        assert_eq!(redact_url("not a url"), "not a url");
+        assert!(!error.is_transient());
+        assert!(Error::EventStreamEnded.is_transient());
+        assert!(Error::AckTimeout { queue: "q".into() }.is_transient());
     }
 }

@@ -149,7 +149,7 @@ pub(crate) async fn consume_shard(
                 last.ack(BasicAckOptions { multiple: true }),
             )
             .await
-            .map_err(|_| Error::ConsumerStopped {
+            .map_err(|_| Error::AckTimeout {
                 queue: queue.clone(),
             })??;
         }

@@ -7,6 +7,7 @@
 //! The path of one message — trigger → step queue → step → outcome events → ack — reads in
 //! `client.rs` (trigger), `consumer.rs` (the loop), `message.rs` (what is published) and
 //! `publisher.rs` (confirms). `docs/protocol.md` describes the same path on the wire.
+//! `session.rs` connects (several addresses, timeout, TLS) and `event_stream.rs` reads events.
 
 #![cfg_attr(
     not(test),
@@ -16,18 +17,22 @@
 mod client;
 mod consumer;
 mod error;
+mod event_stream;
 mod joiner;
 mod metric;
 #[cfg(feature = "otel")]
 pub mod otel;
 mod publisher;
 mod runner;
+mod session;
 mod topology;
 pub mod wire;
 
-pub use client::{Client, DEFAULT_AMQP_URL, EventStream, event_from_delivery};
+pub use client::Client;
 pub use error::{Error, Result};
+pub use event_stream::{EventStream, event_from_delivery};
 pub use inqubo_core::RunOutcome;
 pub use metric::STEP_DURATION_BUCKETS;
 pub use runner::{Runner, RunnerBuilder};
+pub use session::{DEFAULT_AMQP_URL, open_connection, redact_url};
 pub use topology::{QueueType, Topology};

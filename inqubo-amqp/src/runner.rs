@@ -26,11 +26,12 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, info, instrument, warn};
 
 use crate::{
-    client::{self, Client, DEFAULT_AMQP_URL, split_urls},
+    client::Client,
     consumer::{StepWorker, consume},
     error::{Error, Result},
     joiner::{JoinShard, consume_shard},
     metric::StepMetrics,
+    session::{self, DEFAULT_AMQP_URL, split_urls},
     topology::{QueueType, Topology},
     wire::Wire,
 };
@@ -299,7 +300,7 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
 
 /// A channel of its own with `prefetch`, consuming `queue`.
 async fn consume_on(
-    session: &client::Session,
+    session: &session::Session,
     queue: &QueueName,
     prefetch: u16,
 ) -> Result<(lapin::Channel, lapin::Consumer)> {
@@ -342,9 +343,7 @@ async fn supervise(
                 queue: "unknown".into(),
             },
             Ok(Err(error)) => error,
-            Err(join) => Error::ConsumerStopped {
-                queue: join.to_string(),
-            },
+            Err(join) => Error::task_panicked("queue consumer", join),
         };
         warn!(workflow = %shared.workflow.name(), %error, "connection to the broker lost; reconnecting");
         session.cancel.cancel();
@@ -382,7 +381,7 @@ async fn supervise(
 /// use inqubo_amqp::Runner;
 ///
 /// let runner = Runner::connect("amqp://guest:guest@127.0.0.1:5672/%2f", flow).await?;
-/// runner.trigger("run-42", &()).await?;
+/// runner.trigger(inqubo_core::RunId::new("run-42")?, &()).await?;
 /// runner.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
 /// # Ok(()) }
 /// ```
@@ -427,14 +426,10 @@ impl Runner {
     }
 
     /// Starts a run of this runner's workflow; see [`Client::trigger`].
-    pub async fn trigger(
-        &self,
-        run_id: impl Into<String>,
-        input: &impl Serialize,
-    ) -> Result<RunId> {
+    pub async fn trigger(&self, run_id: RunId, input: &impl Serialize) -> Result<RunId> {
         self.shared
             .client
-            .trigger(self.shared.workflow.name().as_str(), run_id, input)
+            .trigger(self.shared.workflow.name(), run_id, input)
             .await
     }
 
@@ -442,13 +437,13 @@ impl Runner {
     /// [`Client::trigger_and_wait`].
     pub async fn trigger_and_wait(
         &self,
-        run_id: impl Into<String>,
+        run_id: RunId,
         input: &impl Serialize,
         timeout: Duration,
     ) -> Result<RunOutcome> {
         self.shared
             .client
-            .trigger_and_wait(self.shared.workflow.name().as_str(), run_id, input, timeout)
+            .trigger_and_wait(self.shared.workflow.name(), run_id, input, timeout)
             .await
     }
 
@@ -461,7 +456,7 @@ impl Runner {
             () = shutdown => None,
             ended = &mut self.supervisor => Some(match ended {
                 Ok(result) => result.err(),
-                Err(join) => Some(Error::ConsumerStopped { queue: join.to_string() }),
+                Err(join) => Some(Error::task_panicked("runner supervisor", join)),
             }),
         };
         match failure {
@@ -476,15 +471,18 @@ impl Runner {
     /// Stops consuming, lets attempts in flight finish and publish their outcome (up to the
     /// shutdown timeout), then closes the connection. Unfinished deliveries go back to their
     /// queues.
+    ///
+    /// Shuts down in any case, and then returns the error that had already stopped the runner,
+    /// if one had (as [`Runner::run`] would have), or [`Error::TaskPanicked`] if its supervisor
+    /// panicked.
     pub async fn shutdown(mut self) -> Result<()> {
         self.cancel.cancel();
-        match (&mut self.supervisor).await {
-            Ok(Err(error)) => warn!(%error, "runner was failing when shut down"),
-            Err(join) => warn!(error = %join, "runner supervisor panicked"),
-            Ok(Ok(())) => {}
-        }
+        let supervised = match (&mut self.supervisor).await {
+            Ok(result) => result,
+            Err(join) => Err(Error::task_panicked("runner supervisor", join)),
+        };
         self.finish().await;
-        Ok(())
+        supervised
     }
 
     async fn finish(&self) {

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use inqubo_amqp::RunOutcome;
 use inqubo_core::protocol::Names;
 use inqubo_core::{EventKind, FailureReason, Step, StepContext, StepError, Workflow};
-use inqubo_testkit::{Events, FlakyProxy, TestBroker};
+use inqubo_testkit::{Events, FlakyProxy, TestBroker, run_id};
 use lapin::{
     BasicProperties,
     options::BasicPublishOptions,
@@ -52,7 +52,10 @@ async fn a_join_fires_once_with_both_outputs_and_the_run_succeeds() {
     let runner = broker.start_runner(&diamond()).await;
     let mut events = Events::subscribe(runner.client()).await;
 
-    let outcome = runner.trigger_and_wait("r1", &5_u64, WAIT).await.unwrap();
+    let outcome = runner
+        .trigger_and_wait(run_id("r1"), &5_u64, WAIT)
+        .await
+        .unwrap();
 
     assert_eq!(outcome, RunOutcome::Succeeded(json!({"d": "6+c5"})));
     let done = events.wait_for("r1", "d", EventKind::Succeeded).await;
@@ -83,7 +86,10 @@ async fn a_failed_branch_fails_the_run_and_the_join_never_fires() {
     let runner = broker.start_runner(&flow).await;
     let mut events = Events::subscribe(runner.client()).await;
 
-    let outcome = runner.trigger_and_wait("bad", &1_u64, WAIT).await.unwrap();
+    let outcome = runner
+        .trigger_and_wait(run_id("bad"), &1_u64, WAIT)
+        .await
+        .unwrap();
 
     let RunOutcome::Failed(failure) = outcome else {
         panic!("expected a failed run, got {outcome:?}");
@@ -147,7 +153,7 @@ async fn parent_completions_delivered_twice_still_fire_one_join() {
     assert_eq!(done.body, json!("7+x"));
     // A later run through the same shard proves the late duplicate was handled.
     runner
-        .trigger_and_wait("after", &1_u64, WAIT)
+        .trigger_and_wait(run_id("after"), &1_u64, WAIT)
         .await
         .unwrap();
     assert_eq!(count(&events, "dup", "d.started"), 1);
@@ -193,7 +199,10 @@ async fn the_join_survives_the_loss_of_the_runner_holding_its_state() {
     let observer = broker.client().await;
     let mut events = Events::subscribe(&observer).await;
 
-    observer.trigger("held", "h1", &3_u64).await.unwrap();
+    observer
+        .trigger(holder.workflow().name(), run_id("h1"), &3_u64)
+        .await
+        .unwrap();
     events.wait_for("h1", "b", EventKind::Succeeded).await;
     events.wait_for("h1", "c", EventKind::Started).await;
     proxy.cut();
@@ -219,7 +228,7 @@ async fn many_interleaved_runs_each_join_once() {
 
     const RUNS: u64 = 60;
     for i in 0..RUNS {
-        runner.trigger(format!("m{i}"), &i).await.unwrap();
+        runner.trigger(run_id(format!("m{i}")), &i).await.unwrap();
     }
     events
         .until(|seen| {
@@ -253,7 +262,10 @@ async fn a_chain_reports_its_end_without_join_state() {
         .unwrap();
     let runner = broker.start_runner(&flow).await;
 
-    let outcome = runner.trigger_and_wait("l", &1_u64, WAIT).await.unwrap();
+    let outcome = runner
+        .trigger_and_wait(run_id("l"), &1_u64, WAIT)
+        .await
+        .unwrap();
 
     assert_eq!(outcome, RunOutcome::Succeeded(json!({"b": 2})));
     runner.shutdown().await.unwrap();
@@ -301,7 +313,7 @@ async fn every_event_of_a_run_carries_one_trace_id() {
         .await
         .unwrap();
 
-    runner.trigger("traced", &1_u64).await.unwrap();
+    runner.trigger(run_id("traced"), &1_u64).await.unwrap();
     let mut traces = Vec::new();
     loop {
         let delivery = tokio::time::timeout(WAIT, consumer.next())

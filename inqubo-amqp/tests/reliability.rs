@@ -10,8 +10,10 @@ use std::{
 
 use inqubo_amqp::{Error, QueueType, Topology};
 use inqubo_core::protocol::BROKER_DELIVERY_LIMIT;
-use inqubo_core::{EventKind, FailedBody, FailureReason, Step, StepContext, StepError, Workflow};
-use inqubo_testkit::{Events, FlakyProxy, TestBroker};
+use inqubo_core::{
+    EventKind, FailedBody, FailureReason, Step, StepContext, StepError, Workflow, WorkflowName,
+};
+use inqubo_testkit::{Events, FlakyProxy, TestBroker, run_id};
 use lapin::{
     BasicProperties,
     options::{BasicConsumeOptions, BasicNackOptions},
@@ -72,7 +74,7 @@ async fn a_runner_reconnects_after_losing_its_connection_and_every_run_finishes(
 
     for i in 0..10_u64 {
         observer
-            .trigger("reconnect", format!("before-{i}"), &i)
+            .trigger(flow.name(), run_id(format!("before-{i}")), &i)
             .await
             .unwrap();
     }
@@ -82,7 +84,7 @@ async fn a_runner_reconnects_after_losing_its_connection_and_every_run_finishes(
     proxy.cut();
     for i in 0..10_u64 {
         observer
-            .trigger("reconnect", format!("after-{i}"), &i)
+            .trigger(flow.name(), run_id(format!("after-{i}")), &i)
             .await
             .unwrap();
     }
@@ -96,7 +98,7 @@ async fn a_runner_reconnects_after_losing_its_connection_and_every_run_finishes(
         }
     }
     // The runner also triggers through its own, reconnected, client.
-    runner.trigger("via-runner", &5_u64).await.unwrap();
+    runner.trigger(run_id("via-runner"), &5_u64).await.unwrap();
     let done = events
         .wait_for("via-runner", "second", EventKind::Succeeded)
         .await;
@@ -139,7 +141,7 @@ async fn crash_loop(broker: TestBroker, exact_runs: bool) {
     let mut events = Events::subscribe(&observer).await;
 
     observer
-        .trigger("poison", "poison-run", &13_u64)
+        .trigger(flow.name(), run_id("poison-run"), &13_u64)
         .await
         .unwrap();
     for started in 1..=3 {
@@ -166,7 +168,7 @@ async fn crash_loop(broker: TestBroker, exact_runs: bool) {
     }
 
     observer
-        .trigger("poison", "healthy-run", &1_u64)
+        .trigger(flow.name(), run_id("healthy-run"), &1_u64)
         .await
         .unwrap();
     events
@@ -261,7 +263,7 @@ async fn bad_input_of_every_kind_is_parked_with_its_reason_while_good_runs_finis
         .await
         .unwrap();
     // Bound to this workflow only: a watcher bound to `#` would make any trigger routable.
-    let mut events = Events::subscribe_to(runner.client(), Some("picky")).await;
+    let mut events = Events::subscribe_to(runner.client(), Some(runner.workflow().name())).await;
     let props = |entries: &[(&str, AMQPValue)]| {
         let mut headers = FieldTable::default();
         for (name, value) in entries {
@@ -338,10 +340,10 @@ async fn bad_input_of_every_kind_is_parked_with_its_reason_while_good_runs_finis
             .publish_raw("picky.run.triggered", properties.clone(), body)
             .await;
     }
-    runner.trigger("good", &21_u64).await.unwrap();
+    runner.trigger(run_id("good"), &21_u64).await.unwrap();
     let unknown = runner
         .client()
-        .trigger("nobody", "r", &1)
+        .trigger(&WorkflowName::new("nobody").unwrap(), run_id("r"), &1)
         .await
         .unwrap_err();
     assert!(matches!(unknown, Error::Unroutable { .. }), "{unknown:?}");
@@ -384,7 +386,7 @@ async fn shutdown_lets_the_attempt_in_flight_finish_and_publish() {
     let observer = broker.client().await;
     let mut events = Events::subscribe(&observer).await;
 
-    runner.trigger("in-flight", &1_u64).await.unwrap();
+    runner.trigger(run_id("in-flight"), &1_u64).await.unwrap();
     events
         .wait_for("in-flight", "slow", EventKind::Started)
         .await;
@@ -417,7 +419,7 @@ async fn a_panicking_step_is_retried_and_the_runner_survives() {
     let runner = broker.start_runner(&flow).await;
     let mut events = Events::subscribe(runner.client()).await;
 
-    runner.trigger("boom", &8_u64).await.unwrap();
+    runner.trigger(run_id("boom"), &8_u64).await.unwrap();
     let retrying = events.wait_for("boom", "p", EventKind::Retrying).await;
     let done = events.wait_for("boom", "p", EventKind::Succeeded).await;
 

@@ -11,9 +11,9 @@ use std::{
 use inqubo_amqp::{Error, QueueType};
 use inqubo_core::{
     EventKind, FailedBody, FailureReason, RetryPolicy, RetryingBody, Step, StepContext, StepError,
-    Workflow,
+    Workflow, WorkflowName,
 };
-use inqubo_testkit::{Events, TestBroker};
+use inqubo_testkit::{Events, TestBroker, run_id};
 use lapin::{
     BasicProperties,
     types::{AMQPValue, FieldTable, LongString},
@@ -54,7 +54,7 @@ async fn full_run_publishes_every_lifecycle_event_in_order() {
     let runner = broker.start_runner(&flow).await;
     let mut events = Events::subscribe(runner.client()).await;
 
-    runner.trigger("run-1", &json!({})).await.unwrap();
+    runner.trigger(run_id("run-1"), &json!({})).await.unwrap();
     let done = events.wait_for("run-1", "sum", EventKind::Succeeded).await;
 
     assert_eq!(done.body, json!(6));
@@ -89,7 +89,10 @@ async fn fan_out_runs_every_child_on_the_parent_output() {
     let runner = broker.start_runner(&flow).await;
     let mut events = Events::subscribe(runner.client()).await;
 
-    runner.trigger("run-fan", &json!(null)).await.unwrap();
+    runner
+        .trigger(run_id("run-fan"), &json!(null))
+        .await
+        .unwrap();
     let total = events
         .wait_for("run-fan", "sum", EventKind::Succeeded)
         .await;
@@ -122,7 +125,7 @@ async fn retry_goes_through_the_broker_then_succeeds() {
     let runner = broker.start_runner(&flow).await;
     let mut events = Events::subscribe(runner.client()).await;
 
-    runner.trigger("r", &2).await.unwrap();
+    runner.trigger(run_id("r"), &2).await.unwrap();
     let done = events.wait_for("r", "flaky", EventKind::Succeeded).await;
 
     assert_eq!(done.body, json!(3));
@@ -165,7 +168,10 @@ async fn fatal_error_fails_at_once_and_parks_the_input() {
     let runner = broker.start_runner(&flow).await;
     let mut events = Events::subscribe(runner.client()).await;
 
-    runner.trigger("f", &json!({"order": 7})).await.unwrap();
+    runner
+        .trigger(run_id("f"), &json!({"order": 7}))
+        .await
+        .unwrap();
     let failed = events.wait_for("f", "refuse", EventKind::Failed).await;
 
     let body: FailedBody = serde_json::from_value(failed.body).unwrap();
@@ -194,7 +200,7 @@ async fn exhausted_retries_park_message_with_reason() {
     let runner = broker.start_runner(&flow).await;
     let mut events = Events::subscribe(runner.client()).await;
 
-    runner.trigger("x", &99).await.unwrap();
+    runner.trigger(run_id("x"), &99).await.unwrap();
     let failed = events.wait_for("x", "flaky", EventKind::Failed).await;
 
     let body: FailedBody = serde_json::from_value(failed.body).unwrap();
@@ -247,7 +253,7 @@ async fn undecodable_messages_are_parked_with_reason_and_the_runner_keeps_servin
     broker
         .publish_raw("strict.run.triggered", BasicProperties::default(), b"[1]")
         .await;
-    runner.trigger("good", &[4, 5]).await.unwrap();
+    runner.trigger(run_id("good"), &[4, 5]).await.unwrap();
 
     let good = events.wait_for("good", "sum", EventKind::Succeeded).await;
     assert_eq!(good.body, json!(9));
@@ -311,7 +317,7 @@ async fn two_runners_share_the_work_of_one_workflow() {
 
     const RUNS: usize = 40;
     for i in 0..RUNS {
-        first.trigger(format!("run-{i}"), &i).await.unwrap();
+        first.trigger(run_id(format!("run-{i}")), &i).await.unwrap();
     }
     events
         .until(|seen| {
@@ -366,9 +372,9 @@ async fn a_short_retry_is_not_held_back_by_a_long_one() {
     let runner = broker.start_runner(&flow).await;
     let mut events = Events::subscribe(runner.client()).await;
 
-    runner.trigger("long", &300_000_u64).await.unwrap();
+    runner.trigger(run_id("long"), &300_000_u64).await.unwrap();
     events.wait_for("long", "s", EventKind::Retrying).await;
-    runner.trigger("short", &300_u64).await.unwrap();
+    runner.trigger(run_id("short"), &300_u64).await.unwrap();
     let short = events.wait_for("short", "s", EventKind::Succeeded).await;
 
     assert_eq!(short.attempt, Some(2));
@@ -390,7 +396,11 @@ async fn triggering_a_workflow_nobody_runs_is_an_unroutable_error() {
 
     let error = runner
         .client()
-        .trigger("absent", "r", &json!({}))
+        .trigger(
+            &WorkflowName::new("absent").unwrap(),
+            run_id("r"),
+            &json!({}),
+        )
         .await
         .unwrap_err();
 
@@ -412,7 +422,7 @@ async fn classic_queues_run_workflows_too() {
     let runner = broker.start_runner(&flow).await;
     let mut events = Events::subscribe(runner.client()).await;
 
-    runner.trigger("c", &1).await.unwrap();
+    runner.trigger(run_id("c"), &1).await.unwrap();
     let done = events.wait_for("c", "flaky", EventKind::Succeeded).await;
 
     assert_eq!(done.attempt, Some(2));
@@ -455,7 +465,7 @@ async fn started_events_can_be_turned_off_without_losing_outcomes() {
         .unwrap();
     let mut events = Events::subscribe(runner.client()).await;
 
-    runner.trigger("q", &json!({})).await.unwrap();
+    runner.trigger(run_id("q"), &json!({})).await.unwrap();
     events.wait_for("q", "sum", EventKind::Succeeded).await;
 
     assert_eq!(
@@ -494,12 +504,12 @@ async fn an_outcome_no_queue_receives_fails_the_step_once_and_parks_its_input() 
     let _ = connection.close(200, "done".into()).await;
 
     let outcome = runner
-        .trigger_and_wait("o", &json!({}), Duration::from_secs(30))
+        .trigger_and_wait(run_id("o"), &json!({}), Duration::from_secs(30))
         .await
         .unwrap();
     // The run's end comes after the step's `failed`; one more confirmed run flushes the stream.
     runner
-        .trigger_and_wait("o2", &json!({}), Duration::from_secs(30))
+        .trigger_and_wait(run_id("o2"), &json!({}), Duration::from_secs(30))
         .await
         .unwrap();
     let mut failed = Vec::new();

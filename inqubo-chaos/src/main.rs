@@ -27,7 +27,7 @@ use std::{
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use inqubo::{Client, Runner, Topology};
+use inqubo::{Client, RunId, Runner, Topology, WorkflowName};
 use rand::Rng;
 use tokio::process::{Child, Command};
 use tracing_subscriber::EnvFilter;
@@ -329,6 +329,7 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
 
     let client =
         Client::connect_with(&url, Topology::new(prefix.clone(), Default::default())?).await?;
+    let workflow: WorkflowName = cli.workflow.parse()?;
     let trigger_start = Instant::now();
     let mut triggered = 0_u64;
     let mut trigger_retries = 0_u64;
@@ -336,11 +337,9 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
         let due = trigger_start + period.mul_f64(run as f64 / cli.runs as f64);
         tokio::time::sleep_until(due.into()).await;
         // A trigger whose confirm is lost is retried: at least once, so a run may start twice.
+        let run_id = RunId::new(format!("run-{run}"))?;
         loop {
-            match client
-                .trigger(&cli.workflow, format!("run-{run}"), &run)
-                .await
-            {
+            match client.trigger(&workflow, run_id.clone(), &run).await {
                 Ok(_) => break,
                 Err(error) => {
                     trigger_retries += 1;

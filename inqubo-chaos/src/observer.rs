@@ -51,8 +51,7 @@ impl Tally {
         let Some(step) = event.step.as_ref().map(ToString::to_string) else {
             return;
         };
-        self.last_event
-            .insert(run.clone(), format!("{step}.{}", event.kind));
+        self.last_event.insert(run.clone(), event.short_name());
         match event.kind {
             EventKind::Started => {
                 *self

@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use inqubo::{Client, Topology};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection};
 
 /// The global options every command needs.
 #[derive(Debug, Clone)]
@@ -13,23 +13,11 @@ pub(crate) struct Context {
 }
 
 fn hint(url: &str) -> String {
-    let shown = redact(url);
     format!(
-        "cannot connect to RabbitMQ at {shown}; start one with `rabbitmq-server -detached` \
-         (or `scripts/quickstart.sh`), or set --amqp-url / AMQP_URL"
+        "cannot connect to RabbitMQ at {}; start one with `rabbitmq-server -detached` \
+         (or `scripts/quickstart.sh`), or set --amqp-url / AMQP_URL",
+        inqubo::redact_url(url)
     )
-}
-
-/// `url` without its password.
-pub(crate) fn redact(url: &str) -> String {
-    match url.split_once("://").and_then(|(scheme, rest)| {
-        let (userinfo, host) = rest.rsplit_once('@')?;
-        let user = userinfo.split(':').next()?;
-        Some(format!("{scheme}://{user}:***@{host}"))
-    }) {
-        Some(redacted) => redacted,
-        None => url.to_owned(),
-    }
 }
 
 impl Context {
@@ -45,16 +33,10 @@ impl Context {
 
     /// A raw connection and channel, to the first broker address that answers.
     pub(crate) async fn channel(&self) -> anyhow::Result<(Connection, Channel)> {
-        let mut last = None;
-        for url in self.url.split(',').map(str::trim) {
-            match Connection::connect(url, ConnectionProperties::default()).await {
-                Ok(connection) => {
-                    let channel = connection.create_channel().await?;
-                    return Ok((connection, channel));
-                }
-                Err(error) => last = Some(anyhow::Error::from(error).context(hint(url))),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("no broker address given")))
+        let connection = inqubo::open_connection(&self.url)
+            .await
+            .with_context(|| hint(&self.url))?;
+        let channel = connection.create_channel().await?;
+        Ok((connection, channel))
     }
 }

@@ -17,7 +17,7 @@ use std::{io::IsTerminal, path::PathBuf, time::Duration};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
-use inqubo::{EventKind, RunOutcome};
+use inqubo::{EventKind, RunId, RunOutcome, WorkflowName};
 
 /// See and steer Inqubo workflows on RabbitMQ.
 #[derive(Debug, Parser)]
@@ -51,10 +51,10 @@ enum Command {
     /// Start a run; prints its run id.
     Trigger {
         /// The workflow.
-        workflow: String,
+        workflow: WorkflowName,
         /// The run id (default: a random one).
         #[arg(long)]
-        run_id: Option<String>,
+        run_id: Option<RunId>,
         /// The run input, as JSON (default `{}`).
         #[arg(long, conflicts_with = "input_file")]
         input: Option<String>,
@@ -71,10 +71,10 @@ enum Command {
     /// Follow lifecycle events live (leaves no queue behind).
     Watch {
         /// Only this workflow.
-        workflow: Option<String>,
+        workflow: Option<WorkflowName>,
         /// Only this run.
         #[arg(long)]
-        run_id: Option<String>,
+        run_id: Option<RunId>,
     },
     /// Record every run's events in a store, as run history (SQLite or PostgreSQL).
     Monitor {
@@ -238,8 +238,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 
 async fn trigger(
     context: &broker::Context,
-    workflow: &str,
-    run_id: Option<String>,
+    workflow: &WorkflowName,
+    run_id: Option<RunId>,
     input: Option<String>,
     input_file: Option<PathBuf>,
     wait: Option<Duration>,
@@ -252,7 +252,7 @@ async fn trigger(
     };
     let input: serde_json::Value = serde_json::from_str(&text)
         .context("the input is not valid JSON; nothing was published")?;
-    let run_id = run_id.unwrap_or_else(|| inqubo::RunId::random().to_string());
+    let run_id = run_id.unwrap_or_else(RunId::random);
     let client = context.client().await?;
     let Some(timeout) = wait else {
         let run_id = client.trigger(workflow, run_id, &input).await?;
@@ -330,14 +330,10 @@ async fn trigger(
 
 async fn watch(
     context: &broker::Context,
-    workflow: Option<String>,
-    run_id: Option<String>,
+    workflow: Option<WorkflowName>,
+    run_id: Option<RunId>,
 ) -> anyhow::Result<()> {
     let client = context.client().await?;
-    let workflow = workflow
-        .map(|w| w.parse())
-        .transpose()
-        .context("invalid workflow name")?;
     let mut events = client.subscribe(workflow.as_ref()).await?;
     let colour = std::io::stdout().is_terminal() && !context.json;
     // On stderr even with --json, so that scripts can tell when the subscription is bound.
@@ -356,10 +352,7 @@ async fn watch(
             anyhow::bail!("the event stream ended (connection lost?)");
         };
         let event = event?;
-        if run_id
-            .as_deref()
-            .is_some_and(|id| id != event.run_id.as_str())
-        {
+        if run_id.as_ref().is_some_and(|id| *id != event.run_id) {
             continue;
         }
         if context.json {

@@ -10,7 +10,7 @@ use std::{
 };
 
 use inqubo_core::{EventKind, Step, StepContext, StepError, Workflow};
-use inqubo_testkit::{Events, TestBroker};
+use inqubo_testkit::{Events, TestBroker, run_id};
 use serde_json::{Value, json};
 
 fn inqubo(broker: &TestBroker, args: &[&str]) -> Output {
@@ -78,7 +78,7 @@ async fn workflows_and_show_describe_what_runners_announced() {
 async fn trigger_prints_the_run_id_and_waits_for_the_outcome() {
     let broker = TestBroker::new();
     let runner = broker.start_runner(&doubling()).await;
-    let mut events = Events::subscribe_to(runner.client(), Some("doubling")).await;
+    let mut events = Events::subscribe_to(runner.client(), Some(runner.workflow().name())).await;
 
     let waited = stdout_json(&inqubo(
         &broker,
@@ -165,7 +165,7 @@ async fn watch_follows_events_and_leaves_nothing_behind() {
     stderr.read_line(&mut ready).unwrap();
     assert!(ready.contains("watching workflow doubling"), "{ready}");
 
-    runner.trigger("seen", &2_u64).await.unwrap();
+    runner.trigger(run_id("seen"), &2_u64).await.unwrap();
     let lines = std::thread::spawn(move || {
         let mut seen = Vec::new();
         for line in BufReader::new(watcher.stdout.take().unwrap()).lines() {
@@ -219,9 +219,9 @@ async fn parked_messages_can_be_listed_replayed_and_purged() {
         .build()
         .unwrap();
     let runner = broker.start_runner(&flow).await;
-    let mut events = Events::subscribe_to(runner.client(), Some("flaky")).await;
+    let mut events = Events::subscribe_to(runner.client(), Some(runner.workflow().name())).await;
     for run in ["p1", "p2"] {
-        runner.trigger(run, &1_u64).await.unwrap();
+        runner.trigger(run_id(run), &1_u64).await.unwrap();
         events.wait_for(run, "check", EventKind::Failed).await;
     }
 

@@ -12,7 +12,7 @@ use std::{
 };
 
 use inqubo_core::{EventKind, Step, StepContext, StepError, Workflow};
-use inqubo_testkit::{Events, TestBroker};
+use inqubo_testkit::{Events, TestBroker, run_id};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "s3cret-token";
@@ -165,9 +165,16 @@ impl Shop {
         let broker = TestBroker::new();
         let runner = broker.start_runner(&shop()).await;
         let monitor = Monitor::start(&broker);
-        let mut events = Events::subscribe_to(runner.client(), Some("shop")).await;
-        runner.trigger("order-paid-2", &2_u64).await.unwrap();
-        runner.trigger("order-declined-3", &3_u64).await.unwrap();
+        let mut events =
+            Events::subscribe_to(runner.client(), Some(runner.workflow().name())).await;
+        runner
+            .trigger(run_id("order-paid-2"), &2_u64)
+            .await
+            .unwrap();
+        runner
+            .trigger(run_id("order-declined-3"), &3_u64)
+            .await
+            .unwrap();
         events
             .wait_for("order-paid-2", "charge", EventKind::Succeeded)
             .await;
@@ -319,7 +326,10 @@ async fn api_serves_runs_workflows_parked_and_metrics_behind_its_token() {
     // The live stream tells of a new run's events as they are recorded.
     let mut stream = http.get(format!("{base}/api/events")).send().await.unwrap();
     assert_eq!(stream.status(), 200);
-    runner.trigger("order-live-4", &4_u64).await.unwrap();
+    runner
+        .trigger(run_id("order-live-4"), &4_u64)
+        .await
+        .unwrap();
     let mut received = String::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !received.contains("\"run_id\":\"order-live-4\"") {

@@ -7,9 +7,10 @@ use std::{
 };
 
 use inqubo_core::{
-    EventKind, RetryPolicy, Step, StepContext, StepError, Workflow, testing::fail_first,
+    EventKind, RetryPolicy, Step, StepContext, StepError, Workflow, WorkflowName,
+    testing::fail_first,
 };
-use inqubo_testkit::{Events, TestBroker};
+use inqubo_testkit::{Events, TestBroker, run_id};
 use serde_json::Value;
 
 fn inqubo(broker: &TestBroker, store: &str, args: &[&str]) -> Output {
@@ -93,15 +94,18 @@ async fn history_is_recorded(store: &str) {
         .unwrap();
     let runner = broker.start_runner(&flow).await;
     let mut monitor = start_monitor(&broker, store);
-    let mut events = Events::subscribe_to(runner.client(), Some("recorded")).await;
+    let mut events = Events::subscribe_to(runner.client(), Some(runner.workflow().name())).await;
 
-    let unknown = runner.client().trigger("nobody", "x", &1_u64).await;
+    let unknown = runner
+        .client()
+        .trigger(&WorkflowName::new("nobody").unwrap(), run_id("x"), &1_u64)
+        .await;
     assert!(
         matches!(unknown, Err(inqubo::Error::Unroutable { .. })),
         "a monitor must not make triggers of unknown workflows routable: {unknown:?}"
     );
-    runner.trigger("good", &5_u64).await.unwrap();
-    runner.trigger("bad", &500_u64).await.unwrap();
+    runner.trigger(run_id("good"), &5_u64).await.unwrap();
+    runner.trigger(run_id("bad"), &500_u64).await.unwrap();
     events.wait_for("good", "check", EventKind::Succeeded).await;
     events.wait_for("bad", "check", EventKind::Failed).await;
 

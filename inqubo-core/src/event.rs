@@ -271,6 +271,23 @@ impl LifecycleEvent {
             None => RoutingKey::run_event(&self.workflow, self.kind),
         }
     }
+
+    /// The event's name within its run: `<step>.<event>` for a step event, `run.<event>` for
+    /// a run event, as in test trails.
+    ///
+    /// ```
+    /// use inqubo_core::LifecycleEvent;
+    /// let event = LifecycleEvent::from_wire("simple.step.get_data.started", Some("r1"), Some(1), b"{}").unwrap();
+    /// assert_eq!(event.short_name(), "get_data.started");
+    /// let event = LifecycleEvent::from_wire("simple.run.succeeded", Some("r1"), None, b"{}").unwrap();
+    /// assert_eq!(event.short_name(), "run.succeeded");
+    /// ```
+    pub fn short_name(&self) -> String {
+        match &self.step {
+            Some(step) => format!("{step}.{}", self.kind),
+            None => format!("run.{}", self.kind),
+        }
+    }
 }
 
 impl fmt::Display for LifecycleEvent {

@@ -230,10 +230,12 @@ impl Events {
     }
 
     /// Subscribes to the events of `workflow` only (or of all, for `None`).
-    pub async fn subscribe_to(client: &Client, workflow: Option<&str>) -> Self {
-        let workflow = workflow.map(|w| w.parse().expect("valid workflow name"));
+    pub async fn subscribe_to(
+        client: &Client,
+        workflow: Option<&inqubo_core::WorkflowName>,
+    ) -> Self {
         let stream = client
-            .subscribe(workflow.as_ref())
+            .subscribe(workflow)
             .await
             .expect("subscribe to events");
         Self {
@@ -297,10 +299,7 @@ impl Events {
         self.seen
             .iter()
             .filter(|e| e.run_id.as_str() == run_id)
-            .map(|e| match &e.step {
-                Some(step) => format!("{step}.{}", e.kind),
-                None => format!("run.{}", e.kind),
-            })
+            .map(inqubo_core::LifecycleEvent::short_name)
             .collect()
     }
 }
@@ -405,4 +404,10 @@ pub fn metric_sample(metrics: &str, series: &str) -> Option<f64> {
 pub fn free_local_addr() -> std::net::SocketAddr {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     probe.local_addr().expect("its address")
+}
+
+/// The run id `id`, for tests: `runner.trigger(run_id("r1"), &input)`. Panics if `id` is not
+/// a valid run id.
+pub fn run_id(id: impl Into<String>) -> inqubo_core::RunId {
+    inqubo_core::RunId::new(id).expect("a valid run id")
 }

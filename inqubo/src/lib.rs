@@ -10,7 +10,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use inqubo::{RetryPolicy, Runner, Step, StepContext, StepError, Workflow};
+//! use inqubo::{RetryPolicy, RunId, Runner, Step, StepContext, StepError, Workflow};
 //!
 //! async fn fetch(_: (), _: StepContext) -> Result<Vec<u32>, StepError> { Ok(vec![1, 2]) }
 //! async fn total(v: Vec<u32>, _: StepContext) -> Result<u32, StepError> { Ok(v.iter().sum()) }
@@ -21,7 +21,7 @@
 //!     .then(Step::new("total", total).retry(RetryPolicy::limited(5, Duration::from_secs(2))))
 //!     .build()?;
 //! let runner = Runner::connect(inqubo::DEFAULT_AMQP_URL, flow).await?;
-//! runner.trigger("run-1", &()).await?;
+//! runner.trigger(RunId::new("run-1")?, &()).await?;
 //! runner.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
 //! # Ok(()) }
 //! ```
@@ -31,7 +31,7 @@
 
 pub use inqubo_amqp::{
     Client, DEFAULT_AMQP_URL, Error, EventStream, QueueType, Result, Runner, RunnerBuilder,
-    STEP_DURATION_BUCKETS, Topology,
+    STEP_DURATION_BUCKETS, Topology, open_connection, redact_url,
 };
 pub use inqubo_core::{
     Chain, DEFAULT_STEP_TIMEOUT, DecodeError, EventDecodeError, EventKind, ExponentialBackoff,

@@ -55,7 +55,7 @@ impl Observed {
         self.events
             .iter()
             .filter(|e| e.step.as_ref().map_or("run", |s| s.as_str()) == step)
-            .map(|e| RoutingKey::short_event_name(e.step.as_ref(), e.kind))
+            .map(LifecycleEvent::short_name)
             .collect()
     }
 

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use inqubo::{EventKind, Step, StepContext, StepError, Workflow};
-use inqubo_testkit::{Events, TestBroker, free_local_addr, metric_sample, scrape_metrics};
+use inqubo_testkit::{Events, TestBroker, free_local_addr, metric_sample, run_id, scrape_metrics};
 use lapin::{
     options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions},
     types::{AMQPValue, FieldTable, LongString},
@@ -29,7 +29,7 @@ async fn a_runner_renews_the_channel_the_broker_keeps_refusing() {
         .connect()
         .await
         .unwrap();
-    let mut events = Events::subscribe_to(runner.client(), Some("refused")).await;
+    let mut events = Events::subscribe_to(runner.client(), Some(runner.workflow().name())).await;
     // A queue that refuses everything, bound to the step's `succeeded`: the broker nacks it.
     let (_connection, channel) = broker.raw_channel().await;
     let blocker = format!("{}.blocker", broker.prefix());
@@ -58,7 +58,7 @@ async fn a_runner_renews_the_channel_the_broker_keeps_refusing() {
         .await
         .unwrap();
 
-    runner.trigger("r1", &21_u64).await.unwrap();
+    runner.trigger(run_id("r1"), &21_u64).await.unwrap();
     // The runner publishes again with backoff and, once its channel is 5 s old, opens a new
     // one. Nothing announces that but the counter: poll it.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use inqubo::{EventKind, RetryPolicy, Runner, Step, StepContext, StepError, Workflow};
 use inqubo_core::testing::{fail_first, fatal_first};
 use inqubo_testkit::{
-    Events, TestBroker, free_local_addr, metric_sample, scrape_metrics as scrape,
+    Events, TestBroker, free_local_addr, metric_sample, run_id, scrape_metrics as scrape,
 };
 
 async fn double(n: u64, _: StepContext) -> Result<u64, StepError> {
@@ -36,8 +36,8 @@ async fn runner_serves_step_counters_durations_and_confirm_latency() {
         .connect()
         .await
         .unwrap();
-    let mut events = Events::subscribe_to(runner.client(), Some("metered")).await;
-    runner.trigger("one", &1_u64).await.unwrap();
+    let mut events = Events::subscribe_to(runner.client(), Some(runner.workflow().name())).await;
+    runner.trigger(run_id("one"), &1_u64).await.unwrap();
     events.wait_for("one", "check", EventKind::Failed).await;
 
     let metrics = scrape(addr).await;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use inqubo::{EventKind, Step, StepContext, StepError, Workflow};
-use inqubo_testkit::{Events, TestBroker};
+use inqubo_testkit::{Events, TestBroker, run_id};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest, common::v1::any_value, trace::v1::Span,
@@ -83,7 +83,7 @@ async fn a_run_is_one_trace_from_trigger_through_every_step() {
         .build()
         .unwrap();
     let runner = broker.start_runner(&flow).await;
-    let mut events = Events::subscribe_to(runner.client(), Some("traced")).await;
+    let mut events = Events::subscribe_to(runner.client(), Some(runner.workflow().name())).await;
 
     let checkout = tracing::info_span!(target: "inqubo::test", "checkout");
     let (trace_id, checkout_id) = {
@@ -97,7 +97,7 @@ async fn a_run_is_one_trace_from_trigger_through_every_step() {
     };
     runner
         .client()
-        .trigger("traced", "run-1", &2_u64)
+        .trigger(flow.name(), run_id("run-1"), &2_u64)
         .instrument(checkout.clone())
         .await
         .unwrap();

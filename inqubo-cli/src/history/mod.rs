@@ -257,7 +257,7 @@ pub(crate) async fn monitor(context: &Context, options: MonitorOptions) -> anyho
     eprintln!(
         "monitoring prefix {} into {} (Ctrl-C stops)",
         context.prefix,
-        crate::broker::redact(store)
+        inqubo::redact_url(store)
     );
     if let Some(address) = listen {
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()

@@ -62,15 +62,6 @@ impl RoutingKey {
         ]
     }
 
-    /// A step event's short name, `<step>.<event>` (`run.<event>` for run events), as tools
-    /// print it.
-    pub fn short_event_name(step: Option<&StepName>, kind: EventKind) -> String {
-        match step {
-            Some(step) => format!("{step}.{}", kind.as_str()),
-            None => format!("run.{}", kind.as_str()),
-        }
-    }
-
     /// Wraps a key received from the broker.
     pub fn from_wire(key: impl Into<String>) -> Self {
         Self(key.into())

@@ -75,10 +75,7 @@ pub struct RunReport {
 impl RunReport {
     /// The events as `step.kind` (or `run.kind`) strings.
     pub fn trail(&self) -> Vec<String> {
-        self.events
-            .iter()
-            .map(|e| RoutingKey::short_event_name(e.step.as_ref(), e.kind))
-            .collect()
+        self.events.iter().map(LifecycleEvent::short_name).collect()
     }
 
     /// The events of one step (or of the run, for `"run"`), in order.
