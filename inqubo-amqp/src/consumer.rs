@@ -117,7 +117,7 @@ impl StepWorker {
         );
         let trace = attempt_trace(&span, &incoming);
         span.record("trace_id", trace_id(&trace).unwrap_or_default());
-        let attempt = match self.engine.admit(self.node.name(), &incoming, &trace) {
+        let attempt = match self.engine.admit(self.node.name(), &incoming, &trace, None) {
             Admission::Run(attempt) => attempt,
             Admission::Settle(effects) => {
                 return self.execute(effects, received).instrument(span).await;

@@ -128,12 +128,12 @@ mod tests {
     use crate::{RetryPolicy, RunId, Step, StepName, Workflow, WorkflowName};
 
     fn ctx(attempt: u32) -> StepContext {
-        StepContext {
-            run_id: RunId::new("r").unwrap(),
-            workflow: WorkflowName::new("wf").unwrap(),
-            step: StepName::new("s").unwrap(),
+        StepContext::new(
+            RunId::new("r").unwrap(),
+            WorkflowName::new("wf").unwrap(),
+            StepName::new("s").unwrap(),
             attempt,
-        }
+        )
     }
 
     fn single<I, O: serde::Serialize>(step: Step<I, O>) -> Workflow {

@@ -28,6 +28,11 @@ pub enum EventKind {
     RunSucceeded,
     /// A step of a run failed for good (`<workflow>.run.failed`).
     RunFailed,
+    /// The run was cancelled (`<workflow>.run.cancelled`).
+    RunCancelled,
+    /// A step's input was not run because its run had ended (cancelled, or failed with fail
+    /// fast); the input was parked so that a resume can run it.
+    Skipped,
 }
 
 impl EventKind {
@@ -41,6 +46,8 @@ impl EventKind {
             EventKind::Failed => "failed",
             EventKind::RunSucceeded => "succeeded",
             EventKind::RunFailed => "failed",
+            EventKind::RunCancelled => "cancelled",
+            EventKind::Skipped => "skipped",
         }
     }
 
@@ -50,6 +57,7 @@ impl EventKind {
             "triggered" => Some(EventKind::RunTriggered),
             "succeeded" => Some(EventKind::RunSucceeded),
             "failed" => Some(EventKind::RunFailed),
+            "cancelled" => Some(EventKind::RunCancelled),
             _ => None,
         }
     }
@@ -58,7 +66,19 @@ impl EventKind {
     pub fn is_run_event(self) -> bool {
         matches!(
             self,
-            EventKind::RunTriggered | EventKind::RunSucceeded | EventKind::RunFailed
+            EventKind::RunTriggered
+                | EventKind::RunSucceeded
+                | EventKind::RunFailed
+                | EventKind::RunCancelled
+        )
+    }
+
+    /// Whether this event ends a run (of one generation): `run.succeeded`, `run.failed` or
+    /// `run.cancelled`. Exactly one of them is published per run generation.
+    pub fn ends_run(self) -> bool {
+        matches!(
+            self,
+            EventKind::RunSucceeded | EventKind::RunFailed | EventKind::RunCancelled
         )
     }
 
@@ -69,18 +89,21 @@ impl EventKind {
             "succeeded" => Some(EventKind::Succeeded),
             "retrying" => Some(EventKind::Retrying),
             "failed" => Some(EventKind::Failed),
+            "skipped" => Some(EventKind::Skipped),
             _ => None,
         }
     }
 
-    /// Whether no further event follows for this step (or run).
+    /// Whether no further event follows for this step (or run), unless the run is resumed.
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
             EventKind::Succeeded
                 | EventKind::Failed
+                | EventKind::Skipped
                 | EventKind::RunSucceeded
                 | EventKind::RunFailed
+                | EventKind::RunCancelled
         )
     }
 }
@@ -135,6 +158,22 @@ pub struct RunFailedBody {
     pub reason: FailureReason,
 }
 
+/// Body of a `<workflow>.run.cancelled` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCancelledBody {
+    /// Why, as the canceller said.
+    pub reason: String,
+}
+
+/// Body of a `skipped` event: a step's input not run because its run had ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedBody {
+    /// The attempt the input would have started.
+    pub attempt: u32,
+    /// Why: [`FailureReason::RunFailed`] or [`FailureReason::RunCancelled`].
+    pub reason: FailureReason,
+}
+
 /// Why a step failed for good (also the `parked-reason` header of the parked message).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -153,6 +192,11 @@ pub enum FailureReason {
     RedeliveryLimit,
     /// The input is larger than the runner accepts.
     TooLarge,
+    /// Not run: another step of the run had failed for good, and the workflow fails fast.
+    /// Resuming the run runs it.
+    RunFailed,
+    /// Not run: the run was cancelled.
+    RunCancelled,
 }
 
 impl FailureReason {
@@ -165,6 +209,8 @@ impl FailureReason {
             FailureReason::Unroutable => "unroutable",
             FailureReason::RedeliveryLimit => "redelivery_limit",
             FailureReason::TooLarge => "too_large",
+            FailureReason::RunFailed => "run_failed",
+            FailureReason::RunCancelled => "run_cancelled",
         }
     }
 }
@@ -188,6 +234,9 @@ pub struct LifecycleEvent {
     pub run_id: RunId,
     /// The attempt, for step events.
     pub attempt: Option<u32>,
+    /// The run's generation: 1, and one more each time the run is resumed (the
+    /// `run-generation` header; absent means 1).
+    pub generation: u32,
     /// The JSON body: the run input, the step output, or one of the bodies above.
     pub body: serde_json::Value,
 }
@@ -200,17 +249,22 @@ pub enum RunOutcome {
     Succeeded(serde_json::Value),
     /// A step failed for good.
     Failed(RunFailedBody),
+    /// The run was cancelled.
+    Cancelled(RunCancelledBody),
 }
 
 impl RunOutcome {
-    /// The outcome a `run.succeeded` or `run.failed` event reports; `None` for other events
-    /// (and for a `run.failed` body that does not read as a [`RunFailedBody`]).
+    /// The outcome a `run.succeeded`, `run.failed` or `run.cancelled` event reports; `None`
+    /// for other events (and for a body that does not read as the event's body type).
     pub fn from_event(event: &LifecycleEvent) -> Option<Self> {
         match event.kind {
             EventKind::RunSucceeded => Some(Self::Succeeded(event.body.clone())),
             EventKind::RunFailed => serde_json::from_value(event.body.clone())
                 .ok()
                 .map(Self::Failed),
+            EventKind::RunCancelled => serde_json::from_value(event.body.clone())
+                .ok()
+                .map(Self::Cancelled),
             _ => None,
         }
     }
@@ -260,8 +314,16 @@ impl LifecycleEvent {
             kind,
             run_id,
             attempt,
+            generation: 1,
             body,
         })
+    }
+
+    /// The event with its run generation (from the `run-generation` header).
+    #[must_use]
+    pub fn with_generation(mut self, generation: u32) -> Self {
+        self.generation = generation.max(1);
+        self
     }
 
     /// The event's routing key.

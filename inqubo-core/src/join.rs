@@ -7,9 +7,18 @@
 //! acknowledging those pieces, and publishes whatever [`JoinDecision`] says.
 //!
 //! The same machinery tells when a run ends: the *run join* waits for every last step of a
-//! workflow, and fires `<workflow>.run.succeeded` with their outputs keyed by step name.
+//! workflow, and fires `<workflow>.run.succeeded` with their outputs keyed by step name. It is
+//! the one place that decides how a run ends — succeeded, failed or cancelled — so a run (of
+//! one generation) ends exactly once, however many duplicates or late pieces arrive.
+//!
+//! ## Generations: resuming a failed run
+//!
+//! Every piece carries its run's generation (1, and one more per resume). A failure aborts a
+//! join but keeps the outputs it had; a piece of a later generation reopens it, so that a
+//! resumed step's output joins its siblings' earlier ones. Pieces of an aborted generation
+//! are recorded (a resume may need them) but never fire.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -61,9 +70,44 @@ pub enum Piece {
         parent: StepName,
         /// Its output.
         output: Vec<u8>,
+        /// The run generation it belongs to.
+        generation: u32,
     },
-    /// A step upstream failed for good: the join can never fire.
-    Failed(RunFailedBody),
+    /// A step upstream failed for good: the join cannot fire in this generation.
+    Failed {
+        /// What failed.
+        failure: RunFailedBody,
+        /// The run generation it belongs to.
+        generation: u32,
+    },
+    /// Someone asked to cancel the run (run joins only).
+    Cancel {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How a run ended at a join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ending {
+    /// The join fired (for the run join: the run succeeded).
+    Fired,
+    /// A failure aborted it; a later generation may reopen it.
+    Aborted,
+    /// The run was cancelled.
+    Cancelled,
+}
+
+impl Ending {
+    /// How the run ended, as a word (`succeeded`, `failed`, `cancelled`).
+    pub fn as_run_state(self) -> &'static str {
+        match self {
+            Ending::Fired => "succeeded",
+            Ending::Aborted => "failed",
+            Ending::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// What to do after adding a piece.
@@ -71,12 +115,39 @@ pub enum Piece {
 pub enum JoinDecision {
     /// Keep waiting for other parents.
     Wait,
-    /// Every parent reported: publish this (the joined input, or the run's outputs).
-    Fire(Vec<u8>),
-    /// The run failed: publish this failure (once), and forget the run.
-    Abort(RunFailedBody),
-    /// The run already finished (a duplicate or late piece): nothing to do.
+    /// Every parent reported: publish this (the joined input, or the run's outputs), in this
+    /// generation.
+    Fire {
+        /// The joined input, or the run's outputs.
+        body: Vec<u8>,
+        /// The generation that completed it.
+        generation: u32,
+    },
+    /// The run failed in this generation: publish this failure (once).
+    Abort {
+        /// What failed.
+        failure: RunFailedBody,
+        /// The generation that failed.
+        generation: u32,
+    },
+    /// The run is cancelled: publish `run.cancelled` (once).
+    Cancel {
+        /// Why.
+        reason: String,
+        /// The generation that was running.
+        generation: u32,
+    },
+    /// A cancel request for a run that had already ended this way: nothing changes.
+    Refuse(Ending),
+    /// The piece changes nothing (a duplicate, or a late piece of an ended generation).
     Ignore,
+}
+
+/// What a book knows of a run that ended here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Ended {
+    how: Ending,
+    generation: u32,
 }
 
 /// The pending joins of one shard, and the runs it recently finished.
@@ -86,30 +157,24 @@ pub enum JoinDecision {
 /// published late by a consumer that lost the shard (a retried publish, a requeue when its
 /// channel closed) is then older than the new consumer's, whatever order they arrive in, and
 /// [`JoinBook::newest`] never picks it.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct JoinBook {
+    /// Outputs received per run that has not fired (waiting, or aborted and kept for a resume).
     pending: HashMap<RunId, HashMap<StepName, Box<RawValue>>>,
+    /// Runs that ended here, oldest first, forgotten past [`REMEMBERED_FINISHED_RUNS`].
     finished: VecDeque<RunId>,
-    #[serde(skip)]
-    finished_set: HashSet<RunId>,
+    /// How each run in `finished` ended (older snapshots lack it: they only knew firing).
+    #[serde(default)]
+    ended: HashMap<RunId, Ended>,
+    /// The generation of pending runs past their first (resumed runs).
+    #[serde(default)]
+    generations: HashMap<RunId, u32>,
     /// The consumer generation that wrote the snapshot.
     #[serde(default)]
     epoch: u64,
     /// The snapshot's number within its epoch.
     #[serde(default)]
     seq: u64,
-}
-
-impl Clone for JoinBook {
-    fn clone(&self) -> Self {
-        Self {
-            pending: self.pending.clone(),
-            finished: self.finished.clone(),
-            finished_set: self.finished_set.clone(),
-            epoch: self.epoch,
-            seq: self.seq,
-        }
-    }
 }
 
 /// Why a snapshot could not be read.
@@ -123,44 +188,90 @@ impl JoinBook {
         Self::default()
     }
 
-    /// Runs waiting for more parents.
+    /// Runs waiting for more parents (not counting aborted ones kept for a resume).
     pub fn pending_runs(&self) -> usize {
-        self.pending.len()
+        self.pending
+            .keys()
+            .filter(|run| !self.ended.contains_key(*run))
+            .count()
     }
 
     /// Adds `piece` for `run` and says what follows.
     pub fn add(&mut self, run: &RunId, piece: Piece, target: JoinTarget<'_>) -> JoinDecision {
-        if self.finished_set.contains(run) {
-            return JoinDecision::Ignore;
-        }
-        match piece {
-            Piece::Failed(failure) => {
-                self.finish(run);
-                JoinDecision::Abort(failure)
+        let ended = self.ended.get(run).copied();
+        match (piece, ended) {
+            (Piece::Cancel { .. }, Some(ended)) => JoinDecision::Refuse(ended.how),
+            (Piece::Cancel { reason }, None) => {
+                let generation = self.generations.get(run).copied().unwrap_or(1);
+                self.end(run, Ending::Cancelled, generation);
+                self.pending.remove(run);
+                JoinDecision::Cancel { reason, generation }
             }
-            Piece::Output { parent, output } => {
-                let Ok(output) =
-                    RawValue::from_string(String::from_utf8_lossy(&output).into_owned())
-                else {
-                    // Outputs come from our own serialisation; treat garbage as JSON null.
-                    return self.record(run, parent, RawValue::NULL.to_owned(), target);
-                };
-                self.record(run, parent, output, target)
+            (
+                _,
+                Some(Ended {
+                    how: Ending::Fired | Ending::Cancelled,
+                    ..
+                }),
+            ) => JoinDecision::Ignore,
+            (
+                Piece::Failed {
+                    failure,
+                    generation,
+                },
+                ended,
+            ) => {
+                let reopened = ended.is_none_or(|e| generation > e.generation);
+                if !reopened {
+                    return JoinDecision::Ignore;
+                }
+                self.end(run, Ending::Aborted, generation);
+                JoinDecision::Abort {
+                    failure,
+                    generation,
+                }
+            }
+            (
+                Piece::Output {
+                    parent,
+                    output,
+                    generation,
+                },
+                ended,
+            ) => {
+                // Outputs come from our own serialisation; treat garbage as JSON null.
+                let output = RawValue::from_string(String::from_utf8_lossy(&output).into_owned())
+                    .unwrap_or_else(|_| RawValue::NULL.to_owned());
+                self.pending
+                    .entry(run.clone())
+                    .or_default()
+                    .insert(parent, output);
+                match ended {
+                    Some(aborted) if generation <= aborted.generation => JoinDecision::Ignore,
+                    _ => {
+                        // A later generation reopens an aborted run.
+                        self.ended.remove(run);
+                        let current = self.generations.get(run).copied().unwrap_or(1);
+                        let generation = generation.max(current);
+                        if generation > 1 {
+                            self.generations.insert(run.clone(), generation);
+                        }
+                        self.try_fire(run, target, generation)
+                    }
+                }
             }
         }
     }
 
-    fn record(
-        &mut self,
-        run: &RunId,
-        parent: StepName,
-        output: Box<RawValue>,
-        target: JoinTarget<'_>,
-    ) -> JoinDecision {
-        let outputs = self.pending.entry(run.clone()).or_default();
-        outputs.insert(parent, output);
-        let needs = target.needs();
-        if !needs.iter().all(|step| outputs.contains_key(*step)) {
+    fn try_fire(&mut self, run: &RunId, target: JoinTarget<'_>, generation: u32) -> JoinDecision {
+        let Some(outputs) = self.pending.get(run) else {
+            return JoinDecision::Wait;
+        };
+        if !target
+            .needs()
+            .iter()
+            .all(|step| outputs.contains_key(*step))
+        {
             return JoinDecision::Wait;
         }
         let fired = match target {
@@ -182,21 +293,29 @@ impl JoinBook {
                 serde_json::to_vec(&object).ok()
             }
         };
-        self.finish(run);
-        match fired {
-            Some(body) => JoinDecision::Fire(body),
-            None => JoinDecision::Wait,
-        }
+        let Some(body) = fired else {
+            return JoinDecision::Wait;
+        };
+        self.pending.remove(run);
+        self.end(run, Ending::Fired, generation);
+        JoinDecision::Fire { body, generation }
     }
 
-    fn finish(&mut self, run: &RunId) {
-        self.pending.remove(run);
-        if self.finished_set.insert(run.clone()) {
+    /// Records that `run` ended `how` in `generation`, forgetting the oldest ended runs past
+    /// the limit.
+    fn end(&mut self, run: &RunId, how: Ending, generation: u32) {
+        self.generations.remove(run);
+        if self
+            .ended
+            .insert(run.clone(), Ended { how, generation })
+            .is_none()
+        {
             self.finished.push_back(run.clone());
         }
         while self.finished.len() > REMEMBERED_FINISHED_RUNS {
             if let Some(old) = self.finished.pop_front() {
-                self.finished_set.remove(&old);
+                self.ended.remove(&old);
+                self.pending.remove(&old);
             }
         }
     }
@@ -216,7 +335,13 @@ impl JoinBook {
     /// A book from a snapshot.
     pub fn restore(snapshot: &[u8]) -> Result<Self, SnapshotError> {
         let mut book: Self = serde_json::from_slice(snapshot).map_err(SnapshotError)?;
-        book.finished_set = book.finished.iter().cloned().collect();
+        // Snapshots written before runs could end other ways only list fired runs.
+        for run in &book.finished {
+            book.ended.entry(run.clone()).or_insert(Ended {
+                how: Ending::Fired,
+                generation: 1,
+            });
+        }
         Ok(book)
     }
 
@@ -256,9 +381,19 @@ mod tests {
         RunId::new(s).unwrap()
     }
     fn output(parent: &str, json: &str) -> Piece {
+        output_of(parent, json, 1)
+    }
+    fn output_of(parent: &str, json: &str, generation: u32) -> Piece {
         Piece::Output {
             parent: name(parent),
             output: json.as_bytes().to_vec(),
+            generation,
+        }
+    }
+    fn fire(body: &[u8]) -> JoinDecision {
+        JoinDecision::Fire {
+            body: body.to_vec(),
+            generation: 1,
         }
     }
     fn shape() -> JoinShape {
@@ -280,7 +415,7 @@ mod tests {
                 output("b", "{\"n\":1}"),
                 JoinTarget::Step(&shape)
             ),
-            JoinDecision::Fire(br#"[{"n":1},"x"]"#.to_vec())
+            fire(br#"[{"n":1},"x"]"#)
         );
         assert_eq!(book.pending_runs(), 0);
         assert_eq!(
@@ -303,7 +438,7 @@ mod tests {
         );
         assert!(matches!(
             book.add(&run("r"), output("c", "2"), JoinTarget::Step(&shape)),
-            JoinDecision::Fire(_)
+            JoinDecision::Fire { .. }
         ));
         assert_eq!(
             book.add(&run("r"), output("c", "2"), JoinTarget::Step(&shape)),
@@ -325,17 +460,30 @@ mod tests {
         assert_eq!(
             book.add(
                 &run("r"),
-                Piece::Failed(failure.clone()),
+                Piece::Failed {
+                    failure: failure.clone(),
+                    generation: 1
+                },
                 JoinTarget::Step(&shape)
             ),
-            JoinDecision::Abort(failure.clone())
+            JoinDecision::Abort {
+                failure: failure.clone(),
+                generation: 1
+            }
         );
         assert_eq!(
             book.add(&run("r"), output("c", "2"), JoinTarget::Step(&shape)),
             JoinDecision::Ignore
         );
         assert_eq!(
-            book.add(&run("r"), Piece::Failed(failure), JoinTarget::Step(&shape)),
+            book.add(
+                &run("r"),
+                Piece::Failed {
+                    failure: failure.clone(),
+                    generation: 1
+                },
+                JoinTarget::Step(&shape)
+            ),
             JoinDecision::Ignore
         );
     }
@@ -348,7 +496,7 @@ mod tests {
             book.add(&run("r"), output("y", "null"), JoinTarget::Run(&leaves)),
             JoinDecision::Wait
         );
-        let JoinDecision::Fire(body) =
+        let JoinDecision::Fire { body, .. } =
             book.add(&run("r"), output("x", "[1]"), JoinTarget::Run(&leaves))
         else {
             panic!("should fire");
@@ -372,9 +520,93 @@ mod tests {
         );
         assert_eq!(
             restored.add(&run("waiting"), output("c", "8"), JoinTarget::Step(&shape)),
-            JoinDecision::Fire(b"[7,8]".to_vec())
+            fire(b"[7,8]")
         );
         assert!(JoinBook::restore(b"not json").is_err());
+    }
+
+    #[test]
+    fn an_aborted_join_keeps_its_outputs_and_a_later_generation_reopens_it() {
+        let shape = shape();
+        let mut book = JoinBook::new();
+        let failure = RunFailedBody {
+            step: name("c"),
+            error: "boom".into(),
+            attempt: 1,
+            reason: FailureReason::Fatal,
+        };
+        book.add(&run("r"), output("b", "1"), JoinTarget::Step(&shape));
+        let failed = |generation| Piece::Failed {
+            failure: failure.clone(),
+            generation,
+        };
+        assert!(matches!(
+            book.add(&run("r"), failed(1), JoinTarget::Step(&shape)),
+            JoinDecision::Abort { generation: 1, .. }
+        ));
+        // A late piece of the aborted generation is kept but fires nothing.
+        assert_eq!(
+            book.add(&run("r"), output("c", "9"), JoinTarget::Step(&shape)),
+            JoinDecision::Ignore
+        );
+        assert_eq!(
+            book.add(&run("r"), failed(1), JoinTarget::Step(&shape)),
+            JoinDecision::Ignore
+        );
+        // The resumed c, generation 2, fires the join with b's earlier output.
+        let mut restored = JoinBook::restore(&book.snapshot()).unwrap();
+        assert_eq!(
+            restored.add(&run("r"), output_of("c", "2", 2), JoinTarget::Step(&shape)),
+            JoinDecision::Fire {
+                body: b"[1,2]".to_vec(),
+                generation: 2
+            }
+        );
+        assert_eq!(
+            restored.add(&run("r"), output_of("c", "2", 2), JoinTarget::Step(&shape)),
+            JoinDecision::Ignore
+        );
+    }
+
+    #[test]
+    fn a_run_is_cancelled_once_and_an_ended_run_refuses() {
+        let leaves = [name("x")];
+        let mut book = JoinBook::new();
+        let cancel = || Piece::Cancel {
+            reason: "no longer needed".into(),
+        };
+        assert_eq!(
+            book.add(&run("r"), cancel(), JoinTarget::Run(&leaves)),
+            JoinDecision::Cancel {
+                reason: "no longer needed".into(),
+                generation: 1
+            }
+        );
+        assert_eq!(
+            book.add(&run("r"), cancel(), JoinTarget::Run(&leaves)),
+            JoinDecision::Refuse(Ending::Cancelled)
+        );
+        assert_eq!(
+            book.add(&run("r"), output("x", "1"), JoinTarget::Run(&leaves)),
+            JoinDecision::Ignore,
+            "a cancelled run never succeeds"
+        );
+        book.add(&run("s"), output("x", "1"), JoinTarget::Run(&leaves));
+        assert_eq!(
+            book.add(&run("s"), cancel(), JoinTarget::Run(&leaves)),
+            JoinDecision::Refuse(Ending::Fired)
+        );
+    }
+
+    #[test]
+    fn old_snapshots_read_as_runs_that_fired() {
+        let old = br#"{"pending":{},"finished":["r"],"epoch":3,"seq":9}"#;
+        let mut book = JoinBook::restore(old).unwrap();
+        let leaves = [name("x")];
+        assert_eq!(
+            book.add(&run("r"), output("x", "1"), JoinTarget::Run(&leaves)),
+            JoinDecision::Ignore
+        );
     }
 
     #[test]
@@ -387,7 +619,7 @@ mod tests {
             book.add(&r, output("c", "1"), JoinTarget::Step(&shape));
         }
         assert_eq!(book.finished.len(), REMEMBERED_FINISHED_RUNS);
-        assert_eq!(book.finished_set.len(), REMEMBERED_FINISHED_RUNS);
+        assert_eq!(book.ended.len(), REMEMBERED_FINISHED_RUNS);
     }
 
     #[test]
@@ -397,6 +629,7 @@ mod tests {
         let piece = |parent: &str| Piece::Output {
             parent: StepName::new(parent).unwrap(),
             output: b"1".to_vec(),
+            generation: 1,
         };
         // The first consumer's last snapshot knows nothing of run r1.
         let (mut first, _) = JoinBook::newest([]);
@@ -414,7 +647,7 @@ mod tests {
         assert!(third.version() > second.version());
         assert!(matches!(
             third.add(&run, piece("y"), JoinTarget::Run(&leaves)),
-            JoinDecision::Fire(_)
+            JoinDecision::Fire { .. }
         ));
     }
 }

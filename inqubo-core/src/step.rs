@@ -11,6 +11,7 @@ use std::{
 };
 
 use serde::{Serialize, de::DeserializeOwned};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     name::{RunId, StepName, WorkflowName},
@@ -111,7 +112,7 @@ impl fmt::Debug for StepError {
 }
 
 /// What a step knows about the attempt it is running.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct StepContext {
     /// The run this attempt belongs to.
     pub run_id: RunId,
@@ -121,9 +122,58 @@ pub struct StepContext {
     pub step: StepName,
     /// The attempt number, from 1.
     pub attempt: u32,
+    /// Fires when the run is cancelled, or fails elsewhere in a workflow that fails fast.
+    cancel: CancellationToken,
+}
+
+impl PartialEq for StepContext {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.run_id, &self.workflow, &self.step, self.attempt)
+            == (&other.run_id, &other.workflow, &other.step, other.attempt)
+    }
 }
 
 impl StepContext {
+    /// The context of `attempt` of `step` in run `run_id`, never cancelled.
+    pub fn new(run_id: RunId, workflow: WorkflowName, step: StepName, attempt: u32) -> Self {
+        Self {
+            run_id,
+            workflow,
+            step,
+            attempt,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// The same context, cancelled when `cancel` is (the runtime passes the run's token).
+    #[must_use]
+    pub fn with_cancel(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    /// Whether the run has ended elsewhere: cancelled, or failed in a workflow that fails
+    /// fast. A long step may stop early; whatever it returns is still recorded.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Completes when the run ends elsewhere (see [`StepContext::is_cancelled`]):
+    /// `tokio::select!` on it to stop a long step.
+    ///
+    /// ```
+    /// # use inqubo_core::{StepContext, StepError};
+    /// async fn crunch(n: u64, ctx: StepContext) -> Result<u64, StepError> {
+    ///     tokio::select! {
+    ///         () = ctx.cancelled() => Err(StepError::fatal("run cancelled")),
+    ///         sum = async { (0..n).sum::<u64>() } => Ok(sum),
+    ///     }
+    /// }
+    /// ```
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
     /// A key that is the same for every attempt and redelivery of this step in this run.
     ///
     /// Pass it to external systems that deduplicate requests, so that an at-least-once
@@ -378,12 +428,12 @@ mod tests {
     use super::*;
 
     fn ctx() -> StepContext {
-        StepContext {
-            run_id: RunId::new("r1").unwrap(),
-            workflow: WorkflowName::new("wf").unwrap(),
-            step: StepName::new("s").unwrap(),
-            attempt: 1,
-        }
+        StepContext::new(
+            RunId::new("r1").unwrap(),
+            WorkflowName::new("wf").unwrap(),
+            StepName::new("s").unwrap(),
+            1,
+        )
     }
 
     #[derive(Debug, thiserror::Error)]

@@ -2,10 +2,10 @@
 
 use crate::{
     engine::{Effects, Engine},
-    event::{EventKind, FailedBody, FailureReason, RunFailedBody},
+    event::{EventKind, FailedBody, FailureReason, RunCancelledBody, RunFailedBody},
     join::{JoinBook, JoinDecision, JoinTarget, Piece},
     name::StepName,
-    protocol::{self, Incoming, Outgoing, RUN_JOIN, header},
+    protocol::{self, CancelReply, Incoming, Outgoing, RUN_JOIN, header},
 };
 
 impl Engine {
@@ -22,8 +22,9 @@ impl Engine {
     }
 
     /// Adds the piece `incoming` to `book`, the state of one shard of `join`, and says what to
-    /// publish: the join step's input, `run.succeeded` or `run.failed` when the join fires or
-    /// aborts; nothing while it waits or for a duplicate. A piece that cannot be read is
+    /// publish: the join step's input when it fires; for the run join, the run's one terminal
+    /// event (`run.succeeded`, `run.failed` or `run.cancelled`) and the answer to a cancel
+    /// request; nothing while it waits or for a duplicate. A piece that cannot be read is
     /// parked with its reason.
     ///
     /// The driver publishes the effects of a batch of pieces, then the book's
@@ -50,22 +51,63 @@ impl Engine {
             return Effects::default();
         };
         let workflow = self.workflow.name();
-        let fired = match book.add(&run_id, piece, target) {
-            JoinDecision::Fire(body) if join == RUN_JOIN => Some(protocol::run_event(
-                workflow,
-                &run_id,
-                EventKind::RunSucceeded,
-                body,
-            )),
-            JoinDecision::Fire(input) => StepName::new(join)
-                .ok()
-                .map(|step| protocol::joined_input(workflow, &step, &run_id, input)),
-            JoinDecision::Abort(failure) if join == RUN_JOIN => {
-                Some(protocol::run_failed(workflow, &run_id, &failure))
+        let reply_to = incoming.headers.text(header::REPLY_TO);
+        let mut publish = Vec::new();
+        match book.add(&run_id, piece, target) {
+            JoinDecision::Fire { body, generation } if join == RUN_JOIN => {
+                publish.push(protocol::run_event(
+                    workflow,
+                    &run_id,
+                    generation,
+                    EventKind::RunSucceeded,
+                    body,
+                ));
             }
-            _ => None,
-        };
-        Effects::publish(fired.map(|m| m.with_trace(trace)).into_iter().collect())
+            JoinDecision::Fire { body, generation } => {
+                if let Ok(step) = StepName::new(join) {
+                    publish.push(protocol::joined_input(
+                        workflow, &step, &run_id, generation, body,
+                    ));
+                }
+            }
+            JoinDecision::Abort {
+                failure,
+                generation,
+            } if join == RUN_JOIN => {
+                publish.push(protocol::run_failed(
+                    workflow, &run_id, generation, &failure,
+                ));
+            }
+            JoinDecision::Cancel { reason, generation } => {
+                let body = protocol::json(&RunCancelledBody { reason });
+                publish.push(protocol::run_event(
+                    workflow,
+                    &run_id,
+                    generation,
+                    EventKind::RunCancelled,
+                    body,
+                ));
+                if let Some(queue) = reply_to {
+                    publish.push(protocol::cancel_reply(
+                        queue,
+                        &run_id,
+                        &CancelReply::Cancelled,
+                    ));
+                }
+            }
+            JoinDecision::Refuse(ending) => {
+                if let Some(queue) = reply_to {
+                    let ended = ending.as_run_state().to_owned();
+                    publish.push(protocol::cancel_reply(
+                        queue,
+                        &run_id,
+                        &CancelReply::Refused { ended },
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Effects::publish(publish.into_iter().map(|m| m.with_trace(trace)).collect())
     }
 
     /// The snapshot of `book`, the state of shard `shard` of `join`, to publish to the
@@ -76,9 +118,25 @@ impl Engine {
 
     fn read_piece(&self, join: &str, incoming: &Incoming<'_>) -> Result<Piece, String> {
         incoming.run_id().map_err(|e| e.to_string())?;
+        let generation = incoming.generation();
+        if incoming.headers.contains(header::JOIN_CANCEL) {
+            if join != RUN_JOIN {
+                return Err(format!(
+                    "a cancel request sent to join `{join}`, not the run join"
+                ));
+            }
+            let body: RunCancelledBody = serde_json::from_slice(incoming.body)
+                .map_err(|e| format!("cancel request is unreadable: {e}"))?;
+            return Ok(Piece::Cancel {
+                reason: body.reason,
+            });
+        }
         if incoming.headers.contains(header::JOIN_FAILED) {
             return serde_json::from_slice::<RunFailedBody>(incoming.body)
-                .map(Piece::Failed)
+                .map(|failure| Piece::Failed {
+                    failure,
+                    generation,
+                })
                 .map_err(|e| format!("failure piece for join `{join}` is unreadable: {e}"));
         }
         let parent = incoming
@@ -90,6 +148,7 @@ impl Engine {
         Ok(Piece::Output {
             parent,
             output: incoming.body.to_vec(),
+            generation,
         })
     }
 

@@ -78,6 +78,26 @@ impl Effects {
     }
 }
 
+/// What a driver knows of a run that ended elsewhere, from the run-state feed (the
+/// `run.failed` and `run.cancelled` events every runner follows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunEnd {
+    /// How it ended.
+    pub how: RunEnding,
+    /// The generation that ended.
+    pub generation: u32,
+}
+
+/// How a run ended, as far as its remaining steps care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RunEnding {
+    /// A step failed for good (`run.failed`); a resume starts a later generation.
+    Failed,
+    /// The run was cancelled (`run.cancelled`); it never runs again.
+    Cancelled,
+}
+
 /// Guards against inputs that must not be run, and what attempts announce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

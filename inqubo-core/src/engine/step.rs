@@ -2,12 +2,10 @@
 
 use crate::{
     attempt::AttemptOutcome,
-    engine::{Effects, Engine},
-    event::{EventKind, FailedBody, FailureReason, RunFailedBody, StartedBody},
+    engine::{Effects, Engine, RunEnd, RunEnding},
+    event::{EventKind, FailedBody, FailureReason, RunFailedBody, SkippedBody, StartedBody},
     name::{RunId, StepName},
-    protocol::{
-        self, AttemptId, Incoming, Outgoing, RUN_JOIN, effective_delay, json, single_leaf_outputs,
-    },
+    protocol::{self, AttemptId, Incoming, Outgoing, RUN_JOIN, effective_delay, json},
     step::StepContext,
     workflow::StepNode,
 };
@@ -46,12 +44,12 @@ impl Attempt {
 
     /// The context the step function receives.
     pub fn context(&self) -> StepContext {
-        StepContext {
-            run_id: self.id.run_id.clone(),
-            workflow: self.id.workflow.clone(),
-            step: self.id.step.clone(),
-            attempt: self.id.attempt,
-        }
+        StepContext::new(
+            self.id.run_id.clone(),
+            self.id.workflow.clone(),
+            self.id.step.clone(),
+            self.id.attempt,
+        )
     }
 }
 
@@ -59,8 +57,16 @@ impl Engine {
     /// Decides whether the delivery `incoming` on `step`'s queue may run.
     ///
     /// `trace` is the `traceparent` of whatever this delivery makes the runner publish (a
-    /// span of the run's trace, chosen by the driver).
-    pub fn admit(&self, step: &StepName, incoming: &Incoming<'_>, trace: &str) -> Admission {
+    /// span of the run's trace, chosen by the driver). `ended` is what the driver knows of the
+    /// run from the run-state feed: an input of a cancelled run, or of a failed generation of
+    /// a workflow that fails fast, is parked without running (a resume runs it).
+    pub fn admit(
+        &self,
+        step: &StepName,
+        incoming: &Incoming<'_>,
+        trace: &str,
+        ended: Option<RunEnd>,
+    ) -> Admission {
         let attempt = incoming.attempt().unwrap_or(0);
         if incoming.body.len() > self.limits.max_input_bytes {
             let failure = FailedBody {
@@ -107,6 +113,49 @@ impl Engine {
                 return Admission::Settle(self.park(step, incoming, failure, trace));
             }
         };
+        let generation = incoming.generation();
+        let skip = match ended {
+            Some(RunEnd {
+                how: RunEnding::Cancelled,
+                ..
+            }) => Some(FailureReason::RunCancelled),
+            Some(RunEnd {
+                how: RunEnding::Failed,
+                generation: failed,
+            }) if self.workflow.fails_fast() && generation <= failed => {
+                Some(FailureReason::RunFailed)
+            }
+            _ => None,
+        };
+        if let Some(reason) = skip {
+            let id = AttemptId {
+                workflow: self.workflow.name().clone(),
+                step: step.clone(),
+                run_id,
+                attempt,
+                generation,
+                trace: trace.to_owned(),
+            };
+            let failure = FailedBody {
+                error: format!(
+                    "not run: the run {}",
+                    if reason == FailureReason::RunCancelled {
+                        "was cancelled"
+                    } else {
+                        "failed"
+                    }
+                ),
+                attempt,
+                reason,
+            };
+            return Admission::Settle(Effects {
+                publish: vec![
+                    protocol::parked(self.workflow.name(), step.as_str(), incoming, &failure),
+                    id.notice(EventKind::Skipped, &SkippedBody { attempt, reason }),
+                ],
+                failure: Some(failure),
+            });
+        }
         if self.workflow.step(step.as_str()).is_none() {
             let failure = FailedBody {
                 error: format!("workflow `{}` has no step `{step}`", self.workflow.name()),
@@ -121,6 +170,7 @@ impl Engine {
                 step: step.clone(),
                 run_id,
                 attempt,
+                generation,
                 trace: trace.to_owned(),
             },
         })
@@ -210,6 +260,7 @@ impl Engine {
                     workflow,
                     child.as_str(),
                     &id.run_id,
+                    id.generation,
                     &id.step,
                     output.clone(),
                     false,
@@ -219,19 +270,16 @@ impl Engine {
             }
         }
         if node.children().is_empty() {
-            messages.push(if self.workflow.is_chain() {
-                let outputs = single_leaf_outputs(&id.step, &output);
-                protocol::run_event(workflow, &id.run_id, EventKind::RunSucceeded, outputs)
-            } else {
-                protocol::join_piece(
-                    workflow,
-                    RUN_JOIN,
-                    &id.run_id,
-                    &id.step,
-                    output.clone(),
-                    false,
-                )
-            });
+            // The run join decides how a run ends, for chains too: exactly once.
+            messages.push(protocol::join_piece(
+                workflow,
+                RUN_JOIN,
+                &id.run_id,
+                id.generation,
+                &id.step,
+                output.clone(),
+                false,
+            ));
         }
         messages.insert(0, id.event(EventKind::Succeeded, output, plain_children));
         messages
@@ -262,6 +310,7 @@ impl Engine {
                 step: step.clone(),
                 run_id,
                 attempt: failure.attempt,
+                generation: incoming.generation(),
                 trace: trace.to_owned(),
             };
             publish.push(id.notice(EventKind::Failed, &failure));
@@ -283,9 +332,6 @@ impl Engine {
             attempt: failure.attempt,
             reason: failure.reason,
         };
-        if self.workflow.is_chain() {
-            return vec![protocol::run_failed(workflow, &id.run_id, &body).with_trace(&id.trace)];
-        }
         let body = json(&body);
         self.workflow
             .joins_after(&id.step)
@@ -293,8 +339,16 @@ impl Engine {
             .map(|join| join.name().as_str())
             .chain([RUN_JOIN])
             .map(|join| {
-                protocol::join_piece(workflow, join, &id.run_id, &id.step, body.clone(), true)
-                    .with_trace(&id.trace)
+                protocol::join_piece(
+                    workflow,
+                    join,
+                    &id.run_id,
+                    id.generation,
+                    &id.step,
+                    body.clone(),
+                    true,
+                )
+                .with_trace(&id.trace)
             })
             .collect()
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::{
-    AttemptOutcome, FailureReason, RetryPolicy, Step, StepContext, StepError,
+    AttemptOutcome, FailureReason, RetryPolicy, RunId, Step, StepContext, StepError,
     join::JoinBook,
     protocol::{Destination, Headers, Incoming, RoutingKey, header},
 };
@@ -68,14 +68,14 @@ fn keys(effects: &Effects) -> Vec<String> {
 }
 
 fn admitted(engine: &Engine, name: &str, incoming: &Incoming<'_>) -> Attempt {
-    match engine.admit(&step(name), incoming, "00-t-s-01") {
+    match engine.admit(&step(name), incoming, "00-t-s-01", None) {
         Admission::Run(attempt) => attempt,
         Admission::Settle(effects) => panic!("refused: {effects:?}"),
     }
 }
 
 #[test]
-fn a_last_step_of_a_chain_ends_the_run_with_its_output() {
+fn a_last_step_of_a_chain_reports_to_the_run_join() {
     let engine = chain();
     let incoming = delivery(run("r"), b"1");
     let attempt = admitted(&engine, "b", &incoming);
@@ -89,8 +89,12 @@ fn a_last_step_of_a_chain_ends_the_run_with_its_output() {
             output: b"7".to_vec(),
         },
     );
-    assert_eq!(keys(&effects), ["wf.step.b.succeeded", "wf.run.succeeded"]);
-    assert_eq!(effects.publish[1].body, br#"{"b":7}"#);
+    assert_eq!(keys(&effects), ["wf.step.b.succeeded", "join _run"]);
+    assert_eq!(effects.publish[1].body, b"7");
+    assert_eq!(
+        effects.publish[1].headers.text(header::JOIN_PARENT),
+        Some("b")
+    );
     assert!(
         !effects.publish[0].mandatory,
         "no plain child needs `succeeded`"
@@ -154,10 +158,7 @@ fn a_final_failure_parks_the_input_and_fails_the_run_once() {
             reason: FailureReason::RetriesExhausted,
         },
     );
-    assert_eq!(
-        keys(&effects),
-        ["parked", "wf.step.b.failed", "wf.run.failed"]
-    );
+    assert_eq!(keys(&effects), ["parked", "wf.step.b.failed", "join _run"]);
     let parked = effects.parked().unwrap();
     assert_eq!(
         parked.headers.text(header::PARKED_REASON),
@@ -197,16 +198,14 @@ fn too_large_inputs_are_parked_without_running() {
         ..Limits::default()
     };
     let engine = Engine::new(chain().workflow().clone(), limits);
-    let Admission::Settle(effects) = engine.admit(&step("a"), &delivery(run("r"), b"12345"), "t")
+    let Admission::Settle(effects) =
+        engine.admit(&step("a"), &delivery(run("r"), b"12345"), "t", None)
     else {
         panic!("should not run");
     };
-    assert_eq!(
-        keys(&effects),
-        ["parked", "wf.step.a.failed", "wf.run.failed"]
-    );
+    assert_eq!(keys(&effects), ["parked", "wf.step.a.failed", "join _run"]);
     assert_eq!(effects.failure.unwrap().reason, FailureReason::TooLarge);
-    let at_limit = engine.admit(&step("a"), &delivery(run("r"), b"1234"), "t");
+    let at_limit = engine.admit(&step("a"), &delivery(run("r"), b"1234"), "t", None);
     assert!(matches!(at_limit, Admission::Run(_)));
 }
 
@@ -214,7 +213,7 @@ fn too_large_inputs_are_parked_without_running() {
 fn inputs_past_the_redelivery_limit_are_parked_and_classic_redeliveries_counted() {
     let engine = chain();
     let over = delivery(run("r").with(header::X_DELIVERY_COUNT, 6_u32), b"1");
-    let Admission::Settle(effects) = engine.admit(&step("a"), &over, "t") else {
+    let Admission::Settle(effects) = engine.admit(&step("a"), &over, "t", None) else {
         panic!("should not run");
     };
     assert_eq!(
@@ -223,12 +222,12 @@ fn inputs_past_the_redelivery_limit_are_parked_and_classic_redeliveries_counted(
     );
     let at_limit = delivery(run("r").with(header::X_DELIVERY_COUNT, 5_u32), b"1");
     assert!(matches!(
-        engine.admit(&step("a"), &at_limit, "t"),
+        engine.admit(&step("a"), &at_limit, "t", None),
         Admission::Run(_)
     ));
     let mut classic = delivery(run("r").with(header::REDELIVERY_COUNT, 2_u32), b"1");
     classic.redelivered = true;
-    let Admission::Settle(again) = engine.admit(&step("a"), &classic, "t") else {
+    let Admission::Settle(again) = engine.admit(&step("a"), &classic, "t", None) else {
         panic!("a classic redelivery goes round once more with its count");
     };
     assert_eq!(keys(&again), ["step a after 0ns"]);
@@ -242,7 +241,8 @@ fn inputs_past_the_redelivery_limit_are_parked_and_classic_redeliveries_counted(
 #[test]
 fn a_message_without_a_run_id_is_parked_and_nothing_else() {
     let engine = chain();
-    let Admission::Settle(effects) = engine.admit(&step("a"), &delivery(Headers::new(), b"1"), "t")
+    let Admission::Settle(effects) =
+        engine.admit(&step("a"), &delivery(Headers::new(), b"1"), "t", None)
     else {
         panic!("should not run");
     };
@@ -256,10 +256,7 @@ fn an_unroutable_outcome_fails_the_step_as_unroutable() {
     let incoming = delivery(run("r"), b"1");
     let attempt = admitted(&engine, "a", &incoming);
     let effects = engine.unroutable(&attempt, &incoming, "wf.step.a.succeeded");
-    assert_eq!(
-        keys(&effects),
-        ["parked", "wf.step.a.failed", "wf.run.failed"]
-    );
+    assert_eq!(keys(&effects), ["parked", "wf.step.a.failed", "join _run"]);
     let failure = effects.failure.unwrap();
     assert_eq!(failure.reason, FailureReason::Unroutable);
     assert!(failure.error.contains("wf.step.a.succeeded"));
@@ -306,3 +303,88 @@ fn the_run_join_ends_the_run_with_every_last_output() {
 }
 
 const RUN_JOIN_NAME: &str = crate::protocol::RUN_JOIN;
+
+#[test]
+fn inputs_of_a_cancelled_run_or_a_failed_generation_are_parked_and_skipped() {
+    let engine = diamond();
+    let cancelled = Some(RunEnd {
+        how: RunEnding::Cancelled,
+        generation: 1,
+    });
+    let incoming = delivery(run("r"), b"1");
+    let Admission::Settle(effects) = engine.admit(&step("b"), &incoming, "t", cancelled) else {
+        panic!("a cancelled run runs nothing");
+    };
+    assert_eq!(keys(&effects), ["parked", "wf.step.b.skipped"]);
+    assert_eq!(effects.failure.unwrap().reason, FailureReason::RunCancelled);
+    let failed = Some(RunEnd {
+        how: RunEnding::Failed,
+        generation: 1,
+    });
+    let Admission::Settle(effects) = engine.admit(&step("b"), &incoming, "t", failed) else {
+        panic!("a failed run takes no new step");
+    };
+    assert_eq!(effects.failure.unwrap().reason, FailureReason::RunFailed);
+    let resumed = delivery(run("r").with(header::RUN_GENERATION, 2_u32), b"1");
+    let Admission::Run(attempt) = engine.admit(&step("b"), &resumed, "t", failed) else {
+        panic!("a resumed generation runs");
+    };
+    assert_eq!(attempt.id().generation, 2);
+    let patient = Engine::new(
+        Workflow::builder("wf")
+            .fail_fast(false)
+            .start(Step::new("a", id))
+            .build()
+            .unwrap(),
+        Limits::default(),
+    );
+    assert!(matches!(
+        patient.admit(&step("a"), &incoming, "t", failed),
+        Admission::Run(_)
+    ));
+}
+
+#[test]
+fn the_run_join_cancels_once_and_answers_the_canceller() {
+    let engine = diamond();
+    let mut book = JoinBook::new();
+    let request = |reply: Option<&str>| {
+        let message = crate::protocol::cancel_request(
+            engine.workflow().name(),
+            &RunId::new("r").unwrap(),
+            "stop",
+            reply,
+        );
+        delivery(message.headers, b"{\"reason\":\"stop\"}")
+    };
+    let effects = engine.join_piece(
+        RUN_JOIN_NAME,
+        &mut book,
+        &request(Some("amq.rabbitmq.reply-to")),
+        "t",
+    );
+    assert_eq!(
+        keys(&effects),
+        ["wf.run.cancelled", "Reply(\"amq.rabbitmq.reply-to\")"]
+    );
+    let reply: crate::protocol::CancelReply =
+        serde_json::from_slice(&effects.publish[1].body).unwrap();
+    assert_eq!(reply, crate::protocol::CancelReply::Cancelled);
+    let again = engine.join_piece(RUN_JOIN_NAME, &mut book, &request(Some("q")), "t");
+    let reply: crate::protocol::CancelReply =
+        serde_json::from_slice(&again.publish[0].body).unwrap();
+    assert_eq!(
+        reply,
+        crate::protocol::CancelReply::Refused {
+            ended: "cancelled".into()
+        }
+    );
+    let late = delivery(run("r").with(header::JOIN_PARENT, "d"), b"3");
+    assert!(
+        engine
+            .join_piece(RUN_JOIN_NAME, &mut book, &late, "t")
+            .publish
+            .is_empty(),
+        "a cancelled run never succeeds"
+    );
+}

@@ -12,6 +12,15 @@ use std::collections::BTreeMap;
 pub const RUN_ID: &str = "run-id";
 /// The attempt that produced an event (integer, from 1).
 pub const ATTEMPT: &str = "attempt";
+/// The run's generation (integer, from 1): one more each time a failed run is resumed. Set
+/// on every message of a resumed run; absent means 1. Exactly one terminal event is
+/// published per generation.
+pub const RUN_GENERATION: &str = "run-generation";
+/// On a cancel request to a run join: present (true).
+pub const JOIN_CANCEL: &str = "join-cancel";
+/// On a request to a run join: where to send the answer (a queue name, for example RabbitMQ's
+/// direct reply-to `amq.rabbitmq.reply-to`).
+pub const REPLY_TO: &str = "reply-to";
 /// On a retry message only: the attempt it starts (integer, from 2).
 pub const RETRY_ATTEMPT: &str = "retry-attempt";
 /// On a parked message: why it was parked (a [`FailureReason`](crate::FailureReason)).

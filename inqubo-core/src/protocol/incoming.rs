@@ -63,6 +63,15 @@ impl Incoming<'_> {
         }
     }
 
+    /// The run generation the message belongs to: `run-generation`, 1 when absent or unusable.
+    pub fn generation(&self) -> u32 {
+        self.headers
+            .int(header::RUN_GENERATION)
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n >= 1)
+            .unwrap_or(1)
+    }
+
     /// How many times this message was delivered before without being acknowledged: the
     /// broker's `x-delivery-count` on quorum queues, our own `redelivery-count` on classic
     /// ones (plus one if this delivery is itself a redelivery).

@@ -29,9 +29,9 @@ pub use names::{
     RUN_JOIN,
 };
 pub use outgoing::{
-    Address, AttemptId, Destination, Outgoing, announcement, counted_redelivery, join_piece,
-    join_snapshot, joined_input, json, parked, replay, run_event, run_failed, single_leaf_outputs,
-    trigger,
+    Address, AttemptId, CancelReply, Destination, Outgoing, announcement, cancel_reply,
+    cancel_request, counted_redelivery, join_piece, join_snapshot, joined_input, json, parked,
+    resume, resume_run, run_event, run_failed, trigger,
 };
 
 /// The default prefix: the name of the topic exchange and the first word of every queue name.

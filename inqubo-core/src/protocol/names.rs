@@ -177,19 +177,16 @@ impl Names {
         format!("{}.join", self.prefix)
     }
 
-    /// The joins of `workflow` that need shards: every join step, and the run join unless
-    /// the workflow is a chain (whose only last step reports the run's end itself).
+    /// The joins of `workflow` that need shards: every join step, and the run join, which
+    /// decides how each run ends.
     pub fn joins(workflow: &Workflow) -> Vec<String> {
-        let mut joins: Vec<String> = workflow
+        workflow
             .steps()
             .iter()
             .filter(|s| s.is_join())
             .map(|s| s.name().to_string())
-            .collect();
-        if !workflow.is_chain() {
-            joins.push(RUN_JOIN.to_owned());
-        }
-        joins
+            .chain([RUN_JOIN.to_owned()])
+            .collect()
     }
 
     /// The shard of `run_id` among [`JOIN_SHARDS`] (FNV-1a, stable across versions).

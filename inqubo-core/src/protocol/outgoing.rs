@@ -10,10 +10,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::{
-    event::{EventKind, FailedBody, RunFailedBody},
+    event::{EventKind, FailedBody, RunCancelledBody, RunFailedBody},
     name::{RunId, StepName, WorkflowName},
     protocol::{
-        Names, RoutingKey,
+        Names, RUN_JOIN, RoutingKey,
         header::{self, Headers},
     },
     workflow::Workflow,
@@ -57,6 +57,8 @@ pub enum Destination {
     Parked(WorkflowName),
     /// The registry of workflow definitions.
     Registry,
+    /// A queue named by a request's `reply-to` header, through the default exchange.
+    Reply(String),
 }
 
 /// An exchange and a routing key: where a runtime publishes a message.
@@ -114,6 +116,10 @@ impl Names {
                 exchange: String::new(),
                 routing_key: self.registry_queue().as_str().to_owned(),
             },
+            Destination::Reply(queue) => Address {
+                exchange: String::new(),
+                routing_key: queue.clone(),
+            },
         }
     }
 }
@@ -153,8 +159,20 @@ impl Outgoing {
     }
 }
 
-fn run_headers(run_id: &RunId) -> Headers {
-    Headers::new().with(header::RUN_ID, run_id.as_str())
+fn run_headers(run_id: &RunId, generation: u32) -> Headers {
+    Headers::new()
+        .with(header::RUN_ID, run_id.as_str())
+        .with(header::RUN_GENERATION, generation)
+}
+
+/// What a generation adds to a `message_id`: nothing for the first, `:g<n>` after a resume,
+/// so that the messages of a resumed run never share an id with the earlier ones.
+fn generation_suffix(generation: u32) -> String {
+    if generation > 1 {
+        format!(":g{generation}")
+    } else {
+        String::new()
+    }
 }
 
 /// `<workflow>.run.triggered` with the run input as body.
@@ -162,7 +180,7 @@ pub fn trigger(workflow: &WorkflowName, run_id: &RunId, input: Vec<u8>) -> Outgo
     Outgoing {
         destination: Destination::Events(RoutingKey::run_triggered(workflow)),
         body: input,
-        headers: run_headers(run_id),
+        headers: run_headers(run_id, 1),
         inherit_headers: false,
         message_id: format!("{run_id}:{workflow}:triggered"),
         mandatory: true,
@@ -180,6 +198,8 @@ pub struct AttemptId {
     pub run_id: RunId,
     /// The attempt, from 1.
     pub attempt: u32,
+    /// The run's generation, from 1.
+    pub generation: u32,
     /// The attempt's `traceparent`: the run's trace, a span of its own.
     pub trace: String,
 }
@@ -194,7 +214,7 @@ impl AttemptId {
                 kind,
             )),
             body,
-            headers: run_headers(&self.run_id).with(header::ATTEMPT, self.attempt),
+            headers: run_headers(&self.run_id, self.generation).with(header::ATTEMPT, self.attempt),
             inherit_headers: false,
             message_id: format!(
                 "{}:{}:{}:{kind}:{}",
@@ -221,7 +241,7 @@ impl AttemptId {
                 delay,
             },
             body: input,
-            headers: run_headers(&self.run_id).with(header::RETRY_ATTEMPT, next),
+            headers: run_headers(&self.run_id, self.generation).with(header::RETRY_ATTEMPT, next),
             inherit_headers: false,
             message_id: format!(
                 "{}:{}:{}:retry:{next}",
@@ -238,11 +258,12 @@ pub fn join_piece(
     workflow: &WorkflowName,
     join: &str,
     run_id: &RunId,
+    generation: u32,
     from: &StepName,
     body: Vec<u8>,
     failed: bool,
 ) -> Outgoing {
-    let mut headers = run_headers(run_id).with(header::JOIN_PARENT, from.as_str());
+    let mut headers = run_headers(run_id, generation).with(header::JOIN_PARENT, from.as_str());
     if failed {
         headers.insert(header::JOIN_FAILED, true);
     }
@@ -256,7 +277,10 @@ pub fn join_piece(
         body,
         headers,
         inherit_headers: false,
-        message_id: format!("{run_id}:{workflow}:{from}:{kind}:{join}"),
+        message_id: format!(
+            "{run_id}:{workflow}:{from}:{kind}:{join}{}",
+            generation_suffix(generation)
+        ),
         mandatory: true,
     }
 }
@@ -266,6 +290,7 @@ pub fn joined_input(
     workflow: &WorkflowName,
     step: &StepName,
     run_id: &RunId,
+    generation: u32,
     input: Vec<u8>,
 ) -> Outgoing {
     Outgoing {
@@ -275,33 +300,108 @@ pub fn joined_input(
             delay: Duration::ZERO,
         },
         body: input,
-        headers: run_headers(run_id),
+        headers: run_headers(run_id, generation),
         inherit_headers: false,
-        message_id: format!("{run_id}:{workflow}:{step}:joined"),
+        message_id: format!(
+            "{run_id}:{workflow}:{step}:joined{}",
+            generation_suffix(generation)
+        ),
         mandatory: true,
     }
 }
 
-/// `<workflow>.run.succeeded` or `<workflow>.run.failed`.
+/// A run's terminal event: `<workflow>.run.succeeded`, `run.failed` or `run.cancelled` of
+/// generation `generation`. Its `message_id` is the same for every duplicate.
 pub fn run_event(
     workflow: &WorkflowName,
     run_id: &RunId,
+    generation: u32,
     kind: EventKind,
     body: Vec<u8>,
 ) -> Outgoing {
     Outgoing {
         destination: Destination::Events(RoutingKey::run_event(workflow, kind)),
         body,
-        headers: run_headers(run_id),
+        headers: run_headers(run_id, generation),
         inherit_headers: false,
-        message_id: format!("{run_id}:{workflow}:run:{kind}"),
+        message_id: format!(
+            "{run_id}:{workflow}:run:{kind}{}",
+            generation_suffix(generation)
+        ),
         mandatory: false,
     }
 }
 
 /// `<workflow>.run.failed` with `failure` as its body.
-pub fn run_failed(workflow: &WorkflowName, run_id: &RunId, failure: &RunFailedBody) -> Outgoing {
-    run_event(workflow, run_id, EventKind::RunFailed, json(failure))
+pub fn run_failed(
+    workflow: &WorkflowName,
+    run_id: &RunId,
+    generation: u32,
+    failure: &RunFailedBody,
+) -> Outgoing {
+    run_event(
+        workflow,
+        run_id,
+        generation,
+        EventKind::RunFailed,
+        json(failure),
+    )
+}
+
+/// A request to cancel run `run_id`, bound for its run join (the one place that decides how
+/// a run ends). `reply_to`, if given, names a queue that gets the answer ([`CancelReply`]).
+pub fn cancel_request(
+    workflow: &WorkflowName,
+    run_id: &RunId,
+    reason: &str,
+    reply_to: Option<&str>,
+) -> Outgoing {
+    let mut headers = Headers::new()
+        .with(header::RUN_ID, run_id.as_str())
+        .with(header::JOIN_CANCEL, true);
+    if let Some(queue) = reply_to {
+        headers.insert(header::REPLY_TO, queue);
+    }
+    Outgoing {
+        destination: Destination::Join {
+            workflow: workflow.clone(),
+            join: RUN_JOIN.to_owned(),
+            shard: Names::join_shard(run_id.as_str()),
+        },
+        body: json(&RunCancelledBody {
+            reason: reason.to_owned(),
+        }),
+        headers,
+        inherit_headers: false,
+        message_id: format!("{run_id}:{workflow}:cancel"),
+        mandatory: true,
+    }
+}
+
+/// The answer to a cancel request, for the queue its `reply-to` header named.
+pub fn cancel_reply(queue: &str, run_id: &RunId, reply: &CancelReply) -> Outgoing {
+    Outgoing {
+        destination: Destination::Reply(queue.to_owned()),
+        body: json(reply),
+        headers: Headers::new().with(header::RUN_ID, run_id.as_str()),
+        inherit_headers: false,
+        message_id: format!("{run_id}:cancel-reply"),
+        mandatory: false,
+    }
+}
+
+/// What a run join answers a cancel request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+#[non_exhaustive]
+pub enum CancelReply {
+    /// The run is cancelled: `run.cancelled` was published.
+    Cancelled,
+    /// The run had already ended; nothing changed.
+    Refused {
+        /// How it ended: `succeeded`, `failed` or `cancelled`.
+        ended: String,
+    },
 }
 
 /// The latest state of a join shard, kept in its state queue.
@@ -388,39 +488,69 @@ pub fn counted_redelivery(
     }
 }
 
-/// A parked input sent back to the step it failed in (`inqubo parked replay`), as a fresh
-/// first attempt: its `run-id` and `traceparent` are kept, the `parked-*` headers dropped.
-pub fn replay(
+/// A parked input sent back to the step it was parked from (`inqubo parked replay`,
+/// `inqubo run resume`): the next attempt of that step, in generation `generation` of its run
+/// (one above the generation it was parked in, the same for every input a resume sends).
+///
+/// It keeps the input's `run-id` and `traceparent`; its `retry-attempt` continues from the
+/// parked attempt, so that the history shows the new attempt after the failed one. `None` if
+/// the parked message names no step of `workflow` it can go back to (a join piece).
+pub fn resume(
     workflow: &WorkflowName,
-    step: &StepName,
-    run_id: Option<&str>,
-    traceparent: Option<&str>,
-    original_message_id: Option<&str>,
-    body: Vec<u8>,
-) -> Outgoing {
-    let mut headers = Headers::new();
-    if let Some(run_id) = run_id {
-        headers.insert(header::RUN_ID, run_id);
+    parked: &super::Incoming<'_>,
+    generation: u32,
+) -> Option<Outgoing> {
+    let step = parked
+        .headers
+        .text(header::PARKED_STEP)
+        .and_then(|name| StepName::new(name).ok())?;
+    let mut headers = Headers::new().with(header::RUN_GENERATION, generation);
+    for name in [header::RUN_ID, header::TRACEPARENT] {
+        if let Some(value) = parked.headers.text(name) {
+            headers.insert(name, value);
+        }
     }
-    if let Some(trace) = traceparent {
-        headers.insert(header::TRACEPARENT, trace);
+    let failed_attempt = parked
+        .headers
+        .int(header::PARKED_ATTEMPT)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0);
+    if failed_attempt >= 1 {
+        headers.insert(header::RETRY_ATTEMPT, failed_attempt.saturating_add(1));
     }
-    let run = run_id.unwrap_or("unknown");
-    Outgoing {
+    let original = parked.message_id.unwrap_or("parked");
+    Some(Outgoing {
         destination: Destination::Step {
             workflow: workflow.clone(),
-            step: step.clone(),
+            step,
             delay: Duration::ZERO,
         },
-        body,
+        body: parked.body.to_vec(),
         headers,
         inherit_headers: false,
-        message_id: original_message_id.map_or_else(
-            || format!("{run}:{workflow}:{step}:replay"),
-            |id| format!("replay:{id}"),
-        ),
+        message_id: format!("{original}:resume:g{generation}"),
         mandatory: true,
-    }
+    })
+}
+
+/// Resumes a failed run from its parked inputs (`parked`, every parked message of the run):
+/// each goes back to its step as the next attempt, all in the generation after the newest
+/// they were parked in. Inputs of a cancelled run and pieces that name no step stay parked.
+pub fn resume_run(workflow: &WorkflowName, parked: &[super::Incoming<'_>]) -> Vec<Outgoing> {
+    let generation = parked
+        .iter()
+        .map(super::Incoming::generation)
+        .max()
+        .unwrap_or(1)
+        .saturating_add(1);
+    parked
+        .iter()
+        .filter(|p| {
+            p.headers.text(header::PARKED_REASON)
+                != Some(crate::FailureReason::RunCancelled.as_str())
+        })
+        .filter_map(|p| resume(workflow, p, generation))
+        .collect()
 }
 
 /// The JSON bytes of `body`.
@@ -429,29 +559,10 @@ pub fn json(body: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec())
 }
 
-/// The body of `run.succeeded` for a chain: `{"<last step>": output}`.
-pub fn single_leaf_outputs(step: &StepName, output: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(output.len() + step.as_str().len() + 5);
-    body.extend_from_slice(b"{\"");
-    body.extend_from_slice(step.as_str().as_bytes());
-    body.extend_from_slice(b"\":");
-    body.extend_from_slice(output);
-    body.push(b'}');
-    body
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{FailureReason, protocol::Incoming};
-
-    #[test]
-    fn chain_run_outputs_are_keyed_by_the_last_step() {
-        let step = StepName::new("load").unwrap();
-        let body = single_leaf_outputs(&step, br#"{"a":[1]}"#);
-        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(value, serde_json::json!({"load": {"a": [1]}}));
-    }
 
     #[test]
     fn parked_messages_keep_the_input_and_add_the_reason() {
@@ -487,17 +598,27 @@ mod tests {
     }
 
     #[test]
-    fn replays_go_to_the_step_queue_with_run_id_trace_and_an_id() {
-        let wf = WorkflowName::new("simple").unwrap();
-        let step = StepName::new("s").unwrap();
-        let message = replay(
-            &wf,
-            &step,
-            Some("r1"),
-            Some("00-ab-cd-01"),
-            Some("m7"),
-            b"1".to_vec(),
-        );
+    fn a_resumed_input_is_the_next_attempt_of_the_next_generation() {
+        let flow = Workflow::builder("simple")
+            .start(crate::Step::new(
+                "s",
+                |n: u32, _: crate::StepContext| async move { Ok::<u32, crate::StepError>(n) },
+            ))
+            .build()
+            .unwrap();
+        let parked = Incoming {
+            routing_key: "simple.run.triggered",
+            redelivered: false,
+            headers: Headers::new()
+                .with(header::RUN_ID, "r1")
+                .with(header::TRACEPARENT, "00-ab-cd-01")
+                .with(header::PARKED_STEP, "s")
+                .with(header::PARKED_ATTEMPT, 3_u32)
+                .with(header::PARKED_REASON, "fatal"),
+            message_id: Some("parked:m7"),
+            body: b"1",
+        };
+        let message = resume(flow.name(), &parked, 2).unwrap();
         let address = Names::default().address(&message.destination);
         assert_eq!(address.exchange, "inqubo.retry");
         assert_eq!(address.routing_key, "simple.s");
@@ -506,6 +627,12 @@ mod tests {
             message.headers.text(header::TRACEPARENT),
             Some("00-ab-cd-01")
         );
-        assert_eq!(message.message_id, "replay:m7");
+        assert_eq!(message.headers.int(header::RETRY_ATTEMPT), Some(4));
+        assert_eq!(message.headers.int(header::RUN_GENERATION), Some(2));
+        assert!(!message.headers.contains(header::PARKED_REASON));
+        assert_eq!(message.message_id, "parked:m7:resume:g2");
+        let mut piece = parked.clone();
+        piece.headers.insert(header::PARKED_STEP, "_run");
+        assert!(resume(flow.name(), &piece, 2).is_none());
     }
 }

@@ -35,12 +35,13 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 pub use fault::{fail_first, fatal_first, hang_first, panic_first};
 
 use crate::{
     EventKind, FailedBody, FailureReason, LifecycleEvent, RunId, RunOutcome, StepName, Workflow,
-    engine::{Admission, Effects, Engine, Limits},
+    engine::{Admission, Effects, Engine, Limits, RunEnd, RunEnding},
     join::JoinBook,
     protocol::{
         self, Destination, Headers, Incoming, Names, Outgoing, RoutingKey, effective_delay, header,
@@ -63,8 +64,8 @@ pub struct Parked {
 /// Everything a run did.
 #[derive(Debug, Clone)]
 pub struct RunReport {
-    /// How it ended: its first terminal event; `None` if it never ended (it stalled, or its
-    /// trigger could not even be read).
+    /// How it ended: its last terminal event (a resumed run ends once per generation); `None`
+    /// if it never ended (it stalled, or its trigger could not even be read).
     pub outcome: Option<RunOutcome>,
     /// Every event, in the order published.
     pub events: Vec<LifecycleEvent>,
@@ -86,13 +87,10 @@ impl RunReport {
             .collect()
     }
 
-    /// The terminal events (`run.succeeded`, `run.failed`) published: exactly one for a run
-    /// that ended.
+    /// The terminal events (`run.succeeded`, `run.failed`, `run.cancelled`) published:
+    /// exactly one per generation of a run that ended.
     pub fn terminal_events(&self) -> usize {
-        self.events
-            .iter()
-            .filter(|e| matches!(e.kind, EventKind::RunSucceeded | EventKind::RunFailed))
-            .count()
+        self.events.iter().filter(|e| e.kind.ends_run()).count()
     }
 }
 
@@ -101,6 +99,8 @@ impl RunReport {
 pub struct TestRunner {
     engine: Engine,
     unbound: HashSet<StepName>,
+    cancel_on: Option<String>,
+    resumes: u32,
 }
 
 impl TestRunner {
@@ -109,7 +109,25 @@ impl TestRunner {
         Self {
             engine: Engine::new(workflow, Limits::default()),
             unbound: HashSet::new(),
+            cancel_on: None,
+            resumes: 0,
         }
+    }
+
+    /// Cancels the run (as `Client::cancel` does) as soon as `event` is published: a short
+    /// event name such as `"b.started"` or `"run.triggered"`.
+    #[must_use]
+    pub fn cancel_on(mut self, event: &str) -> Self {
+        self.cancel_on = Some(event.to_owned());
+        self
+    }
+
+    /// Resumes the run (as `inqubo run resume` does) each time it has failed and nothing is
+    /// left in flight, up to `times` times.
+    #[must_use]
+    pub fn resume_failed(mut self, times: u32) -> Self {
+        self.resumes = times;
+        self
     }
 
     /// The same runner under other limits (the largest input, the redelivery limit...).
@@ -174,7 +192,7 @@ impl TestRunner {
         let mut trigger = protocol::trigger(self.engine.workflow().name(), &run_id, input)
             .with_trace(&new_traceparent());
         trigger.headers.extend(&extra);
-        let mut broker = Broker::new(self);
+        let mut broker = Broker::new(self, run_id);
         // A trigger nobody is bound to leaves the run without an end: `outcome` stays `None`.
         let _ = broker.publish(trigger, &Headers::new());
         broker.drive().await;
@@ -191,6 +209,7 @@ impl TestRunner {
 enum Queue {
     Step(StepName),
     Join(String, u32),
+    Parked,
 }
 
 /// A message in a queue.
@@ -203,30 +222,55 @@ struct Queued {
     body: Vec<u8>,
 }
 
+impl Queued {
+    fn incoming(&self) -> Incoming<'_> {
+        Incoming {
+            routing_key: &self.routing_key,
+            redelivered: false,
+            headers: self.headers.clone(),
+            message_id: Some(&self.message_id),
+            body: &self.body,
+        }
+    }
+}
+
 /// A mandatory message that no queue took.
 struct Unroutable(String);
 
 /// The in-memory broker of one run: queues bound like the RabbitMQ runtime binds them.
 struct Broker<'a> {
     runner: &'a TestRunner,
+    run_id: RunId,
     names: Names,
     queued: Vec<Queued>,
     books: HashMap<(String, u32), JoinBook>,
     events: Vec<LifecycleEvent>,
     parked: Vec<Parked>,
+    /// The parked messages as they sit in the parked queue, for a resume.
+    parked_queue: Vec<Queued>,
     outcome: Option<RunOutcome>,
+    /// What every runner would know from the run-state feed.
+    ended: Option<RunEnd>,
+    /// Cancelled when the run ends elsewhere: what a running step's context observes.
+    cancel: CancellationToken,
+    resumes_left: u32,
 }
 
 impl<'a> Broker<'a> {
-    fn new(runner: &'a TestRunner) -> Self {
+    fn new(runner: &'a TestRunner, run_id: RunId) -> Self {
         Self {
             runner,
+            run_id,
             names: Names::default(),
             queued: Vec::new(),
             books: HashMap::new(),
             events: Vec::new(),
             parked: Vec::new(),
+            parked_queue: Vec::new(),
             outcome: None,
+            ended: None,
+            cancel: CancellationToken::new(),
+            resumes_left: runner.resumes,
         }
     }
 
@@ -285,10 +329,20 @@ impl<'a> Broker<'a> {
             }
             Destination::Parked(_) => {
                 self.park(&headers, &message.body);
+                self.parked_queue.push(Queued {
+                    queue: Queue::Parked,
+                    ready_at: Instant::now(),
+                    routing_key,
+                    headers,
+                    message_id: message.message_id,
+                    body: message.body,
+                });
                 return Ok(());
             }
-            // The books live in memory here; nothing reads announcements.
-            Destination::JoinState { .. } | Destination::Registry => return Ok(()),
+            // The books live in memory here; nothing reads announcements or replies.
+            Destination::JoinState { .. } | Destination::Registry | Destination::Reply(_) => {
+                return Ok(());
+            }
         }
         if queues.is_empty() && message.mandatory {
             return Err(Unroutable(routing_key));
@@ -317,10 +371,40 @@ impl<'a> Broker<'a> {
         else {
             return;
         };
-        if self.outcome.is_none() {
-            self.outcome = RunOutcome::from_event(&event);
+        let event = event.with_generation(
+            headers
+                .int(header::RUN_GENERATION)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(1),
+        );
+        if let Some(outcome) = RunOutcome::from_event(&event) {
+            self.outcome = Some(outcome);
         }
+        let how = match event.kind {
+            EventKind::RunFailed => Some(RunEnding::Failed),
+            EventKind::RunCancelled => Some(RunEnding::Cancelled),
+            _ => None,
+        };
+        if let Some(how) = how {
+            self.ended = Some(RunEnd {
+                how,
+                generation: event.generation,
+            });
+            if how == RunEnding::Cancelled || self.engine().workflow().fails_fast() {
+                self.cancel.cancel();
+            }
+        }
+        let cancel_now = self.runner.cancel_on.as_deref() == Some(event.short_name().as_str());
         self.events.push(event);
+        if cancel_now {
+            let request = protocol::cancel_request(
+                self.engine().workflow().name(),
+                &self.run_id,
+                "cancelled by the test",
+                None,
+            );
+            let _ = self.publish(request, &Headers::new());
+        }
     }
 
     fn park(&mut self, headers: &Headers, body: &[u8]) {
@@ -353,12 +437,32 @@ impl<'a> Broker<'a> {
         unroutable
     }
 
-    /// Delivers queued messages in the order they become ready, until none is left.
+    /// Delivers queued messages in the order they become ready, until none is left; then
+    /// resumes a failed run if told to, and goes on.
     async fn drive(&mut self) {
-        while let Some(index) = self.next_ready() {
-            let queued = self.queued.remove(index);
-            tokio::time::sleep_until(queued.ready_at).await;
-            self.deliver(queued).await;
+        loop {
+            while let Some(index) = self.next_ready() {
+                let queued = self.queued.remove(index);
+                tokio::time::sleep_until(queued.ready_at).await;
+                self.deliver(queued).await;
+            }
+            let failed = matches!(self.outcome, Some(RunOutcome::Failed(_)));
+            if !failed || self.resumes_left == 0 {
+                return;
+            }
+            self.resumes_left -= 1;
+            self.resume();
+        }
+    }
+
+    /// What `inqubo run resume` does: takes the run's parked inputs and sends them back.
+    fn resume(&mut self) {
+        let taken = std::mem::take(&mut self.parked_queue);
+        let incoming: Vec<Incoming<'_>> = taken.iter().map(Queued::incoming).collect();
+        let messages = protocol::resume_run(self.engine().workflow().name(), &incoming);
+        self.cancel = CancellationToken::new();
+        for message in messages {
+            let _ = self.publish(message, &Headers::new());
         }
     }
 
@@ -372,13 +476,7 @@ impl<'a> Broker<'a> {
 
     async fn deliver(&mut self, queued: Queued) {
         let engine = self.engine();
-        let incoming = Incoming {
-            routing_key: &queued.routing_key,
-            redelivered: false,
-            headers: queued.headers.clone(),
-            message_id: Some(&queued.message_id),
-            body: &queued.body,
-        };
+        let incoming = queued.incoming();
         let trace = child_traceparent(incoming.traceparent());
         match &queued.queue {
             Queue::Join(join, shard) => {
@@ -388,8 +486,10 @@ impl<'a> Broker<'a> {
                 self.books.insert(key, book);
                 self.execute(effects, &queued.headers);
             }
+            // Nothing consumes the parked queue; only a resume takes from it.
+            Queue::Parked => {}
             Queue::Step(step) => {
-                let attempt = match engine.admit(step, &incoming, &trace) {
+                let attempt = match engine.admit(step, &incoming, &trace, self.ended) {
                     Admission::Run(attempt) => attempt,
                     Admission::Settle(effects) => {
                         self.execute(effects, &queued.headers);
@@ -402,7 +502,8 @@ impl<'a> Broker<'a> {
                 let Some(node) = engine.workflow().step(step.as_str()) else {
                     return;
                 };
-                let outcome = run_attempt(node, attempt.context(), incoming.body).await;
+                let context = attempt.context().with_cancel(self.cancel.clone());
+                let outcome = run_attempt(node, context, incoming.body).await;
                 let effects = engine.finished(&attempt, &incoming, outcome);
                 if let Some(key) = self.execute(effects, &queued.headers) {
                     let failed = engine.unroutable(&attempt, &incoming, &key);

@@ -184,6 +184,7 @@ impl<T: Serialize> Started for T {}
 pub struct WorkflowBuilder<T> {
     name: String,
     stages: Vec<StageSpec>,
+    fail_fast: bool,
     _tail: PhantomData<fn() -> T>,
 }
 
@@ -202,8 +203,19 @@ impl WorkflowBuilder<NotStarted> {
         Self {
             name,
             stages: Vec::new(),
+            fail_fast: true,
             _tail: PhantomData,
         }
+    }
+
+    /// Whether a step failing for good stops the rest of its run (default `true`): the run's
+    /// other branches take no new step (their inputs are parked as `run_failed`, and a resume
+    /// runs them), and steps running are told through [`StepContext::cancelled`](crate::StepContext::cancelled).
+    /// With `false`, the other branches run to their end; the run still fails.
+    #[must_use]
+    pub fn fail_fast(mut self, fail_fast: bool) -> Self {
+        self.fail_fast = fail_fast;
+        self
     }
 
     /// Sets the first stage, which receives the run's input.
@@ -212,6 +224,7 @@ impl WorkflowBuilder<NotStarted> {
         WorkflowBuilder {
             name: self.name,
             stages: self.stages,
+            fail_fast: self.fail_fast,
             _tail: PhantomData,
         }
     }
@@ -232,6 +245,7 @@ impl<T> WorkflowBuilder<T> {
         WorkflowBuilder {
             name: self.name,
             stages: self.stages,
+            fail_fast: self.fail_fast,
             _tail: PhantomData,
         }
     }
@@ -304,7 +318,7 @@ impl<T> WorkflowBuilder<T> {
                 steps[parent].children.push(names[index].clone());
             }
         }
-        Ok(Workflow::new(name, steps))
+        Ok(Workflow::new(name, steps, self.fail_fast))
     }
 }
 

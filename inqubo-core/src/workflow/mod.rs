@@ -131,6 +131,7 @@ struct WorkflowInner {
     steps: Vec<StepNode>,
     /// Computed once: runtimes ask for every step they run.
     chain: bool,
+    fail_fast: bool,
 }
 
 /// One first step, no fan-out, no join.
@@ -161,10 +162,11 @@ impl Workflow {
     }
 
     /// A workflow of `steps`, given parents before children with their edges filled in.
-    fn new(name: WorkflowName, steps: Vec<StepNode>) -> Self {
+    fn new(name: WorkflowName, steps: Vec<StepNode>, fail_fast: bool) -> Self {
         Self {
             inner: Arc::new(WorkflowInner {
                 chain: is_chain(&steps),
+                fail_fast,
                 name,
                 steps,
             }),
@@ -191,8 +193,13 @@ impl Workflow {
         self.steps().iter().filter(|s| s.children.is_empty())
     }
 
-    /// Whether the workflow is a single chain (one first step, no fan-out, no join). A chain
-    /// needs no join state to know when a run ends.
+    /// Whether a step failing for good stops the rest of the run (see
+    /// [`WorkflowBuilder::fail_fast`]).
+    pub fn fails_fast(&self) -> bool {
+        self.inner.fail_fast
+    }
+
+    /// Whether the workflow is a single chain (one first step, no fan-out, no join).
     pub fn is_chain(&self) -> bool {
         self.inner.chain
     }
