@@ -357,8 +357,8 @@ pub fn parked(
         headers,
         inherit_headers: true,
         message_id: received.message_id.map_or_else(
-            || format!("parked:{workflow}:{step}"),
-            |id| format!("parked:{id}"),
+            || format!("{PARKED_ID}{workflow}:{step}"),
+            |id| format!("{PARKED_ID}{id}"),
         ),
         mandatory: true,
     }
@@ -388,8 +388,16 @@ pub fn counted_redelivery(
     }
 }
 
+/// What [`parked`] puts before the `message_id` of the input it parks.
+const PARKED_ID: &str = "parked:";
+
 /// A parked input sent back to the step it failed in (`inqubo parked replay`), as a fresh
 /// first attempt: its `run-id` and `traceparent` are kept, the `parked-*` headers dropped.
+///
+/// `original_message_id` is the parked message's `message_id`. The replay's is `replay:`
+/// followed by the id of the input that was parked (without the `parked:` that [`parked`]
+/// added), so replaying the same parked message twice sends the same id, and an input parked
+/// and replayed again and again grows its id by one `replay:` a round, not two prefixes.
 pub fn replay(
     workflow: &WorkflowName,
     step: &StepName,
@@ -417,7 +425,7 @@ pub fn replay(
         inherit_headers: false,
         message_id: original_message_id.map_or_else(
             || format!("{run}:{workflow}:{step}:replay"),
-            |id| format!("replay:{id}"),
+            |id| format!("replay:{}", id.strip_prefix(PARKED_ID).unwrap_or(id)),
         ),
         mandatory: true,
     }
@@ -507,5 +515,38 @@ mod tests {
             Some("00-ab-cd-01")
         );
         assert_eq!(message.message_id, "replay:m7");
+    }
+
+    #[test]
+    fn replaying_a_parked_message_drops_the_parked_prefix_of_its_id() {
+        let wf = WorkflowName::new("simple").unwrap();
+        let step = StepName::new("s").unwrap();
+        let input = Incoming {
+            routing_key: "simple.run.triggered",
+            redelivered: false,
+            headers: Headers::new().with(header::RUN_ID, "r1"),
+            message_id: Some("r1:simple:triggered"),
+            body: b"1",
+        };
+        let failure = FailedBody {
+            error: "bad".into(),
+            attempt: 1,
+            reason: FailureReason::Fatal,
+        };
+        let parked = parked(&wf, step.as_str(), &input, &failure);
+        assert_eq!(parked.message_id, "parked:r1:simple:triggered");
+        let replayed = replay(
+            &wf,
+            &step,
+            Some("r1"),
+            None,
+            Some(&parked.message_id),
+            parked.body.clone(),
+        );
+        assert_eq!(replayed.message_id, "replay:r1:simple:triggered");
+        assert_eq!(replayed.headers.text(header::TRACEPARENT), None);
+        let without_id = replay(&wf, &step, None, None, None, b"1".to_vec());
+        assert_eq!(without_id.message_id, "unknown:simple:s:replay");
+        assert!(!without_id.headers.contains(header::RUN_ID));
     }
 }
