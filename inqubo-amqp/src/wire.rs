@@ -62,11 +62,7 @@ impl Wire {
     }
 
     /// Every message of `messages`, addressed under `names`.
-    pub fn all(
-        names: &Names,
-        messages: Vec<Outgoing>,
-        received: Option<&FieldTable>,
-    ) -> Vec<Self> {
+    pub fn all(names: &Names, messages: Vec<Outgoing>, received: Option<&FieldTable>) -> Vec<Self> {
         messages
             .into_iter()
             .map(|m| Self::new(names, m, received))
