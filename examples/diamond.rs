@@ -22,6 +22,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use inqubo::{
     EventKind, RetryPolicy, Runner, RunnerBuilder, Step, StepContext, StepError, Workflow,
+    protocol::DEFAULT_PREFIX,
 };
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
@@ -126,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
         Some(other) => anyhow::bail!("unknown argument {other}; try --help"),
     };
     let url = std::env::var("AMQP_URL").unwrap_or_else(|_| inqubo::DEFAULT_AMQP_URL.to_owned());
-    let prefix = std::env::var("INQUBO_PREFIX").unwrap_or_else(|_| "inqubo".to_owned());
+    let prefix = std::env::var("INQUBO_PREFIX").unwrap_or_else(|_| DEFAULT_PREFIX.to_owned());
     let settings = Runner::builder(workflow()?).url(url).prefix(prefix);
     if serve {
         let runner = settings.connect().await?;

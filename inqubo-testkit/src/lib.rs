@@ -9,7 +9,7 @@
 use std::{sync::Mutex, time::Duration};
 
 use inqubo_amqp::{Client, QueueType, Runner, RunnerBuilder, Topology};
-use inqubo_core::Workflow;
+use inqubo_core::{RoutingKey, Workflow};
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     message::Delivery,
@@ -111,7 +111,7 @@ impl TestBroker {
             .expect("confirm mode");
         let confirm = channel
             .basic_publish(
-                self.prefix.as_str().into(),
+                self.topology().exchange().into(),
                 routing_key.into(),
                 BasicPublishOptions {
                     mandatory: true,
@@ -174,10 +174,7 @@ impl TestBroker {
         }
         // Queues that tools (such as `inqubo monitor`) declare under the prefix.
         let _ = channel
-            .queue_delete(
-                format!("{}.monitor", topology.prefix()).as_str().into(),
-                Default::default(),
-            )
+            .queue_delete(topology.monitor_queue().as_str().into(), Default::default())
             .await;
         let _ = topology.delete_shared(&channel).await;
         let _ = connection.close(200, "cleaned".into()).await;
@@ -297,10 +294,7 @@ impl Events {
         self.seen
             .iter()
             .filter(|e| e.run_id.as_str() == run_id)
-            .map(|e| match &e.step {
-                Some(step) => format!("{step}.{}", e.kind),
-                None => format!("run.{}", e.kind),
-            })
+            .map(|e| RoutingKey::short_event_name(e.step.as_ref(), e.kind))
             .collect()
     }
 }
