@@ -353,6 +353,12 @@ async fn replay_on(
             )
             .await?
             .await?;
+        // A nack: the broker did not take it (a full quorum queue refuses publishes).
+        if confirm.is_nack() {
+            anyhow::bail!(
+                "the broker refused the replay to step `{step}` of workflow `{workflow}`; message kept in the parked queue"
+            );
+        }
         if confirm.take_message().is_some() {
             anyhow::bail!(
                 "step `{step}` of workflow `{workflow}` has no queue any more; message kept in the parked queue"
