@@ -23,7 +23,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use inqubo::{
     EventStream, NoRetries, RetryPolicy, RunId, RunOutcome, Runner, RunnerBuilder, Step,
-    StepContext, StepError, Workflow,
+    StepContext, StepError, Workflow, protocol::DEFAULT_PREFIX,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -204,7 +204,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let url = std::env::var("AMQP_URL").unwrap_or_else(|_| inqubo::DEFAULT_AMQP_URL.to_owned());
-    let prefix = std::env::var("INQUBO_PREFIX").unwrap_or_else(|_| "inqubo".to_owned());
+    let prefix = std::env::var("INQUBO_PREFIX").unwrap_or_else(|_| DEFAULT_PREFIX.to_owned());
     let settings = Runner::builder(workflow()?).url(url).prefix(prefix);
     if serve_mode {
         serve(settings).await

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use inqubo_core::protocol::header;
 use opentelemetry::{
     propagation::TextMapPropagator,
     trace::{TraceContextExt, TracerProvider as _},
@@ -89,7 +90,8 @@ pub fn init_otlp(service_name: &str, endpoint: &str) -> Result<OtelGuard, OtelEr
 /// `span` itself; `None` when no OpenTelemetry layer records spans.
 pub(crate) fn adopt(span: &tracing::Span, incoming: Option<&str>) -> Option<String> {
     if let Some(parent) = incoming {
-        let carrier = HashMap::from([("traceparent".to_owned(), parent.to_owned())]);
+        // Our header is W3C's `traceparent`, the field the propagator reads.
+        let carrier = HashMap::from([(header::TRACEPARENT.to_owned(), parent.to_owned())]);
         let parent = TraceContextPropagator::new().extract(&carrier);
         let _ = span.set_parent(parent);
     }

@@ -21,14 +21,20 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
-use inqubo::{QueueType, Runner, Step, StepContext, StepError, Topology, Workflow};
+use inqubo::{
+    EventKind, QueueType, RunId, Runner, Step, StepContext, StepError, Topology, Workflow,
+    protocol::{
+        self, RoutingKey, header,
+        wire::{self, Wire},
+    },
+};
 use lapin::{
-    BasicProperties, Channel, Connection,
+    Channel, Connection,
     options::{
         BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
         QueueDeclareOptions,
     },
-    types::{AMQPValue, FieldTable, LongString},
+    types::FieldTable,
 };
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
@@ -205,7 +211,9 @@ impl Prepared {
             .queue_bind(
                 queue.name().clone(),
                 topology.exchange().into(),
-                format!("{}.run.succeeded", workflow.name()).into(),
+                RoutingKey::run_event(workflow.name(), EventKind::RunSucceeded)
+                    .as_str()
+                    .into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -224,17 +232,10 @@ impl Prepared {
         let (sender, arrivals) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Some(Ok(delivery)) = consumer.next().await {
-                let run = delivery
-                    .properties
-                    .headers()
-                    .as_ref()
-                    .and_then(|h| match h.inner().get("run-id") {
-                        Some(AMQPValue::LongString(s)) => {
-                            Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                        }
-                        _ => None,
-                    })
-                    .unwrap_or_default();
+                let run = wire::headers(delivery.properties.headers().as_ref())
+                    .text(header::RUN_ID)
+                    .unwrap_or_default()
+                    .to_owned();
                 let _ = sender.send((run, Instant::now()));
             }
             let _counter = counter;
@@ -258,28 +259,24 @@ impl Prepared {
         first: usize,
     ) -> anyhow::Result<HashMap<String, Instant>> {
         let body = payload();
-        let key = format!("{}.run.triggered", self.workflow.name());
         let mut sent = HashMap::with_capacity(count);
         let mut pending = Vec::with_capacity(1000);
         for i in first..first + count {
-            let run = format!("r{i}");
-            let mut headers = FieldTable::default();
-            headers.insert(
-                "run-id".into(),
-                AMQPValue::LongString(LongString::from(run.as_str())),
-            );
-            let properties = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_headers(headers);
-            sent.insert(run, Instant::now());
+            let run = RunId::new(format!("r{i}"))?;
+            let trigger = protocol::trigger(self.workflow.name(), &run, body.clone());
+            let out = Wire::new(&self.topology, trigger, None);
+            sent.insert(run.to_string(), Instant::now());
             pending.push(
                 self.channel
                     .basic_publish(
-                        self.topology.exchange().into(),
-                        key.as_str().into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        properties,
+                        out.exchange.as_str().into(),
+                        out.routing_key.as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: out.mandatory,
+                            ..Default::default()
+                        },
+                        &out.body,
+                        out.properties,
                     )
                     .await?,
             );

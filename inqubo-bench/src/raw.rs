@@ -5,7 +5,10 @@
 use std::{sync::Arc, time::Instant};
 
 use futures_util::StreamExt;
-use inqubo::QueueType;
+use inqubo::{
+    QueueType,
+    protocol::{CONTENT_TYPE, argument},
+};
 use lapin::{
     BasicProperties, Channel, Connection,
     options::{
@@ -22,8 +25,8 @@ fn queue_args(queue_type: QueueType) -> FieldTable {
     let mut args = FieldTable::default();
     if queue_type == QueueType::Quorum {
         args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString(LongString::from("quorum")),
+            argument::QUEUE_TYPE.into(),
+            AMQPValue::LongString(LongString::from(argument::QUORUM)),
         );
     }
     args
@@ -43,7 +46,7 @@ async fn declare(channel: &Channel, name: &str, queue_type: QueueType) -> anyhow
 fn persistent() -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(2)
-        .with_content_type("application/json".into())
+        .with_content_type(CONTENT_TYPE.into())
 }
 
 /// Publishes `count` copies of `payload` to `queue`, with confirms, 1,000 in flight at most.

@@ -255,8 +255,9 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
         (None, None) => unreachable!("a node is started when no url is given"),
     };
     let prefix = format!("chaos-{:08x}", rand::random::<u32>());
+    let topology = Topology::new(prefix.clone(), Default::default())?;
     let urls: Vec<String> = url.split(',').map(str::to_owned).collect();
-    let queue = observer::declare(&urls[0], &prefix)
+    let queue = observer::declare(&urls[0], &topology)
         .await
         .context("declaring the observer queue")?;
     let tally = Arc::new(Mutex::new(observer::Tally::default()));
@@ -327,8 +328,7 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
         anyhow::Ok((runners, node, kills, restarts))
     });
 
-    let client =
-        Client::connect_with(&url, Topology::new(prefix.clone(), Default::default())?).await?;
+    let client = Client::connect_with(&url, topology.clone()).await?;
     let workflow: WorkflowName = cli.workflow.parse()?;
     let trigger_start = Instant::now();
     let mut triggered = 0_u64;
@@ -376,7 +376,7 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
 
     let mut parked = None;
     for url in &urls {
-        if let Ok(count) = count_parked(url, &prefix, &cli.workflow).await {
+        if let Ok(count) = count_parked(url, &topology, &cli.workflow).await {
             parked = Some(count);
             break;
         }
@@ -384,7 +384,7 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
     let parked = parked.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
     let mut stranded = Vec::new();
     for url in &urls {
-        if let Ok(depths) = queue_depths(url, &prefix, &cli.workflow).await {
+        if let Ok(depths) = queue_depths(url, &topology, &cli.workflow).await {
             stranded = depths;
             break;
         }
@@ -451,7 +451,7 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
     // Bounded: on a cluster that lost a node, deleting a queue can wait for a long time.
     let cleaning = async {
         for url in &urls {
-            if cleanup(url, &prefix, &cli.workflow, &queue).await {
+            if cleanup(url, &topology, &cli.workflow, &queue).await {
                 break;
             }
         }
@@ -473,10 +473,9 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
 /// The queues of the prefix that still hold messages (every run should have drained them).
 async fn queue_depths(
     url: &str,
-    prefix: &str,
+    topology: &Topology,
     workflow_name: &str,
 ) -> anyhow::Result<Vec<(String, u32)>> {
-    let topology = Topology::new(prefix, Default::default())?;
     let flow = workflow::build(workflow_name)?;
     let mut names: Vec<String> = flow
         .steps()
@@ -508,12 +507,13 @@ async fn queue_depths(
     Ok(depths)
 }
 
-async fn count_parked(url: &str, prefix: &str, workflow_name: &str) -> anyhow::Result<u32> {
+async fn count_parked(url: &str, topology: &Topology, workflow_name: &str) -> anyhow::Result<u32> {
+    let parked = topology.parked_queue(&workflow_name.parse()?);
     let connection = lapin::Connection::connect(url, Default::default()).await?;
     let channel = connection.create_channel().await?;
     let queue = channel
         .queue_declare(
-            format!("{prefix}.{workflow_name}.parked").into(),
+            parked.as_str().into(),
             lapin::options::QueueDeclareOptions {
                 passive: true,
                 ..Default::default()
@@ -526,7 +526,12 @@ async fn count_parked(url: &str, prefix: &str, workflow_name: &str) -> anyhow::R
 }
 
 /// Deletes the harness's queues and exchanges through `url`; false if it cannot connect.
-async fn cleanup(url: &str, prefix: &str, workflow_name: &str, observer_queue: &str) -> bool {
+async fn cleanup(
+    url: &str,
+    topology: &Topology,
+    workflow_name: &str,
+    observer_queue: &str,
+) -> bool {
     let Ok(connection) = lapin::Connection::connect(url, Default::default()).await else {
         return false;
     };
@@ -536,10 +541,7 @@ async fn cleanup(url: &str, prefix: &str, workflow_name: &str, observer_queue: &
     let _ = channel
         .queue_delete(observer_queue.into(), Default::default())
         .await;
-    if let (Ok(topology), Ok(flow)) = (
-        Topology::new(prefix, Default::default()),
-        workflow::build(workflow_name),
-    ) {
+    if let Ok(flow) = workflow::build(workflow_name) {
         let _ = topology.delete_workflow(&channel, &flow).await;
         let _ = topology.delete_shared(&channel).await;
     }

@@ -8,15 +8,18 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use inqubo::{EventKind, LifecycleEvent};
+use inqubo::{EventKind, LifecycleEvent, Topology, protocol::RoutingKey};
 use lapin::{
     Connection, ConnectionProperties, ExchangeKind,
     options::{
         BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
         QueueDeclareOptions,
     },
-    types::{AMQPValue, FieldTable, LongString},
+    types::FieldTable,
 };
+
+/// The observer's name: its queue is `<prefix>.chaos-observer`.
+const OBSERVER: &str = "chaos-observer";
 
 /// What the observer has seen so far.
 #[derive(Debug, Default)]
@@ -113,14 +116,15 @@ impl Tally {
     }
 }
 
-/// Declares the observer's durable queue (bound to every event of `prefix`) and returns its
-/// name. Done before any run is triggered, so nothing is missed.
-pub(crate) async fn declare(url: &str, prefix: &str) -> anyhow::Result<String> {
+/// Declares the observer's durable queue (bound to every step event and run end of the
+/// topology's prefix) and returns its name. Done before any run is triggered, so nothing is
+/// missed.
+pub(crate) async fn declare(url: &str, topology: &Topology) -> anyhow::Result<String> {
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     channel
         .exchange_declare(
-            prefix.into(),
+            topology.exchange().into(),
             ExchangeKind::Topic,
             ExchangeDeclareOptions {
                 durable: true,
@@ -129,28 +133,27 @@ pub(crate) async fn declare(url: &str, prefix: &str) -> anyhow::Result<String> {
             FieldTable::default(),
         )
         .await?;
-    let queue = format!("{prefix}.chaos-observer");
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
+    let queue = topology.observer_queue(OBSERVER);
     channel
-        .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            topology.durable_queue_args(),
+        )
         .await?;
-    for binding in ["*.step.#", "*.run.succeeded", "*.run.failed"] {
+    for binding in RoutingKey::observed_events() {
         channel
             .queue_bind(
                 queue.as_str().into(),
-                prefix.into(),
-                binding.into(),
+                topology.exchange().into(),
+                binding.as_str().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await?;
     }
     connection.close(200, "declared".into()).await?;
-    Ok(queue)
+    Ok(queue.to_string())
 }
 
 /// Consumes the observer queue into `tally` for ever, reconnecting after any failure.

@@ -27,7 +27,7 @@ struct Cli {
     #[arg(long, global = true, env = "AMQP_URL", default_value = inqubo::DEFAULT_AMQP_URL, hide_env_values = true)]
     amqp_url: String,
     /// The name prefix runners use.
-    #[arg(long, global = true, default_value = "inqubo")]
+    #[arg(long, global = true, default_value = inqubo::protocol::DEFAULT_PREFIX)]
     prefix: String,
     /// Print JSON instead of text.
     #[arg(long, global = true)]

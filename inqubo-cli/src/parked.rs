@@ -1,15 +1,22 @@
 //! `inqubo parked`: see, replay and purge the inputs that failed for good.
 //!
-//! Replay publishes a parked input back to its step's queue (through the retry exchange, with
-//! attempts counting from 1 again), waits for the broker's confirm, and only then acknowledges
-//! the parked copy: interrupted at any point, a message is at worst replayed twice, never lost.
+//! Replay publishes a parked input back to its step's queue as `inqubo::protocol::resume`
+//! builds it (through the retry exchange, as the next attempt in the run's next generation,
+//! with its `run-id`, `traceparent` and a `message_id` of its own, so that the run's joins
+//! take it and the run ends again), waits for the broker's confirm, and only then
+//! acknowledges the parked copy: interrupted at any point, a message is at worst replayed
+//! twice (with the same `message_id`), never lost.
 
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::Context as _;
 use clap::Subcommand;
+use inqubo::protocol::{
+    self, header,
+    wire::{self, Wire},
+};
 use lapin::{
-    BasicProperties, Channel,
+    Channel,
     message::Delivery,
     options::{
         BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
@@ -56,13 +63,20 @@ pub(crate) enum Action {
     },
 }
 
+/// A header as text to show, whatever its type: a parked message may be one whose headers
+/// could not be read.
 fn text(headers: Option<&FieldTable>, name: &str) -> Option<String> {
     match headers?.inner().get(name)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        AMQPValue::LongLongInt(n) => Some(n.to_string()),
-        other => Some(format!("{other:?}")),
+        other => wire::string_value(other)
+            .or_else(|| wire::integer_value(other).map(|n| n.to_string()))
+            .or_else(|| Some(format!("{other:?}"))),
     }
+}
+
+/// An integer header, of any width.
+fn integer(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
+    wire::integer_value(headers?.inner().get(name)?)
 }
 
 fn describe(number: usize, delivery: &Delivery, full: bool) -> serde_json::Value {
@@ -79,12 +93,12 @@ fn describe(number: usize, delivery: &Delivery, full: bool) -> serde_json::Value
     };
     json!({
         "number": number,
-        "run_id": text(headers, "run-id"),
-        "step": text(headers, "parked-step"),
-        "reason": text(headers, "parked-reason"),
-        "error": text(headers, "parked-error"),
-        "attempt": text(headers, "parked-attempt"),
-        "routing_key": text(headers, "parked-routing-key"),
+        "run_id": text(headers, header::RUN_ID),
+        "step": text(headers, header::PARKED_STEP),
+        "reason": text(headers, header::PARKED_REASON),
+        "error": text(headers, header::PARKED_ERROR),
+        "attempt": integer(headers, header::PARKED_ATTEMPT),
+        "routing_key": text(headers, header::PARKED_ROUTING_KEY),
         "input": body,
     })
 }
@@ -276,6 +290,7 @@ async fn replay_on(
     progress: bool,
 ) -> anyhow::Result<usize> {
     let topology = context.topology()?;
+    let workflow_name = workflow.parse().context("invalid workflow name")?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
@@ -289,7 +304,7 @@ async fn replay_on(
         anyhow::bail!("there is no parked message number {}", skip + 1);
     }
     if let Some(expected) = expected_run {
-        let found = text(taken[skip].properties.headers().as_ref(), "run-id");
+        let found = text(taken[skip].properties.headers().as_ref(), header::RUN_ID);
         if found.as_deref() != Some(expected.as_str()) {
             anyhow::bail!(
                 "parked message number {} is no longer the one of run {expected}; list again",
@@ -300,32 +315,42 @@ async fn replay_on(
     let total = taken.len() - skip;
     let mut replayed = 0;
     for delivery in taken.iter().skip(skip) {
-        let headers = delivery.properties.headers().as_ref();
-        let Some(step) = text(headers, "parked-step") else {
-            eprintln!("skipping a parked message without a parked-step header");
+        let parked = wire::incoming(delivery);
+        let Some(step) = text(delivery.properties.headers().as_ref(), header::PARKED_STEP) else {
+            eprintln!(
+                "skipping a parked message without a {} header",
+                header::PARKED_STEP
+            );
             continue;
         };
-        let mut fresh = FieldTable::default();
-        if let Some(AMQPValue::LongString(run_id)) = headers.and_then(|h| h.inner().get("run-id")) {
-            fresh.insert("run-id".into(), AMQPValue::LongString(run_id.clone()));
-        }
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_headers(fresh);
+        // The next attempt, in the run's next generation, so that its joins accept it again.
+        // A piece of a join parked by its shard names the join: the run join has no queue.
+        let Some(message) = protocol::resume(&workflow_name, &parked, parked.generation() + 1)
+        else {
+            anyhow::bail!(
+                "step `{step}` of workflow `{workflow}` has no queue to replay to; message kept in the parked queue"
+            );
+        };
+        let out = Wire::new(&topology, message, delivery.properties.headers().as_ref());
         let confirm = channel
             .basic_publish(
-                topology.retry_exchange().as_str().into(),
-                format!("{workflow}.{step}").as_str().into(),
+                out.exchange.as_str().into(),
+                out.routing_key.as_str().into(),
                 BasicPublishOptions {
-                    mandatory: true,
+                    mandatory: out.mandatory,
                     ..Default::default()
                 },
-                &delivery.data,
-                properties,
+                &out.body,
+                out.properties,
             )
             .await?
             .await?;
+        // A nack: the broker did not take it (a full quorum queue refuses publishes).
+        if confirm.is_nack() {
+            anyhow::bail!(
+                "the broker refused the replay to step `{step}` of workflow `{workflow}`; message kept in the parked queue"
+            );
+        }
         if confirm.take_message().is_some() {
             anyhow::bail!(
                 "step `{step}` of workflow `{workflow}` has no queue any more; message kept in the parked queue"

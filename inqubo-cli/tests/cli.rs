@@ -9,8 +9,10 @@ use std::{
     },
 };
 
+use inqubo::protocol::{header, wire};
 use inqubo_core::{EventKind, Step, StepContext, StepError, Workflow};
 use inqubo_testkit::{Events, TestBroker, run_id};
+use lapin::options::BasicGetOptions;
 use serde_json::{Value, json};
 
 fn inqubo(broker: &TestBroker, args: &[&str]) -> Output {
@@ -250,6 +252,7 @@ async fn parked_messages_can_be_listed_replayed_and_purged() {
     assert_eq!(listed[0]["reason"], "fatal");
     assert_eq!(listed[0]["error"], "dependency is down");
     assert_eq!(listed[0]["step"], "check");
+    assert_eq!(listed[0]["attempt"], 1, "the attempt is a number");
     assert_eq!(shown["number"], 2);
     assert_eq!(shown["input"], "1");
     assert_eq!(replayed, json!({"replayed": 1}));
@@ -260,4 +263,65 @@ async fn parked_messages_can_be_listed_replayed_and_purged() {
     assert_eq!(purged, json!({"purged": 1}));
     assert_eq!(after, json!([]));
     runner.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_is_the_next_attempt_of_the_next_generation_with_run_id_and_trace() {
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("doomed")
+        .start(Step::new("check", |_: u64, _ctx: StepContext| async {
+            Err::<u64, _>(StepError::fatal("always down"))
+        }))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe_to(runner.client(), Some(flow.name())).await;
+    runner.trigger(run_id("t1"), &7_u64).await.unwrap();
+    events.wait_for("t1", "check", EventKind::Failed).await;
+    // No runner any more: the replayed input stays in the step's queue to be looked at.
+    runner.shutdown().await.unwrap();
+    let topology = broker.topology();
+    let workflow = flow.name();
+    let (connection, channel) = broker.raw_channel().await;
+    let parked = channel
+        .basic_get(
+            topology.parked_queue(workflow).as_str().into(),
+            BasicGetOptions::default(),
+        )
+        .await
+        .unwrap()
+        .expect("a parked message")
+        .delivery;
+    // Closing without acknowledging puts it back.
+    connection.close(200, "peeked".into()).await.unwrap();
+    let parked = wire::incoming(&parked);
+    let trace = parked
+        .traceparent()
+        .expect("the trigger's trace")
+        .to_owned();
+    assert_eq!(parked.message_id, Some("parked:t1:doomed:triggered"));
+
+    let listed = stdout_json(&inqubo(&broker, &["--json", "parked", "list", "doomed"]));
+    let replayed = stdout_json(&inqubo(
+        &broker,
+        &["--json", "parked", "replay", "doomed", "1"],
+    ));
+    let step_queue = topology.step_queue(workflow, &"check".parse().unwrap());
+    let inputs = broker.drain(step_queue.as_str(), 1).await;
+    let after = stdout_json(&inqubo(&broker, &["--json", "parked", "list", "doomed"]));
+
+    assert_eq!(listed[0]["attempt"], 1);
+    assert_eq!(listed[0]["run_id"], "t1");
+    assert_eq!(replayed, json!({"replayed": 1}));
+    assert_eq!(after, json!([]));
+    assert_eq!(inputs.len(), 1);
+    let input = wire::incoming(&inputs[0]);
+    assert_eq!(input.message_id, Some("resume:g2:t1:doomed:triggered"));
+    assert_eq!(input.headers.text(header::RUN_ID), Some("t1"));
+    assert_eq!(input.traceparent(), Some(trace.as_str()));
+    assert!(!input.headers.contains(header::PARKED_STEP));
+    // Attempt numbers continue after the failed attempt 1; the run's generation moves on.
+    assert_eq!(input.attempt(), Ok(2));
+    assert_eq!(input.generation(), 2);
+    assert_eq!(input.body, b"7");
 }

@@ -111,7 +111,7 @@ impl TestBroker {
             .expect("confirm mode");
         let confirm = channel
             .basic_publish(
-                self.prefix.as_str().into(),
+                self.topology().exchange().into(),
                 routing_key.into(),
                 BasicPublishOptions {
                     mandatory: true,
@@ -174,10 +174,7 @@ impl TestBroker {
         }
         // Queues that tools (such as `inqubo monitor`) declare under the prefix.
         let _ = channel
-            .queue_delete(
-                format!("{}.monitor", topology.prefix()).as_str().into(),
-                Default::default(),
-            )
+            .queue_delete(topology.monitor_queue().as_str().into(), Default::default())
             .await;
         let _ = topology.delete_shared(&channel).await;
         let _ = connection.close(200, "cleaned".into()).await;

@@ -41,11 +41,12 @@ pub use inqubo_core::{
     Workflow, WorkflowBuilder, WorkflowDefinition, WorkflowError, WorkflowName,
 };
 
-/// The wire protocol in code: names, routing keys, headers, messages, delay tiers; and
-/// [`protocol::event_from_delivery`] to read a lifecycle event from a lapin delivery. For
-/// tools and clients that speak to Inqubo's exchange themselves.
+/// The wire protocol in code: names, routing keys, headers, messages, delay tiers;
+/// [`protocol::event_from_delivery`] to read a lifecycle event from a lapin delivery; and
+/// [`protocol::wire`] to publish messages and read deliveries with lapin. For tools and
+/// clients that speak to Inqubo's exchange themselves.
 pub mod protocol {
-    pub use inqubo_amqp::event_from_delivery;
+    pub use inqubo_amqp::{event_from_delivery, wire};
     pub use inqubo_core::protocol::*;
 }
 

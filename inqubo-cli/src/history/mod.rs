@@ -9,13 +9,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
-use inqubo::{EventKind, LifecycleEvent};
+use inqubo::{
+    EventKind, LifecycleEvent,
+    protocol::{RoutingKey, argument},
+};
 use lapin::{
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions,
         QueueDeclareOptions,
     },
-    types::{AMQPValue, FieldTable, LongString},
+    types::{AMQPValue, FieldTable},
 };
 use sqlx::{AnyPool, Row, migrate::Migrator};
 
@@ -209,13 +212,13 @@ pub(crate) async fn monitor(context: &Context, options: MonitorOptions) -> anyho
     let (live, _) = tokio::sync::broadcast::channel::<std::sync::Arc<str>>(1024);
     let topology = context.topology()?;
     let (connection, channel) = context.channel().await?;
-    let queue = format!("{}.monitor", context.prefix);
-    let mut args = FieldTable::default();
+    let queue = topology.monitor_queue();
+    let queue = queue.as_str();
+    let mut args = topology.durable_queue_args();
     args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
+        argument::SINGLE_ACTIVE_CONSUMER.into(),
+        AMQPValue::Boolean(true),
     );
-    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     channel
         .exchange_declare(
             topology.exchange().into(),
@@ -228,27 +231,27 @@ pub(crate) async fn monitor(context: &Context, options: MonitorOptions) -> anyho
         )
         .await?;
     channel
-        .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
+        .queue_declare(queue.into(), QueueDeclareOptions::durable(), args)
         .await?;
     // Triggers are not bound: a monitor bound to them would make triggers of unknown
     // workflows routable, hiding `Error::Unroutable` from callers.
-    for binding in ["*.step.#", "*.run.succeeded", "*.run.failed"] {
+    for binding in RoutingKey::observed_events() {
         channel
             .queue_bind(
-                queue.as_str().into(),
+                queue.into(),
                 topology.exchange().into(),
-                binding.into(),
+                binding.as_str().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await?;
     }
     let mut known = std::collections::BTreeSet::new();
-    follow_triggers(context, &pool, &channel, &queue, &mut known).await?;
+    follow_triggers(context, &pool, &channel, queue, &mut known).await?;
     channel.basic_qos(200, BasicQosOptions::default()).await?;
     let mut consumer = channel
         .basic_consume(
-            queue.as_str().into(),
+            queue.into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -287,7 +290,7 @@ pub(crate) async fn monitor(context: &Context, options: MonitorOptions) -> anyho
         let delivery = tokio::select! {
             delivery = consumer.next() => delivery,
             _ = sweep.tick() => {
-                follow_triggers(context, &pool, &channel, &queue, &mut known).await?;
+                follow_triggers(context, &pool, &channel, queue, &mut known).await?;
                 let expired = expire(&pool, retention).await?;
                 if expired > 0 {
                     eprintln!("retention: deleted {expired} finished run(s)");
@@ -340,7 +343,7 @@ async fn follow_triggers(
                 .queue_bind(
                     queue.into(),
                     topology.exchange().into(),
-                    format!("{name}.run.triggered").as_str().into(),
+                    RoutingKey::run_triggered(&definition.name).as_str().into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )

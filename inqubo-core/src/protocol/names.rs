@@ -169,7 +169,16 @@ impl Names {
 
     /// The queue `inqubo monitor` records run history from.
     pub fn monitor_queue(&self) -> QueueName {
-        QueueName(format!("{}.monitor", self.prefix))
+        self.observer_queue("monitor")
+    }
+
+    /// `<prefix>.<observer>`: the durable queue of a tool that follows this prefix's events
+    /// (the monitor, the chaos harness), bound with
+    /// [`RoutingKey::observed_events`](crate::protocol::RoutingKey::observed_events).
+    /// `observer` is one word without dots, and none of the names above (`registry`, `retry`,
+    /// `delay`, `join`).
+    pub fn observer_queue(&self, observer: &str) -> QueueName {
+        QueueName(format!("{}.{observer}", self.prefix))
     }
 
     /// The direct exchange that carries join pieces to join shards.
@@ -283,6 +292,10 @@ mod tests {
         assert_eq!(names.retry_exchange(), "inqubo.retry");
         assert_eq!(names.delay_queue(4).as_str(), "inqubo.delay.4");
         assert_eq!(names.monitor_queue().as_str(), "inqubo.monitor");
+        assert_eq!(
+            names.observer_queue("chaos-observer").as_str(),
+            "inqubo.chaos-observer"
+        );
         let custom = Names::new("acme").unwrap();
         assert_eq!(
             custom.step_queue(&wf(), &step()).as_str(),

@@ -457,8 +457,8 @@ pub fn parked(
         headers,
         inherit_headers: true,
         message_id: received.message_id.map_or_else(
-            || format!("parked:{workflow}:{step}"),
-            |id| format!("parked:{id}"),
+            || format!("{PARKED_ID}{workflow}:{step}"),
+            |id| format!("{PARKED_ID}{id}"),
         ),
         mandatory: true,
     }
@@ -487,6 +487,9 @@ pub fn counted_redelivery(
         mandatory: true,
     }
 }
+
+/// What [`parked`] puts before the `message_id` of the input it parks.
+const PARKED_ID: &str = "parked:";
 
 /// A parked input sent back to the step it was parked from (`inqubo parked replay`,
 /// `inqubo run resume`): the next attempt of that step, in generation `generation` of its run
@@ -528,7 +531,10 @@ pub fn resume(
         body: parked.body.to_vec(),
         headers,
         inherit_headers: false,
-        message_id: format!("{original}:resume:g{generation}"),
+        message_id: format!(
+            "resume:g{generation}:{}",
+            original.strip_prefix(PARKED_ID).unwrap_or(original)
+        ),
         mandatory: true,
     })
 }
@@ -630,9 +636,35 @@ mod tests {
         assert_eq!(message.headers.int(header::RETRY_ATTEMPT), Some(4));
         assert_eq!(message.headers.int(header::RUN_GENERATION), Some(2));
         assert!(!message.headers.contains(header::PARKED_REASON));
-        assert_eq!(message.message_id, "parked:m7:resume:g2");
+        assert_eq!(message.message_id, "resume:g2:m7");
         let mut piece = parked.clone();
         piece.headers.insert(header::PARKED_STEP, "_run");
         assert!(resume(flow.name(), &piece, 2).is_none());
+    }
+
+    #[test]
+    fn replaying_a_parked_message_drops_the_parked_prefix_of_its_id() {
+        let wf = WorkflowName::new("simple").unwrap();
+        let step = StepName::new("s").unwrap();
+        let input = Incoming {
+            routing_key: "simple.run.triggered",
+            redelivered: false,
+            headers: Headers::new().with(header::RUN_ID, "r1"),
+            message_id: Some("r1:simple:triggered"),
+            body: b"1",
+        };
+        let failure = FailedBody {
+            error: "bad".into(),
+            attempt: 1,
+            reason: FailureReason::Fatal,
+        };
+        let parked = parked(&wf, step.as_str(), &input, &failure);
+        assert_eq!(parked.message_id, "parked:r1:simple:triggered");
+        let mut parked_copy = input.clone();
+        parked_copy.message_id = Some(&parked.message_id);
+        parked_copy.headers.extend(&parked.headers);
+        let resumed = resume(&wf, &parked_copy, 2).unwrap();
+        assert_eq!(resumed.message_id, "resume:g2:r1:simple:triggered");
+        assert_eq!(resumed.headers.text(header::TRACEPARENT), None);
     }
 }
