@@ -176,6 +176,14 @@ impl Client {
                             })?;
                         return Ok(RunOutcome::Failed(failure));
                     }
+                    EventKind::RunCancelled => {
+                        let cancelled =
+                            serde_json::from_value(event.body).map_err(|source| Error::Decode {
+                                what: "the body of a run.cancelled event",
+                                source,
+                            })?;
+                        return Ok(RunOutcome::Cancelled(cancelled));
+                    }
                     _ => {}
                 }
             }
@@ -202,6 +210,15 @@ impl Client {
     /// Follows the events whose routing key matches `binding` (a topic pattern such as
     /// `simple.run.*` or `*.step.*.failed`).
     pub async fn subscribe_to(&self, binding: &str) -> Result<EventStream> {
+        self.subscribe_to_all([binding]).await
+    }
+
+    /// Follows the events whose routing key matches any of `bindings`, in the order they
+    /// were published (one queue for all of them).
+    pub async fn subscribe_to_all(
+        &self,
+        bindings: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> Result<EventStream> {
         let channel = self.session().await?.channel().await?;
         let queue = channel
             .queue_declare(
@@ -214,15 +231,17 @@ impl Client {
                 FieldTable::default(),
             )
             .await?;
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                self.inner.topology.exchange().into(),
-                binding.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        for binding in bindings {
+            channel
+                .queue_bind(
+                    queue.name().clone(),
+                    self.inner.topology.exchange().into(),
+                    binding.as_ref().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         let consumer = channel
             .basic_consume(
                 queue.name().clone(),

@@ -45,6 +45,7 @@ use crate::{
     error::{Error, Result},
     metric::{self, StepMetrics},
     publisher::Publisher,
+    run_state::RunStates,
     topology::Topology,
     wire::{self, Wire},
 };
@@ -63,6 +64,8 @@ const REQUEUE_BACKOFF: Duration = Duration::from_secs(1);
 pub(crate) struct StepWorker {
     pub(crate) topology: Topology,
     pub(crate) engine: Arc<Engine>,
+    /// Which runs ended, from the run-state stream.
+    pub(crate) states: Arc<RunStates>,
     pub(crate) node: StepNode,
     pub(crate) publisher: Publisher,
     pub(crate) metrics: StepMetrics,
@@ -117,7 +120,11 @@ impl StepWorker {
         );
         let trace = attempt_trace(&span, &incoming);
         span.record("trace_id", trace_id(&trace).unwrap_or_default());
-        let attempt = match self.engine.admit(self.node.name(), &incoming, &trace, None) {
+        let ended = incoming.run_id().ok().and_then(|run| self.states.get(&run));
+        let attempt = match self
+            .engine
+            .admit(self.node.name(), &incoming, &trace, ended)
+        {
             Admission::Run(attempt) => attempt,
             Admission::Settle(effects) => {
                 return self.execute(effects, received).instrument(span).await;
@@ -136,7 +143,10 @@ impl StepWorker {
             };
             self.metrics.started();
             let began = Instant::now();
-            let outcome = run_attempt(&self.node, attempt.context(), incoming.body).await;
+            let running = self.states.enter(attempt.run_id());
+            let context = attempt.context().with_cancel(running.token());
+            let outcome = run_attempt(&self.node, context, incoming.body).await;
+            drop(running);
             self.metrics.finished(
                 began.elapsed(),
                 match &outcome {
@@ -229,8 +239,12 @@ pub(crate) async fn consume(
         };
         let Ok(permit) = permit else { break };
         let worker = Arc::clone(&worker);
+        // The delivery is settled on this channel: keep it open until it is, even when the
+        // consumer stops first (a graceful shutdown lets attempts finish and ack).
+        let open = channel.clone();
         tracker.spawn(async move {
             worker.handle(delivery).await;
+            drop(open);
             drop(permit);
         });
     }

@@ -91,6 +91,33 @@ pub enum Error {
         #[source]
         source: metrics_exporter_prometheus::BuildError,
     },
+    /// A run could not be cancelled: it had already ended.
+    #[error("run `{run_id}` was not cancelled: it had already {ended}")]
+    CancelRefused {
+        /// The run.
+        run_id: String,
+        /// How it ended: `succeeded`, `failed` or `cancelled`.
+        ended: String,
+    },
+    /// No runner answered a cancel request in time. The request stays queued: it takes
+    /// effect when a runner of the workflow consumes it.
+    #[error(
+        "no runner answered the cancel request for run `{run_id}` within {timeout:?}; it stays queued and takes effect when a runner of the workflow starts"
+    )]
+    CancelUnanswered {
+        /// The run.
+        run_id: String,
+        /// How long the answer was awaited.
+        timeout: std::time::Duration,
+    },
+    /// A resume found nothing to send back: the run has no parked input.
+    #[error(
+        "run `{run_id}` has no parked input to resume (was it failed, and not resumed already?)"
+    )]
+    NothingToResume {
+        /// The run.
+        run_id: String,
+    },
     /// A step consumer stopped because the broker cancelled it or its channel closed.
     #[error("the consumer of queue `{queue}` stopped")]
     ConsumerStopped {
@@ -142,6 +169,7 @@ impl Error {
             Error::ConsumerStopped { .. }
             | Error::AckTimeout { .. }
             | Error::EventStreamEnded
+            | Error::CancelUnanswered { .. }
             | Error::Nacked { .. }
             | Error::ConnectTimeout { .. } => true,
             _ => false,

@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// Reads a lifecycle event from a message received from the events exchange: its routing
-/// key, its `run-id` and `attempt` headers, and its body. For consumers of queues of their own
+/// key, its `run-id`, `attempt` and `run-generation` headers, and its body. For consumers of queues of their own
 /// (a monitor, a harness) that do not go through [`Client::subscribe`](crate::Client::subscribe).
 pub fn event_from_delivery(
     delivery: &lapin::message::Delivery,
@@ -25,15 +25,18 @@ pub fn event_from_delivery(
     let headers = delivery.properties.headers().as_ref();
     let get = |name: &str| headers.and_then(|h| h.inner().get(name));
     let run_id = get(header::RUN_ID).and_then(string_value);
-    let attempt = get(header::ATTEMPT)
-        .and_then(integer_value)
-        .and_then(|n| u32::try_from(n).ok());
-    LifecycleEvent::from_wire(
+    let number = |name| {
+        get(name)
+            .and_then(integer_value)
+            .and_then(|n| u32::try_from(n).ok())
+    };
+    let event = LifecycleEvent::from_wire(
         delivery.routing_key.as_str(),
         run_id.as_deref(),
-        attempt,
+        number(header::ATTEMPT),
         &delivery.data,
-    )
+    )?;
+    Ok(event.with_generation(number(header::RUN_GENERATION).unwrap_or(1)))
 }
 
 /// A live stream of lifecycle events; see [`Client::subscribe`](crate::Client::subscribe).

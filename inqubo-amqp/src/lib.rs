@@ -23,6 +23,8 @@ mod metric;
 #[cfg(feature = "otel")]
 pub mod otel;
 mod publisher;
+mod run_control;
+mod run_state;
 mod runner;
 mod session;
 mod topology;
@@ -33,6 +35,7 @@ pub use error::{Error, Result};
 pub use event_stream::{EventStream, event_from_delivery};
 pub use inqubo_core::RunOutcome;
 pub use metric::STEP_DURATION_BUCKETS;
+pub use run_control::{RESUME_SCAN_LIMIT, Resumed};
 pub use runner::{Runner, RunnerBuilder};
 pub use session::{DEFAULT_AMQP_URL, open_connection, redact_url};
-pub use topology::{QueueType, Topology};
+pub use topology::{QueueType, RUN_STATE_RETENTION, Topology};

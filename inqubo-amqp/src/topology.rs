@@ -228,6 +228,19 @@ impl Topology {
                 )
                 .await?;
         }
+        let states = self.run_state_queue(name);
+        declare_queue(channel, &states, run_state_args()).await?;
+        for key in RoutingKey::run_stops(name) {
+            channel
+                .queue_bind(
+                    states.as_str().into(),
+                    self.exchange().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         let joins = Names::joins(workflow);
         if !joins.is_empty() {
             declare_exchange(channel, &self.join_exchange(), ExchangeKind::Direct).await?;
@@ -268,6 +281,7 @@ impl Topology {
                 .await?;
             }
         }
+        delete_queue(channel, &self.run_state_queue(workflow.name())).await?;
         delete_queue(channel, &self.parked_queue(workflow.name())).await
     }
 
@@ -300,6 +314,18 @@ impl Topology {
             .await?;
         Ok(())
     }
+}
+
+/// How long the run-state stream keeps `run.failed` and `run.cancelled`: how late a runner may
+/// start and still know that a run ended.
+pub const RUN_STATE_RETENTION: &str = "7D";
+
+/// A stream (whatever the topology's queue type), kept for [`RUN_STATE_RETENTION`].
+fn run_state_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(argument::QUEUE_TYPE.into(), long_string(argument::STREAM));
+    args.insert(argument::MAX_AGE.into(), long_string(RUN_STATE_RETENTION));
+    args
 }
 
 fn long_string(value: &str) -> AMQPValue {

@@ -314,9 +314,12 @@ async fn a_replay_is_the_next_attempt_of_the_next_generation_with_run_id_and_tra
     assert_eq!(listed[0]["run_id"], "t1");
     assert_eq!(replayed, json!({"replayed": 1}));
     assert_eq!(after, json!([]));
-    assert_eq!(inputs.len(), 1);
+    let ids: Vec<_> = inputs
+        .iter()
+        .map(|d| wire::incoming(d).message_id)
+        .collect();
+    assert_eq!(ids, [Some("resume:g2:t1:doomed:triggered")]);
     let input = wire::incoming(&inputs[0]);
-    assert_eq!(input.message_id, Some("resume:g2:t1:doomed:triggered"));
     assert_eq!(input.headers.text(header::RUN_ID), Some("t1"));
     assert_eq!(input.traceparent(), Some(trace.as_str()));
     assert!(!input.headers.contains(header::PARKED_STEP));

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use inqubo::{
-    EventKind, FailedBody, FailureReason, LifecycleEvent, RetryPolicy, RunOutcome, Step,
+    EventKind, FailedBody, FailureReason, LifecycleEvent, RetryPolicy, RunId, RunOutcome, Step,
     StepContext, StepError, Workflow,
     engine::Limits,
     protocol::{Headers, RoutingKey, header},
@@ -15,7 +15,6 @@ use inqubo_core::testing::{TestRunner, fail_first, fatal_first, hang_first, pani
 use inqubo_testkit::TestBroker;
 use lapin::{
     BasicProperties,
-    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString},
 };
 use serde_json::{Value, json};
@@ -29,6 +28,12 @@ struct Scenario {
     limits: Limits,
     /// A step whose queue is cut off from the key it takes its input from.
     unbind: Option<&'static str>,
+    /// Cancel the run when this event (a short name, `b.started`) is published.
+    cancel_on: Option<&'static str>,
+    /// Resume the run this many times when it fails.
+    resumes: u32,
+    /// After the run's end, wait for this event too (one that follows the end).
+    then_wait_for: Option<&'static str>,
 }
 
 impl Scenario {
@@ -39,6 +44,9 @@ impl Scenario {
             trigger_headers: Vec::new(),
             limits: Limits::default(),
             unbind: None,
+            cancel_on: None,
+            resumes: 0,
+            then_wait_for: None,
         }
     }
 }
@@ -87,9 +95,14 @@ struct Harness;
 
 impl Backend for Harness {
     async fn run(&self, scenario: Scenario) -> Observed {
-        let mut runner = TestRunner::new(scenario.workflow).limits(scenario.limits);
+        let mut runner = TestRunner::new(scenario.workflow)
+            .limits(scenario.limits)
+            .resume_failed(scenario.resumes);
         if let Some(step) = scenario.unbind {
             runner = runner.unbind(step);
+        }
+        if let Some(event) = scenario.cancel_on {
+            runner = runner.cancel_on(event);
         }
         let mut extra = Headers::new();
         for (name, value) in scenario.trigger_headers {
@@ -98,7 +111,18 @@ impl Backend for Harness {
         let report = runner
             .run_with_headers("run-1", scenario.input, extra)
             .await;
-        assert_eq!(report.terminal_events(), 1, "{:#?}", report.events);
+        let generations = report
+            .events
+            .iter()
+            .map(|e| e.generation)
+            .max()
+            .unwrap_or(1);
+        assert_eq!(
+            report.terminal_events(),
+            generations as usize,
+            "one terminal event per generation: {:#?}",
+            report.events
+        );
         Observed {
             outcome: report.outcome.expect("the run ended"),
             events: report.events,
@@ -109,32 +133,22 @@ impl Backend for Harness {
 struct RabbitMq;
 
 impl RabbitMq {
-    /// A queue of the test's own bound to every event of `workflow` — but to `succeeded`
-    /// events only when `with_succeeded`, since a binding to them makes every step outcome
-    /// routable.
+    /// Every event of `workflow` in one ordered stream — but `succeeded` events only when
+    /// `with_succeeded`, since a binding to them makes every step outcome routable.
     async fn observe(
-        broker: &TestBroker,
+        client: &inqubo::Client,
         workflow: &Workflow,
         with_succeeded: bool,
-    ) -> lapin::Consumer {
-        let (connection, channel) = broker.raw_channel().await;
-        std::mem::forget(connection); // kept open for the consumer; closed when the test ends
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+    ) -> inqubo::EventStream {
         let name = workflow.name();
         let mut keys = vec![RoutingKey::run_events(name)];
         for step in workflow.steps() {
-            for kind in [EventKind::Started, EventKind::Retrying, EventKind::Failed] {
+            for kind in [
+                EventKind::Started,
+                EventKind::Retrying,
+                EventKind::Failed,
+                EventKind::Skipped,
+            ] {
                 keys.push(RoutingKey::step_event(name, step.name(), kind));
             }
             if with_succeeded {
@@ -145,28 +159,8 @@ impl RabbitMq {
                 ));
             }
         }
-        for key in keys {
-            channel
-                .queue_bind(
-                    queue.name().as_str().into(),
-                    broker.prefix().into(),
-                    key.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .unwrap();
-        }
-        channel
-            .basic_consume(
-                queue.name().as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
+        client
+            .subscribe_to_all(keys.iter().map(RoutingKey::as_str))
             .await
             .unwrap()
     }
@@ -203,7 +197,8 @@ impl Backend for RabbitMq {
             }
             let _ = connection.close(200, "done".into()).await;
         }
-        let mut consumer = Self::observe(&broker, &workflow, scenario.unbind.is_none()).await;
+        let client = runner.client().clone();
+        let mut stream = Self::observe(&client, &workflow, scenario.unbind.is_none()).await;
         let mut headers = FieldTable::default();
         headers.insert(
             header::RUN_ID.into(),
@@ -219,20 +214,50 @@ impl Backend for RabbitMq {
                 &scenario.input,
             )
             .await;
+        let run = RunId::new("run-1").unwrap();
         let mut events = Vec::new();
-        let outcome = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(delivery) = consumer.next().await {
-                let event = inqubo::protocol::event_from_delivery(&delivery.unwrap()).unwrap();
-                let outcome = RunOutcome::from_event(&event);
+        let mut resumes = scenario.resumes;
+        let mut waiting_for = scenario.then_wait_for;
+        let mut outcome = None;
+        let finished = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(event) = stream.next().await {
+                let event = event.unwrap();
+                let name = event.short_name();
+                let ended = RunOutcome::from_event(&event);
                 events.push(event);
-                if let Some(outcome) = outcome {
-                    return outcome;
+                if Some(name.as_str()) == scenario.cancel_on {
+                    client
+                        .cancel(
+                            workflow.name(),
+                            &run,
+                            "cancelled by the test",
+                            Duration::from_secs(20),
+                        )
+                        .await
+                        .unwrap();
+                }
+                if waiting_for == Some(name.as_str()) {
+                    waiting_for = None;
+                }
+                if let Some(ended) = ended {
+                    if matches!(ended, RunOutcome::Failed(_)) && resumes > 0 {
+                        resumes -= 1;
+                        client.resume(workflow.name(), &run).await.unwrap();
+                        continue;
+                    }
+                    outcome = Some(ended);
+                }
+                if outcome.is_some() && waiting_for.is_none() {
+                    return;
                 }
             }
             panic!("event stream ended")
         })
-        .await
-        .unwrap_or_else(|_| panic!("run did not end; events: {events:#?}"));
+        .await;
+        if finished.is_err() {
+            panic!("run did not end; events: {events:#?}");
+        }
+        let outcome = outcome.unwrap();
         runner.shutdown().await.unwrap();
         Observed { outcome, events }
     }
@@ -505,6 +530,107 @@ async fn without_retries_the_first_error_is_final(backend: impl Backend) {
     assert_eq!(seen.trail_of("double"), ["double.started", "double.failed"]);
 }
 
+async fn a_failed_branch_resumed_joins_its_sibling_and_the_run_succeeds(backend: impl Backend) {
+    let mut scenario = Scenario::new(diamond(true), b"3");
+    scenario.resumes = 1;
+    let seen = backend.run(scenario).await;
+    assert_eq!(seen.outcome, RunOutcome::Succeeded(json!({"d": "7/n=6"})));
+    assert_eq!(
+        seen.trail_of("run"),
+        ["run.triggered", "run.failed", "run.succeeded"]
+    );
+    assert_eq!(
+        seen.trail_of("c"),
+        ["c.started", "c.failed", "c.started", "c.succeeded"]
+    );
+    let attempts: Vec<Option<u32>> = seen
+        .events
+        .iter()
+        .filter(|e| e.step.as_ref().is_some_and(|s| s.as_str() == "c"))
+        .map(|e| e.attempt)
+        .collect();
+    assert_eq!(
+        attempts,
+        [Some(1), Some(1), Some(2), Some(2)],
+        "attempt numbers continue"
+    );
+    let ends: Vec<u32> = seen
+        .events
+        .iter()
+        .filter(|e| e.kind.ends_run())
+        .map(|e| e.generation)
+        .collect();
+    assert_eq!(ends, [1, 2], "one terminal event per generation");
+    assert_eq!(
+        seen.trail_of("b"),
+        ["b.started", "b.succeeded"],
+        "b ran once"
+    );
+}
+
+async fn a_failed_chain_resumes_from_its_failed_step(backend: impl Backend) {
+    let flow = Workflow::builder("rechain")
+        .start(Step::new("double", double))
+        .then(Step::new("plus_one", fatal_first(1, plus_one)))
+        .build()
+        .unwrap();
+    let mut scenario = Scenario::new(flow, b"4");
+    scenario.resumes = 1;
+    let seen = backend.run(scenario).await;
+    assert_eq!(seen.outcome, RunOutcome::Succeeded(json!({"plus_one": 9})));
+    assert_eq!(
+        seen.trail_of("double"),
+        ["double.started", "double.succeeded"]
+    );
+    assert_eq!(
+        seen.trail_of("run"),
+        ["run.triggered", "run.failed", "run.succeeded"]
+    );
+}
+
+async fn waits_for_its_cancellation(n: u64, ctx: StepContext) -> Result<u64, StepError> {
+    // Returns as soon as the run is cancelled (or after a while, where nothing tells it).
+    let _ = tokio::time::timeout(Duration::from_secs(10), ctx.cancelled()).await;
+    Ok(n)
+}
+
+async fn a_cancelled_run_takes_no_new_step(backend: impl Backend) {
+    let flow = Workflow::builder("cancelme")
+        .start(Step::new("wait", waits_for_its_cancellation))
+        .then(Step::new("double", double))
+        .build()
+        .unwrap();
+    let mut scenario = Scenario::new(flow, b"1");
+    scenario.cancel_on = Some("wait.started");
+    scenario.then_wait_for = Some("double.skipped");
+    let seen = backend.run(scenario).await;
+    let RunOutcome::Cancelled(cancelled) = &seen.outcome else {
+        panic!("expected a cancelled run, got {:?}", seen.outcome);
+    };
+    assert_eq!(cancelled.reason, "cancelled by the test");
+    assert_eq!(seen.trail_of("double"), ["double.skipped"]);
+    assert_eq!(seen.trail_of("run"), ["run.triggered", "run.cancelled"]);
+}
+
+async fn a_failure_stops_a_sibling_that_is_retrying(backend: impl Backend) {
+    let flow = Workflow::builder("failfast")
+        .start(Step::new("a", double))
+        .then((
+            Step::new("b", fatal_first(1, plus_one)),
+            Step::new("c", fail_first(9, describe))
+                .retry(RetryPolicy::limited(9, Duration::from_millis(500))),
+        ))
+        .build()
+        .unwrap();
+    let mut scenario = Scenario::new(flow, b"1");
+    scenario.then_wait_for = Some("c.skipped");
+    let seen = backend.run(scenario).await;
+    assert_eq!(seen.failure().step.as_str(), "b");
+    let c = seen.trail_of("c");
+    assert_eq!(c.last().map(String::as_str), Some("c.skipped"), "{c:?}");
+    assert!(c.len() < 9 * 2, "c stopped retrying: {c:?}");
+}
+
 macro_rules! on_both_backends {
     ($($scenario:ident),+ $(,)?) => {
         mod harness {
@@ -542,6 +668,10 @@ on_both_backends!(
     a_fan_out_ends_with_every_last_output,
     a_failed_join_step_fails_the_run,
     without_retries_the_first_error_is_final,
+    a_failed_branch_resumed_joins_its_sibling_and_the_run_succeeds,
+    a_failed_chain_resumes_from_its_failed_step,
+    a_cancelled_run_takes_no_new_step,
+    a_failure_stops_a_sibling_that_is_retrying,
 );
 
 #[tokio::test(start_paused = true)]

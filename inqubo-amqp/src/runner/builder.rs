@@ -8,6 +8,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, info, instrument};
 
 use super::{Runner, Shared, start_session, supervise};
+use crate::run_state::RunStates;
 use crate::{
     client::Client,
     error::{Error, Result},
@@ -179,6 +180,7 @@ impl RunnerBuilder {
             limits: self.limits,
             in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
             tracker: TaskTracker::new(),
+            states: Arc::new(RunStates::new(self.workflow.fails_fast())),
         });
         let cancel = CancellationToken::new();
         let first = start_session(&shared, cancel.child_token()).await?;

@@ -14,11 +14,11 @@ use std::{future::Future, sync::Arc, time::Duration};
 use inqubo_core::{
     RunId, RunOutcome, Workflow,
     engine::{Engine, Limits},
-    protocol::{self, JOIN_SHARDS, Names, QueueName},
+    protocol::{self, JOIN_SHARDS, Names, QueueName, argument},
 };
 use lapin::{
     options::{BasicConsumeOptions, BasicQosOptions},
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
 use serde::Serialize;
 use tokio::{sync::Semaphore, task::JoinSet};
@@ -35,6 +35,7 @@ use crate::{
     error::{Error, Result},
     joiner::{JoinShard, consume_shard},
     metric::StepMetrics,
+    run_state::{self, RunStates},
     session,
     topology::Topology,
     wire::Wire,
@@ -59,7 +60,16 @@ struct Shared {
     limits: Limits,
     in_flight: Arc<Semaphore>,
     tracker: TaskTracker,
+    /// What this runner knows of runs that ended; kept across reconnections.
+    states: Arc<RunStates>,
 }
+
+/// How long a runner that just connected waits to read the run-state stream to its end
+/// before it runs steps anyway.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(5);
+
+/// Unacknowledged run-state events the runner holds while reading the stream.
+const RUN_STATE_PREFETCH: u16 = 500;
 
 /// The step consumers of one connection, and the token that stops them.
 struct Session {
@@ -86,6 +96,19 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
     session.publisher.send_all(vec![announcement]).await?;
     let engine = Arc::new(Engine::new(shared.workflow.clone(), shared.limits));
     let mut consumers = JoinSet::new();
+    // Learn which runs ended (cancelled, failed) before taking their steps.
+    let (channel, consumer) = follow_run_states(&session, shared).await?;
+    let (caught_up, read) = tokio::sync::oneshot::channel();
+    consumers.spawn(run_state::follow(
+        Arc::clone(&shared.states),
+        channel,
+        consumer,
+        cancel.clone(),
+        caught_up,
+    ));
+    if tokio::time::timeout(CATCH_UP_LIMIT, read).await.is_err() {
+        warn!(workflow = %shared.workflow.name(), "run-state stream not read to its end in time; running steps anyway");
+    }
     for node in shared.workflow.steps() {
         let queue = shared
             .topology
@@ -94,6 +117,7 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
         let worker = Arc::new(StepWorker {
             topology: shared.topology.clone(),
             engine: Arc::clone(&engine),
+            states: Arc::clone(&shared.states),
             node: node.clone(),
             publisher: session.publisher.clone(),
             metrics: StepMetrics::new(shared.workflow.name(), node.name()),
@@ -142,6 +166,32 @@ async fn consume_on(
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
+}
+
+/// A channel reading the workflow's run-state stream from its first message.
+async fn follow_run_states(
+    session: &session::Session,
+    shared: &Shared,
+) -> Result<(lapin::Channel, lapin::Consumer)> {
+    let queue = shared.topology.run_state_queue(shared.workflow.name());
+    let channel = session.channel().await?;
+    channel
+        .basic_qos(RUN_STATE_PREFETCH, BasicQosOptions::default())
+        .await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        argument::STREAM_OFFSET.into(),
+        AMQPValue::LongString(argument::FIRST.into()),
+    );
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            args,
         )
         .await?;
     Ok((channel, consumer))

@@ -24,3 +24,11 @@ pub const QUORUM: &str = "quorum";
 pub const AT_LEAST_ONCE: &str = "at-least-once";
 /// Value of [`OVERFLOW`] that refuses publishes to a full queue.
 pub const REJECT_PUBLISH: &str = "reject-publish";
+/// How long a stream keeps its messages (`7D`, `12h`...).
+pub const MAX_AGE: &str = "x-max-age";
+/// Where a stream consumer starts (`first`, `last`, `next`, an offset, or a timestamp).
+pub const STREAM_OFFSET: &str = "x-stream-offset";
+/// Value of [`QUEUE_TYPE`] for streams.
+pub const STREAM: &str = "stream";
+/// Value of [`STREAM_OFFSET`] that starts at the oldest message a stream keeps.
+pub const FIRST: &str = "first";

@@ -12,6 +12,7 @@
 //! | `inqubo.join` | direct exchange | join pieces, to `<workflow>.<join>.<shard>` |
 //! | `inqubo.<workflow>.<join>.shard-<n>` | queue | one shard of a join (single active consumer) |
 //! | `inqubo.<workflow>.<join>.state-<n>` | queue | the latest snapshots of that shard |
+//! | `inqubo.<workflow>.run-states` | stream | `run.failed` and `run.cancelled`: what every runner follows to stop ended runs |
 //! | `inqubo.registry` | queue | workflow definitions announced by runners |
 //! | `inqubo.monitor` | queue | what `inqubo monitor` records |
 //!
@@ -159,6 +160,12 @@ impl Names {
     /// The parked queue of `workflow`.
     pub fn parked_queue(&self, workflow: &WorkflowName) -> QueueName {
         QueueName(format!("{}.{workflow}.parked", self.prefix))
+    }
+
+    /// The stream of `workflow`'s `run.failed` and `run.cancelled` events, which every runner
+    /// reads from its start, so that a runner started late knows which runs ended.
+    pub fn run_state_queue(&self, workflow: &WorkflowName) -> QueueName {
+        QueueName(format!("{}.{workflow}.run-states", self.prefix))
     }
 
     /// The queue where runners announce their workflow definitions, read by tools such as

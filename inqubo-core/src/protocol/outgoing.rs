@@ -541,21 +541,27 @@ pub fn resume(
 
 /// Resumes a failed run from its parked inputs (`parked`, every parked message of the run):
 /// each goes back to its step as the next attempt, all in the generation after the newest
-/// they were parked in. Inputs of a cancelled run and pieces that name no step stay parked.
-pub fn resume_run(workflow: &WorkflowName, parked: &[super::Incoming<'_>]) -> Vec<Outgoing> {
+/// they were parked in. The result lines up with `parked`: `None` for what stays parked
+/// (inputs of a cancelled run, pieces that name no step).
+pub fn resume_run(
+    workflow: &WorkflowName,
+    parked: &[super::Incoming<'_>],
+) -> Vec<Option<Outgoing>> {
     let generation = parked
         .iter()
         .map(super::Incoming::generation)
         .max()
         .unwrap_or(1)
         .saturating_add(1);
+    let cancelled = Some(crate::FailureReason::RunCancelled.as_str());
     parked
         .iter()
-        .filter(|p| {
-            p.headers.text(header::PARKED_REASON)
-                != Some(crate::FailureReason::RunCancelled.as_str())
+        .map(|p| {
+            if p.headers.text(header::PARKED_REASON) == cancelled {
+                return None;
+            }
+            resume(workflow, p, generation)
         })
-        .filter_map(|p| resume(workflow, p, generation))
         .collect()
 }
 

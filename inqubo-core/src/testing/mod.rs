@@ -461,7 +461,7 @@ impl<'a> Broker<'a> {
         let incoming: Vec<Incoming<'_>> = taken.iter().map(Queued::incoming).collect();
         let messages = protocol::resume_run(self.engine().workflow().name(), &incoming);
         self.cancel = CancellationToken::new();
-        for message in messages {
+        for message in messages.into_iter().flatten() {
             let _ = self.publish(message, &Headers::new());
         }
     }
