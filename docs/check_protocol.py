@@ -28,12 +28,42 @@ def fail(message):
     sys.exit(1)
 
 
+def shard_of(run_id):
+    """The run join shard of a run: FNV-1a (32 bit) of the run id, modulo 4."""
+    h = 0x811C9DC5
+    for byte in run_id.encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h % 4
+
+
+def cancel(ch, prefix, run_id, reason, timeout):
+    """Asks the run join to cancel `run_id`, as docs/protocol.md says; returns its answer."""
+    replies = ch.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
+    ch.basic_publish(
+        exchange=f"{prefix}.join",
+        routing_key=f"simple._run.{shard_of(run_id)}",
+        body=json.dumps({"reason": reason}),
+        properties=pika.BasicProperties(
+            headers={"run-id": run_id, "join-cancel": True, "reply-to": replies},
+            delivery_mode=2, content_type="application/json"),
+        mandatory=True,
+    )
+    for method, props, body in ch.consume(replies, auto_ack=True, inactivity_timeout=timeout):
+        if method is None:
+            fail(f"no answer to the cancel request for {run_id} within {timeout} s")
+        if (props.headers or {}).get("run-id") == run_id:
+            ch.cancel()
+            return json.loads(body)
+    fail("the answer queue closed")
+
+
 def cleanup(ch, prefix):
     for step in STEPS + ["parked"]:
         ch.queue_delete(f"{prefix}.simple.{step}")
     for shard in range(4):
         ch.queue_delete(f"{prefix}.simple._run.shard-{shard}")
         ch.queue_delete(f"{prefix}.simple._run.state-{shard}")
+    ch.queue_delete(f"{prefix}.simple.run-states")
     ch.exchange_delete(f"{prefix}.join")
     ch.queue_delete(f"{prefix}.registry")
     for tier in range(25):
@@ -76,7 +106,8 @@ def main():
             ch = conn.channel()
             ch.confirm_delivery()
 
-    events = ch.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
+    # Exclusive: deleted with the connection (not auto-delete: the check consumes it twice).
+    events = ch.queue_declare(queue="", exclusive=True).method.queue
     ch.queue_bind(events, exchange, routing_key="simple.#")
 
     # An unknown workflow is returned to a mandatory publisher.
@@ -115,6 +146,8 @@ def main():
         if workflow != "simple":
             fail(f"unexpected workflow in {key}")
         if kind == "run":
+            if rest != ["triggered"] and headers.get("run-generation") != 1:
+                fail(f"{key}: run-generation header is {headers.get('run-generation')!r}")
             if rest == ["triggered"]:
                 if payload != {"fail_times": 1}:
                     fail(f"trigger body is {payload}")
@@ -162,6 +195,32 @@ def main():
         "simple.step.process_data.succeeded",
     ]:
         fail(f"process_data events out of order: {order}")
+
+    ch.cancel()  # one consumer generator at a time
+    # Cancelling a run that ended is refused, and nothing is published.
+    answer = cancel(ch, exchange, run_id, "too late", args.timeout)
+    if answer != {"outcome": "refused", "ended": "succeeded"}:
+        fail(f"cancel of a finished run answered {answer}")
+
+    # A run cancelled before it is triggered ends with run.cancelled, once.
+    early = str(uuid.uuid4())
+    answer = cancel(ch, exchange, early, "changed my mind", args.timeout)
+    if answer != {"outcome": "cancelled"}:
+        fail(f"cancel of a new run answered {answer}")
+    for method, props, body in ch.consume(events, auto_ack=True, inactivity_timeout=args.timeout):
+        if method is None:
+            fail(f"no run.cancelled for {early}")
+        if (props.headers or {}).get("run-id") != early:
+            continue
+        if method.routing_key != "simple.run.cancelled":
+            fail(f"unexpected {method.routing_key} for the cancelled run")
+        if json.loads(body) != {"reason": "changed my mind"}:
+            fail(f"run.cancelled body is {body!r}")
+        if props.message_id != f"{early}:simple:run:cancelled":
+            fail(f"run.cancelled message_id is {props.message_id!r}")
+        ch.cancel()
+        break
+    print(f"cancel checked: refused for {run_id}, accepted before the trigger of {early}")
 
     conn.close()
     print(f"protocol check passed: {len(seen)} events for run {run_id}")

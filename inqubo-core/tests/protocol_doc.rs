@@ -68,7 +68,23 @@ fn golden_event_bodies_match_what_runners_publish() {
     })
     .unwrap();
     assert_eq!(samples["run_failed"], run_failed);
-    assert_eq!(samples.len(), 4, "every golden sample is checked");
+    let skipped = serde_json::to_value(inqubo_core::SkippedBody {
+        attempt: 1,
+        reason: FailureReason::RunFailed,
+    })
+    .unwrap();
+    assert_eq!(samples["skipped"], skipped);
+    let cancelled = serde_json::to_value(inqubo_core::RunCancelledBody {
+        reason: "customer withdrew the order".into(),
+    })
+    .unwrap();
+    assert_eq!(samples["run_cancelled"], cancelled);
+    let refused = serde_json::to_value(inqubo_core::protocol::CancelReply::Refused {
+        ended: "succeeded".into(),
+    })
+    .unwrap();
+    assert_eq!(samples["cancel_refused"], refused);
+    assert_eq!(samples.len(), 7, "every golden sample is checked");
 }
 
 #[test]
@@ -88,6 +104,9 @@ fn every_header_and_failure_reason_is_documented() {
         header::JOIN_FAILED,
         header::WORKFLOW,
         header::TRACEPARENT,
+        header::RUN_GENERATION,
+        header::JOIN_CANCEL,
+        header::REPLY_TO,
     ] {
         assert!(
             doc.contains(&format!("| `{name}` |")),
@@ -101,6 +120,8 @@ fn every_header_and_failure_reason_is_documented() {
         FailureReason::Unroutable,
         FailureReason::RedeliveryLimit,
         FailureReason::TooLarge,
+        FailureReason::RunFailed,
+        FailureReason::RunCancelled,
     ] {
         assert!(
             doc.contains(&format!("| `{reason}` |")),
@@ -122,6 +143,7 @@ fn documented_routing_keys_are_the_ones_built() {
         EventKind::Succeeded,
         EventKind::Retrying,
         EventKind::Failed,
+        EventKind::Skipped,
     ] {
         assert!(
             doc.contains(&format!("| `{kind}` |")),
@@ -131,4 +153,14 @@ fn documented_routing_keys_are_the_ones_built() {
         assert_eq!(key.as_str(), format!("simple.step.process_data.{kind}"));
     }
     assert!(doc.contains("`<workflow>.step.<step>.<event>`"));
+    for kind in [EventKind::RunSucceeded, EventKind::RunFailed, EventKind::RunCancelled] {
+        assert!(
+            doc.contains(&format!("| `{kind}` |")),
+            "run event {kind} missing"
+        );
+        assert_eq!(
+            RoutingKey::run_event(&wf, kind).as_str(),
+            format!("simple.run.{kind}")
+        );
+    }
 }
