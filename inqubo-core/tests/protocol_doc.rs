@@ -153,7 +153,11 @@ fn documented_routing_keys_are_the_ones_built() {
         assert_eq!(key.as_str(), format!("simple.step.process_data.{kind}"));
     }
     assert!(doc.contains("`<workflow>.step.<step>.<event>`"));
-    for kind in [EventKind::RunSucceeded, EventKind::RunFailed, EventKind::RunCancelled] {
+    for kind in [
+        EventKind::RunSucceeded,
+        EventKind::RunFailed,
+        EventKind::RunCancelled,
+    ] {
         assert!(
             doc.contains(&format!("| `{kind}` |")),
             "run event {kind} missing"
