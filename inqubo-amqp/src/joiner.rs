@@ -5,7 +5,7 @@
 //! all runners; a run's pieces always go to the same shard (a stable hash of its run id). The
 //! active consumer keeps the shard's [`JoinBook`] in memory and works in batches:
 //!
-//! 1. take the pieces that are ready (up to 256),
+//! 1. take the pieces that have arrived (up to 256; no waiting for more),
 //! 2. add them to the book; publish what fires (a join step's input, `run.succeeded`,
 //!    `run.failed`) and wait for the confirms,
 //! 3. publish the book's snapshot to the shard's state queue (which keeps only the latest) and
@@ -19,7 +19,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use inqubo_core::{engine::Engine, join::JoinBook, trace::child_traceparent};
 use lapin::{
     Channel, Consumer,
@@ -40,9 +40,6 @@ const BATCH: usize = 256;
 
 /// How long the acknowledgement of a batch may take.
 const BATCH_ACK_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long a batch waits for more pieces once it has one.
-const BATCH_WINDOW: Duration = Duration::from_millis(2);
 
 /// One shard of one join.
 #[derive(Debug)]
@@ -111,12 +108,14 @@ pub(crate) async fn consume_shard(
             Some(Err(error)) => return Err(error.into()),
             None => return Err(Error::ConsumerStopped { queue }),
         };
+        // No waiting: the batch is what has already arrived. Under load, pieces pile up
+        // while the previous batch is confirmed, so batches still form.
         while batch.len() < BATCH {
-            match tokio::time::timeout(BATCH_WINDOW, consumer.next()).await {
-                Ok(Some(Ok(delivery))) => batch.push(delivery),
-                Ok(Some(Err(error))) => return Err(error.into()),
-                Ok(None) => return Err(Error::ConsumerStopped { queue }),
-                Err(_quiet) => break,
+            match consumer.next().now_or_never() {
+                Some(Some(Ok(delivery))) => batch.push(delivery),
+                Some(Some(Err(error))) => return Err(error.into()),
+                Some(None) => return Err(Error::ConsumerStopped { queue }),
+                None => break,
             }
         }
         let book = match &mut book {

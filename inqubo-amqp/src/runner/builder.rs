@@ -11,7 +11,7 @@ use super::{Runner, Shared, start_session, supervise};
 use crate::run_state::RunStates;
 use crate::{
     client::Client,
-    error::{Error, Result},
+    error::Result,
     session::{DEFAULT_AMQP_URL, split_urls},
     topology::{QueueType, Topology},
 };
@@ -167,7 +167,7 @@ impl RunnerBuilder {
                 .with_http_listener(addr)
                 .set_buckets(crate::metric::STEP_DURATION_BUCKETS)
                 .and_then(metrics_exporter_prometheus::PrometheusBuilder::install)
-                .map_err(|source| Error::Metrics { addr, source })?;
+                .map_err(|source| crate::error::Error::Metrics { addr, source })?;
             info!(%addr, "serving Prometheus metrics at /metrics");
         }
         let topology = Topology::new(self.prefix, self.queue_type)?;
