@@ -15,6 +15,7 @@
 
 mod incoming;
 mod key;
+mod lifecycle;
 mod names;
 mod outgoing;
 
@@ -24,14 +25,14 @@ pub mod header;
 pub use header::{HeaderValue, Headers};
 pub use incoming::{HeaderError, Incoming};
 pub use key::RoutingKey;
+pub use lifecycle::{CancelReply, cancel_reply, cancel_request, resume, resume_run};
 pub use names::{
     DelayRoute, JOIN_SHARDS, JOIN_STATE_SLOTS, MAX_PREFIX_LEN, Names, PrefixError, QueueName,
     RUN_JOIN,
 };
 pub use outgoing::{
-    Address, AttemptId, CancelReply, Destination, Outgoing, announcement, cancel_reply,
-    cancel_request, counted_redelivery, join_piece, join_snapshot, joined_input, json, parked,
-    resume, resume_run, run_event, run_failed, trigger,
+    Address, AttemptId, Destination, Outgoing, announcement, counted_redelivery, join_piece,
+    join_snapshot, joined_input, json, parked, run_event, run_failed, trigger,
 };
 
 /// The default prefix: the name of the topic exchange and the first word of every queue name.
