@@ -7,7 +7,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use inqubo_core::protocol::{CONTENT_TYPE, HeaderValue, Headers, Incoming, Names, Outgoing};
+use inqubo_core::protocol::{self, CONTENT_TYPE, HeaderValue, Headers, Incoming, Names, Outgoing};
 use lapin::{
     BasicProperties,
     message::Delivery,
@@ -49,7 +49,10 @@ impl Wire {
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(ShortString::from(CONTENT_TYPE))
-            .with_message_id(ShortString::from(message.message_id))
+            // A run id may be 255 bytes: the ids built from it are cut to fit, with a hash.
+            .with_message_id(ShortString::from(protocol::fit_message_id(
+                message.message_id,
+            )))
             .with_timestamp(now)
             .with_headers(table);
         Self {

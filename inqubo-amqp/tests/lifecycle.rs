@@ -168,3 +168,30 @@ async fn resuming_a_run_with_nothing_parked_says_so() {
     assert!(matches!(error, Error::NothingToResume { .. }), "{error:?}");
     runner.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_run_id_of_the_longest_length_runs_to_its_end_and_can_be_cancelled() {
+    let broker = TestBroker::new();
+    let flow = chain("longid");
+    let runner = broker.start_runner(&flow).await;
+    // Every message id built from a run id this long passes AMQP's 255-byte limit.
+    let long = "r".repeat(inqubo_core::MAX_RUN_ID_LEN);
+    let outcome = runner
+        .trigger_and_wait(run_id(long.clone()), &1_u64, ANSWER)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        RunOutcome::Succeeded(serde_json::json!({"second": 4}))
+    );
+    let refused = runner
+        .client()
+        .cancel(flow.name(), &run_id(long), "late", ANSWER)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, Error::CancelRefused { .. }),
+        "{refused:?}"
+    );
+    runner.shutdown().await.unwrap();
+}

@@ -432,6 +432,27 @@ pub fn counted_redelivery(
     }
 }
 
+/// The longest `message_id` AMQP carries (a short string).
+pub const MAX_MESSAGE_ID_LEN: usize = 255;
+
+/// `id` if it fits in [`MAX_MESSAGE_ID_LEN`] bytes; otherwise its first bytes and a hash of the
+/// whole, so that the id stays deterministic (a duplicate gets the same one) and distinct.
+pub fn fit_message_id(id: String) -> String {
+    if id.len() <= MAX_MESSAGE_ID_LEN {
+        return id;
+    }
+    // FNV-1a, 64 bits: stable across versions and platforms.
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let suffix = format!("~{hash:016x}");
+    let mut keep = MAX_MESSAGE_ID_LEN - suffix.len();
+    while !id.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}{suffix}", &id[..keep])
+}
+
 /// What [`parked`] puts before the `message_id` of the input it parks.
 pub(super) const PARKED_ID: &str = "parked:";
 
@@ -443,6 +464,18 @@ pub fn json(body: &impl Serialize) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn message_ids_past_the_short_string_limit_keep_a_prefix_and_a_hash() {
+        let at_limit = "r".repeat(MAX_MESSAGE_ID_LEN);
+        assert_eq!(fit_message_id(at_limit.clone()), at_limit);
+        let long = format!("parked:{}:simple:triggered", "é".repeat(150));
+        let fitted = fit_message_id(long.clone());
+        assert!(fitted.len() <= MAX_MESSAGE_ID_LEN, "{}", fitted.len());
+        assert_eq!(fitted, fit_message_id(long.clone()), "deterministic");
+        assert_ne!(fitted, fit_message_id(format!("{long}x")), "distinct");
+        assert!(fitted.starts_with("parked:é"));
+    }
+
     use super::*;
     use crate::{FailureReason, protocol::Incoming};
 
