@@ -258,8 +258,12 @@ pub(crate) async fn runs(
             (Some(end), Some(start)) => format!("{} ms", end - start),
             _ => "-".to_owned(),
         };
+        let resumed = match run["generation"].as_i64() {
+            Some(n) if n > 1 => format!(" ({n} generations)"),
+            _ => String::new(),
+        };
         println!(
-            "{:<20} {:<36} {:<10} {took}",
+            "{:<20} {:<36} {:<10} {took}{resumed}",
             run["workflow"].as_str().unwrap_or_default(),
             run["run_id"].as_str().unwrap_or_default(),
             run["status"].as_str().unwrap_or_default()
@@ -287,24 +291,67 @@ pub(crate) async fn run(context: &Context, store: &str, run_id: &str) -> anyhow:
         report["workflow"].as_str().unwrap_or_default(),
         report["status"].as_str().unwrap_or_default()
     );
+    let created = report["created_ms"].as_i64().unwrap_or_default();
+    for generation in report["generations"].as_array().into_iter().flatten() {
+        println!("  {}", generation_line(generation, created));
+    }
     for attempt in report["attempts"].as_array().into_iter().flatten() {
+        let status = attempt["status"].as_str().unwrap_or_default();
         let took = match (
             attempt["finished_ms"].as_i64(),
             attempt["started_ms"].as_i64(),
         ) {
+            _ if status == "skipped" => "-".to_owned(),
             (Some(end), Some(start)) => format!("{} ms", end - start),
             _ => "running".to_owned(),
         };
-        println!(
-            "  {:<28} attempt {:<3} {:<10} {took:<10} {}",
-            attempt["step"].as_str().unwrap_or_default(),
-            attempt["attempt"],
-            attempt["status"].as_str().unwrap_or_default(),
+        let detail = if status == "skipped" {
+            format!(
+                "not run: {}",
+                attempt["reason"].as_str().unwrap_or("its run had ended")
+            )
+        } else {
             attempt["error"]
                 .as_str()
                 .or_else(|| attempt["output"].is_null().then_some(""))
                 .map_or_else(|| attempt["output"].to_string(), str::to_owned)
+        };
+        println!(
+            "  {:<28} attempt {:<3} gen {:<3} {status:<10} {took:<10} {detail}",
+            attempt["step"].as_str().unwrap_or_default(),
+            attempt["attempt"],
+            attempt["generation"],
         );
     }
     Ok(0)
+}
+
+/// One generation of a run as a line of `inqubo run`: how it ended and when (counted from the
+/// run's start), with the failed step or the reason for a cancel.
+fn generation_line(generation: &serde_json::Value, created_ms: i64) -> String {
+    let number = &generation["generation"];
+    let Some(status) = generation["status"].as_str() else {
+        return format!("generation {number:<3} not seen by the monitor");
+    };
+    let Some(ended) = generation["ended_ms"].as_i64() else {
+        return format!("generation {number:<3} {status}");
+    };
+    let outcome = &generation["outcome"];
+    let why = match status {
+        "failed" if outcome.is_object() => format!(
+            "  {} attempt {} failed: {} ({})",
+            outcome["step"].as_str().unwrap_or_default(),
+            outcome["attempt"],
+            outcome["error"].as_str().unwrap_or_default(),
+            outcome["reason"].as_str().unwrap_or_default()
+        ),
+        "cancelled" if outcome.is_object() => {
+            format!("  {}", outcome["reason"].as_str().unwrap_or_default())
+        }
+        _ => String::new(),
+    };
+    format!(
+        "generation {number:<3} {status:<10} after {} ms{why}",
+        ended - created_ms
+    )
 }
