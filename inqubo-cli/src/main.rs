@@ -107,8 +107,9 @@ enum Command {
         /// Only this workflow.
         #[arg(long)]
         workflow: Option<String>,
-        /// Only this status: running, retrying, succeeded, failed.
-        #[arg(long)]
+        /// Only this status: running, retrying, succeeded, failed or cancelled (that of the
+        /// run's latest generation).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(history::query::RUN_STATUSES))]
         status: Option<String>,
         /// Only runs updated within this long (e.g. 30m, 2h, 7d).
         #[arg(long)]

@@ -16,6 +16,7 @@ pub(crate) fn observe(event: &LifecycleEvent, took: Option<Duration>) {
         let outcome = match event.kind {
             EventKind::RunSucceeded => "succeeded",
             EventKind::RunFailed => "failed",
+            EventKind::RunCancelled => "cancelled",
             _ => return,
         };
         metrics::counter!("inqubo_runs_finished_total", "workflow" => workflow, "outcome" => outcome)
@@ -26,15 +27,20 @@ pub(crate) fn observe(event: &LifecycleEvent, took: Option<Duration>) {
         return;
     };
     let name = match event.kind {
-        EventKind::Started => "inqubo_steps_started_total",
-        EventKind::Succeeded => "inqubo_steps_succeeded_total",
-        EventKind::Retrying => "inqubo_steps_retried_total",
-        EventKind::Failed => "inqubo_steps_failed_total",
+        EventKind::Started => Some("inqubo_steps_started_total"),
+        EventKind::Succeeded => Some("inqubo_steps_succeeded_total"),
+        EventKind::Retrying => Some("inqubo_steps_retried_total"),
+        EventKind::Failed => Some("inqubo_steps_failed_total"),
+        EventKind::Skipped => None,
         _ => return,
     };
-    metrics::counter!(name, "workflow" => workflow.clone(), "step" => step.clone()).increment(1);
-    if event.kind == EventKind::Failed {
-        // A step that fails for good parks its input.
+    if let Some(name) = name {
+        metrics::counter!(name, "workflow" => workflow.clone(), "step" => step.clone())
+            .increment(1);
+    }
+    if matches!(event.kind, EventKind::Failed | EventKind::Skipped) {
+        // A step that fails for good parks its input, and so does one skipped because its run
+        // had ended (as a runner counts them).
         let reason = event.body["reason"]
             .as_str()
             .unwrap_or("unknown")

@@ -9,10 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
-use inqubo::{
-    EventKind, LifecycleEvent,
-    protocol::{RoutingKey, argument},
-};
+use inqubo::protocol::{RoutingKey, argument};
 use lapin::{
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions,
@@ -20,9 +17,12 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
-use sqlx::{AnyPool, Row, migrate::Migrator};
+use sqlx::{AnyPool, migrate::Migrator};
 
 pub(crate) mod query;
+mod record;
+
+use record::{expire, record};
 
 use crate::broker::Context;
 
@@ -54,135 +54,6 @@ pub(crate) async fn open(store: &str) -> anyhow::Result<AnyPool> {
         .await
         .context("cannot migrate the store")?;
     Ok(pool)
-}
-
-/// Records one event; for the end of a step attempt, returns how long the attempt took as the
-/// monitor saw it (from its `started` event, when there was one).
-pub(crate) async fn record(
-    pool: &AnyPool,
-    event: &LifecycleEvent,
-) -> anyhow::Result<Option<Duration>> {
-    let workflow = event.workflow.as_str();
-    let run = event.run_id.as_str();
-    let now = now_ms();
-    let body = event.body.to_string();
-    let run_status = match event.kind {
-        EventKind::RunSucceeded => "succeeded",
-        EventKind::RunFailed => "failed",
-        EventKind::Retrying => "retrying",
-        _ => "running",
-    };
-    if event.kind == EventKind::RunTriggered {
-        sqlx::query(
-            "INSERT INTO runs (workflow, run_id, status, created_ms, updated_ms, input)
-             VALUES ($1, $2, 'running', $3, $3, $4)
-             ON CONFLICT (workflow, run_id) DO UPDATE SET input = excluded.input",
-        )
-        .bind(workflow)
-        .bind(run)
-        .bind(now)
-        .bind(body)
-        .execute(pool)
-        .await?;
-        return Ok(None);
-    }
-    if event.kind.is_run_event() {
-        sqlx::query(
-            "INSERT INTO runs (workflow, run_id, status, created_ms, updated_ms, finished_ms, outcome)
-             VALUES ($1, $2, $3, $4, $4, $4, $5)
-             ON CONFLICT (workflow, run_id) DO UPDATE SET
-               status = excluded.status, updated_ms = excluded.updated_ms,
-               finished_ms = excluded.finished_ms, outcome = excluded.outcome",
-        )
-        .bind(workflow)
-        .bind(run)
-        .bind(run_status)
-        .bind(now)
-        .bind(body)
-        .execute(pool)
-        .await?;
-        return Ok(None);
-    }
-    sqlx::query(
-        "INSERT INTO runs (workflow, run_id, status, created_ms, updated_ms)
-         VALUES ($1, $2, $3, $4, $4)
-         ON CONFLICT (workflow, run_id) DO UPDATE SET
-           status = CASE WHEN runs.status IN ('succeeded', 'failed') THEN runs.status ELSE excluded.status END,
-           updated_ms = excluded.updated_ms",
-    )
-    .bind(workflow)
-    .bind(run)
-    .bind(run_status)
-    .bind(now)
-    .execute(pool)
-    .await?;
-    let Some(step) = &event.step else {
-        return Ok(None);
-    };
-    let attempt = i64::from(event.attempt.unwrap_or(0));
-    let (status, error, output, finished) = match event.kind {
-        EventKind::Started => ("started", None, None, None),
-        EventKind::Succeeded => ("succeeded", None, Some(body), Some(now)),
-        EventKind::Retrying => (
-            "retrying",
-            event.body["error"].as_str().map(str::to_owned),
-            None,
-            Some(now),
-        ),
-        EventKind::Failed => (
-            "failed",
-            event.body["error"].as_str().map(str::to_owned),
-            None,
-            Some(now),
-        ),
-        _ => return Ok(None),
-    };
-    let row = sqlx::query(
-        "INSERT INTO attempts (workflow, run_id, step, attempt, status, started_ms, finished_ms, error, output)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (workflow, run_id, step, attempt) DO UPDATE SET
-           status = CASE WHEN excluded.status = 'started' THEN attempts.status ELSE excluded.status END,
-           finished_ms = COALESCE(excluded.finished_ms, attempts.finished_ms),
-           error = COALESCE(excluded.error, attempts.error),
-           output = COALESCE(excluded.output, attempts.output)
-         RETURNING started_ms, finished_ms",
-    )
-    .bind(workflow)
-    .bind(run)
-    .bind(step.as_str())
-    .bind(attempt)
-    .bind(status)
-    .bind(now)
-    .bind(finished)
-    .bind(error)
-    .bind(output)
-    .fetch_one(pool)
-    .await?;
-    let took = match (row.get::<i64, _>(0), row.get::<Option<i64>, _>(1)) {
-        (start, Some(end)) if status != "started" && end >= start => Some(Duration::from_millis(
-            u64::try_from(end - start).unwrap_or(0),
-        )),
-        _ => None,
-    };
-    Ok(took)
-}
-
-/// Deletes runs that finished more than `retention` ago, and their attempts.
-async fn expire(pool: &AnyPool, retention: Duration) -> anyhow::Result<u64> {
-    let cutoff = now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-    sqlx::query(
-        "DELETE FROM attempts WHERE EXISTS (SELECT 1 FROM runs r WHERE r.workflow = attempts.workflow
-           AND r.run_id = attempts.run_id AND r.finished_ms IS NOT NULL AND r.finished_ms < $1)",
-    )
-    .bind(cutoff)
-    .execute(pool)
-    .await?;
-    let deleted =
-        sqlx::query("DELETE FROM runs WHERE finished_ms IS NOT NULL AND finished_ms < $1")
-            .bind(cutoff)
-            .execute(pool)
-            .await?;
-    Ok(deleted.rows_affected())
 }
 
 /// How `inqubo monitor` runs.
@@ -387,8 +258,12 @@ pub(crate) async fn runs(
             (Some(end), Some(start)) => format!("{} ms", end - start),
             _ => "-".to_owned(),
         };
+        let resumed = match run["generation"].as_i64() {
+            Some(n) if n > 1 => format!(" ({n} generations)"),
+            _ => String::new(),
+        };
         println!(
-            "{:<20} {:<36} {:<10} {took}",
+            "{:<20} {:<36} {:<10} {took}{resumed}",
             run["workflow"].as_str().unwrap_or_default(),
             run["run_id"].as_str().unwrap_or_default(),
             run["status"].as_str().unwrap_or_default()
@@ -416,24 +291,67 @@ pub(crate) async fn run(context: &Context, store: &str, run_id: &str) -> anyhow:
         report["workflow"].as_str().unwrap_or_default(),
         report["status"].as_str().unwrap_or_default()
     );
+    let created = report["created_ms"].as_i64().unwrap_or_default();
+    for generation in report["generations"].as_array().into_iter().flatten() {
+        println!("  {}", generation_line(generation, created));
+    }
     for attempt in report["attempts"].as_array().into_iter().flatten() {
+        let status = attempt["status"].as_str().unwrap_or_default();
         let took = match (
             attempt["finished_ms"].as_i64(),
             attempt["started_ms"].as_i64(),
         ) {
+            _ if status == "skipped" => "-".to_owned(),
             (Some(end), Some(start)) => format!("{} ms", end - start),
             _ => "running".to_owned(),
         };
-        println!(
-            "  {:<28} attempt {:<3} {:<10} {took:<10} {}",
-            attempt["step"].as_str().unwrap_or_default(),
-            attempt["attempt"],
-            attempt["status"].as_str().unwrap_or_default(),
+        let detail = if status == "skipped" {
+            format!(
+                "not run: {}",
+                attempt["reason"].as_str().unwrap_or("its run had ended")
+            )
+        } else {
             attempt["error"]
                 .as_str()
                 .or_else(|| attempt["output"].is_null().then_some(""))
                 .map_or_else(|| attempt["output"].to_string(), str::to_owned)
+        };
+        println!(
+            "  {:<28} attempt {:<3} gen {:<3} {status:<10} {took:<10} {detail}",
+            attempt["step"].as_str().unwrap_or_default(),
+            attempt["attempt"],
+            attempt["generation"],
         );
     }
     Ok(0)
+}
+
+/// One generation of a run as a line of `inqubo run`: how it ended and when (counted from the
+/// run's start), with the failed step or the reason for a cancel.
+fn generation_line(generation: &serde_json::Value, created_ms: i64) -> String {
+    let number = &generation["generation"];
+    let Some(status) = generation["status"].as_str() else {
+        return format!("generation {number:<3} not seen by the monitor");
+    };
+    let Some(ended) = generation["ended_ms"].as_i64() else {
+        return format!("generation {number:<3} {status}");
+    };
+    let outcome = &generation["outcome"];
+    let why = match status {
+        "failed" if outcome.is_object() => format!(
+            "  {} attempt {} failed: {} ({})",
+            outcome["step"].as_str().unwrap_or_default(),
+            outcome["attempt"],
+            outcome["error"].as_str().unwrap_or_default(),
+            outcome["reason"].as_str().unwrap_or_default()
+        ),
+        "cancelled" if outcome.is_object() => {
+            format!("  {}", outcome["reason"].as_str().unwrap_or_default())
+        }
+        _ => String::new(),
+    };
+    format!(
+        "generation {number:<3} {status:<10} after {} ms{why}",
+        ended - created_ms
+    )
 }

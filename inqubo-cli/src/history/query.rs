@@ -10,8 +10,10 @@ use sqlx::{AnyPool, Row};
 
 use super::now_ms;
 
-/// The statuses a run can have, in the order the dashboard shows them.
-pub(crate) const RUN_STATUSES: [&str; 4] = ["running", "retrying", "succeeded", "failed"];
+/// The statuses a run can have, in the order the dashboard shows them. A run's status is its
+/// latest generation's: a failed run that was resumed is `running` again.
+pub(crate) const RUN_STATUSES: [&str; 5] =
+    ["running", "retrying", "succeeded", "failed", "cancelled"];
 
 /// Which runs to list. Empty strings mean "any".
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -46,7 +48,7 @@ pub(crate) async fn list_runs(
         .replace('_', "\\_");
     let pattern = format!("%{escaped}%");
     let rows = sqlx::query(
-        "SELECT workflow, run_id, status, created_ms, updated_ms, finished_ms FROM runs
+        "SELECT workflow, run_id, status, created_ms, updated_ms, finished_ms, generation FROM runs
          WHERE ($1 = '' OR workflow = $1) AND ($2 = '' OR status = $2) AND run_id LIKE $3 ESCAPE '\\'
            AND updated_ms >= $4
          ORDER BY created_ms DESC, run_id LIMIT $5 OFFSET $6",
@@ -94,6 +96,7 @@ pub(crate) async fn list_runs(
                 "created_ms": row.get::<i64, _>(3),
                 "updated_ms": row.get::<i64, _>(4),
                 "finished_ms": row.get::<Option<i64>, _>(5),
+                "generation": row.get::<i64, _>(6),
             })
         })
         .collect();
@@ -124,12 +127,13 @@ pub(crate) async fn definition(
     )
 }
 
-/// One run in full: status, input, outcome, every step attempt with the input the step
-/// received, and the workflow's definition. `None` if the run is not in the history.
+/// One run in full: status, input, outcome, its generations, every step attempt with the
+/// input the step received, and the workflow's definition. `None` if the run is not in the
+/// history.
 pub(crate) async fn run_detail(pool: &AnyPool, run_id: &str) -> anyhow::Result<Option<Value>> {
     let Some(run) = sqlx::query(
-        "SELECT workflow, status, created_ms, finished_ms, outcome, input, updated_ms FROM runs
-         WHERE run_id = $1 ORDER BY updated_ms DESC LIMIT 1",
+        "SELECT workflow, status, created_ms, finished_ms, outcome, input, updated_ms, generation
+         FROM runs WHERE run_id = $1 ORDER BY updated_ms DESC LIMIT 1",
     )
     .bind(run_id)
     .fetch_optional(pool)
@@ -139,8 +143,17 @@ pub(crate) async fn run_detail(pool: &AnyPool, run_id: &str) -> anyhow::Result<O
     };
     let workflow: String = run.get(0);
     let attempts = sqlx::query(
-        "SELECT step, attempt, status, started_ms, finished_ms, error, output FROM attempts
-         WHERE workflow = $1 AND run_id = $2 ORDER BY started_ms, step, attempt",
+        "SELECT step, attempt, status, started_ms, finished_ms, error, output, generation, reason
+         FROM attempts WHERE workflow = $1 AND run_id = $2
+         ORDER BY generation, started_ms, step, attempt",
+    )
+    .bind(workflow.as_str())
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?;
+    let ended = sqlx::query(
+        "SELECT generation, status, ended_ms, outcome FROM run_generations
+         WHERE workflow = $1 AND run_id = $2 ORDER BY generation",
     )
     .bind(workflow.as_str())
     .bind(run_id)
@@ -153,23 +166,59 @@ pub(crate) async fn run_detail(pool: &AnyPool, run_id: &str) -> anyhow::Result<O
         .filter_map(|a| Some((a.get::<String, _>(0), parse(a.get::<Option<String>, _>(6))?)))
         .collect();
     let inputs = step_inputs(definition.as_ref(), run_input.as_ref(), &outputs);
+    let status = run.get::<String, _>(1);
+    let finished_ms = run.get::<Option<i64>, _>(3);
+    let outcome = parse(run.get::<Option<String>, _>(4));
+    let latest = run.get::<i64, _>(7);
+    let mut ended: HashMap<i64, Value> = ended
+        .iter()
+        .map(|g| {
+            let generation = g.get::<i64, _>(0);
+            let seen = json!({
+                "generation": generation,
+                "status": g.get::<String, _>(1),
+                "ended_ms": g.get::<i64, _>(2),
+                "outcome": parse(g.get::<Option<String>, _>(3)),
+            });
+            (generation, seen)
+        })
+        .collect();
+    // Every generation up to the latest: how it ended; the latest as the run stands (running,
+    // or ended by a skipped step's word); an earlier one the monitor never saw end as null.
+    let generations: Vec<Value> = (1..=latest)
+        .map(|generation| {
+            ended.remove(&generation).unwrap_or_else(|| {
+                let latest = generation == latest;
+                json!({
+                    "generation": generation,
+                    "status": latest.then_some(status.as_str()),
+                    "ended_ms": if latest { finished_ms } else { None },
+                    "outcome": if latest { outcome.clone() } else { None },
+                })
+            })
+        })
+        .collect();
     Ok(Some(json!({
         "workflow": workflow,
         "run_id": run_id,
-        "status": run.get::<String, _>(1),
+        "status": status,
         "created_ms": run.get::<i64, _>(2),
-        "finished_ms": run.get::<Option<i64>, _>(3),
+        "finished_ms": finished_ms,
         "updated_ms": run.get::<i64, _>(6),
-        "outcome": parse(run.get::<Option<String>, _>(4)),
+        "generation": latest,
+        "generations": generations,
+        "outcome": outcome,
         "input": run_input,
         "definition": definition,
         "attempts": attempts.iter().map(|a| json!({
             "step": a.get::<String, _>(0),
             "attempt": a.get::<i64, _>(1),
+            "generation": a.get::<i64, _>(7),
             "status": a.get::<String, _>(2),
             "started_ms": a.get::<i64, _>(3),
             "finished_ms": a.get::<Option<i64>, _>(4),
             "error": a.get::<Option<String>, _>(5),
+            "reason": a.get::<Option<String>, _>(8),
             "input": inputs.get(&a.get::<String, _>(0)),
             "output": parse(a.get::<Option<String>, _>(6)),
         })).collect::<Vec<_>>(),
@@ -203,7 +252,7 @@ fn step_inputs(
 }
 
 /// Every workflow the monitor has seen, with per-step attempt counts over the last `window_ms`:
-/// `{workflow: {step: {started, succeeded, retrying, failed}}}` plus the definitions.
+/// `{workflow: {step: {started, succeeded, retrying, failed, skipped}}}` plus the definitions.
 pub(crate) async fn workflow_activity(pool: &AnyPool, window_ms: i64) -> anyhow::Result<Value> {
     let definitions = sqlx::query("SELECT workflow, definition FROM workflows ORDER BY workflow")
         .fetch_all(pool)
@@ -245,6 +294,7 @@ pub(crate) async fn workflow_activity(pool: &AnyPool, window_ms: i64) -> anyhow:
                         "succeeded": count("succeeded"),
                         "retried": count("retrying"),
                         "failed": count("failed"),
+                        "skipped": count("skipped"),
                         "failure_rate": if finished == 0 { Value::Null } else {
                             json!(failures as f64 / finished as f64)
                         },
