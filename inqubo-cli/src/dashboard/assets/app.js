@@ -407,6 +407,19 @@ document.addEventListener("click", (event) => {
   navigate(link.getAttribute("href"));
 });
 window.addEventListener("popstate", refresh);
+// A page left for another keeps its event stream open while the browser caches it for "back",
+// and browsers open at most six connections to one server: close the stream on the way out,
+// open it again on the way back.
+window.addEventListener("pagehide", () => {
+  if (live) live.close();
+  live = null;
+});
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted) {
+    connectLive();
+    refresh();
+  }
+});
 token();
 connectLive();
 refresh();
