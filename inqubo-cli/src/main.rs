@@ -19,6 +19,10 @@ use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use inqubo::{EventKind, RunId, RunOutcome, WorkflowName};
 
+/// The exit code of a request that changed nothing because of what it found: a replay that
+/// sent nothing back.
+const EXIT_NOTHING_CHANGED: i32 = 3;
+
 /// See and steer Inqubo workflows on RabbitMQ.
 #[derive(Debug, Parser)]
 #[command(name = "inqubo", version, about)]
@@ -200,7 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .await
         }
         Command::Watch { workflow, run_id } => watch(&context, workflow, run_id).await.map(|()| 0),
-        Command::Parked { action } => parked::run(&context, action).await.map(|()| 0),
+        Command::Parked { action } => parked::run(&context, action).await,
         Command::Monitor {
             store,
             retention,

@@ -255,7 +255,15 @@ async fn parked_messages_can_be_listed_replayed_and_purged() {
     assert_eq!(listed[0]["attempt"], 1, "the attempt is a number");
     assert_eq!(shown["number"], 2);
     assert_eq!(shown["input"], "1");
-    assert_eq!(replayed, json!({"replayed": 1}));
+    assert_eq!(shown["generation"], 1);
+    assert_eq!(
+        shown["message_id"],
+        format!(
+            "parked:{}:flaky:triggered",
+            shown["run_id"].as_str().unwrap()
+        )
+    );
+    assert_eq!(replayed, json!({"replayed": 1, "kept": []}));
     assert!(
         !refused.status.success(),
         "purge without --yes and no terminal is refused"
@@ -304,7 +312,7 @@ async fn a_replay_is_the_next_attempt_of_the_next_generation_with_run_id_and_tra
     let listed = stdout_json(&inqubo(&broker, &["--json", "parked", "list", "doomed"]));
     let replayed = stdout_json(&inqubo(
         &broker,
-        &["--json", "parked", "replay", "doomed", "1"],
+        &["--json", "parked", "replay", "doomed", "--run-id", "t1"],
     ));
     let step_queue = topology.step_queue(workflow, &"check".parse().unwrap());
     let inputs = broker.drain(step_queue.as_str(), 1).await;
@@ -312,7 +320,9 @@ async fn a_replay_is_the_next_attempt_of_the_next_generation_with_run_id_and_tra
 
     assert_eq!(listed[0]["attempt"], 1);
     assert_eq!(listed[0]["run_id"], "t1");
-    assert_eq!(replayed, json!({"replayed": 1}));
+    assert_eq!(listed[0]["message_id"], "parked:t1:doomed:triggered");
+    assert_eq!(listed[0]["generation"], 1);
+    assert_eq!(replayed, json!({"replayed": 1, "kept": []}));
     assert_eq!(after, json!([]));
     let ids: Vec<_> = inputs
         .iter()
@@ -327,4 +337,143 @@ async fn a_replay_is_the_next_attempt_of_the_next_generation_with_run_id_and_tra
     assert_eq!(input.attempt(), Ok(2));
     assert_eq!(input.generation(), 2);
     assert_eq!(input.body, b"7");
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Waits for run `run`'s event of `kind` (a run event: triggered, succeeded, failed, cancelled).
+async fn run_event(events: &mut Events, run: &str, kind: EventKind) -> inqubo::LifecycleEvent {
+    let is = |e: &inqubo::LifecycleEvent| e.run_id.as_str() == run && e.kind == kind;
+    let seen = events.until(|seen| seen.iter().any(is)).await;
+    seen.iter().find(|e| is(e)).cloned().unwrap()
+}
+
+/// Parks one input per run of `runs`, in that order, in workflow `flaky` (whose step fails
+/// for good until `healthy` is set).
+async fn park_in_order(
+    broker: &TestBroker,
+    runs: &[&str],
+) -> (inqubo::Runner, Events, Arc<AtomicBool>) {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let gate = Arc::clone(&healthy);
+    let flow = Workflow::builder("flaky")
+        .start(Step::new("check", move |n: u64, _ctx: StepContext| {
+            let healthy = gate.load(Ordering::SeqCst);
+            async move {
+                if healthy {
+                    Ok(n)
+                } else {
+                    Err(StepError::fatal("dependency is down"))
+                }
+            }
+        }))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe_to(runner.client(), Some(flow.name())).await;
+    for run in runs {
+        runner.trigger(run_id(*run), &1_u64).await.unwrap();
+        events.wait_for(run, "check", EventKind::Failed).await;
+    }
+    (runner, events, healthy)
+}
+
+fn parked_runs(broker: &TestBroker) -> Vec<String> {
+    stdout_json(&inqubo(broker, &["--json", "parked", "list", "flaky"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["run_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Replays by run id and by message id leave the other runs' messages parked in their order,
+/// and so does a replay that fails or matches nothing.
+async fn replays_by_identity_keep_the_others_in_order(broker: TestBroker) {
+    let (runner, mut events, healthy) =
+        park_in_order(&broker, &["p1", "p2", "p3", "p4", "p5"]).await;
+    let listed = stdout_json(&inqubo(&broker, &["--json", "parked", "list", "flaky"]));
+    let p4 = listed[3]["message_id"].as_str().unwrap().to_owned();
+    let shown = stdout_json(&inqubo(
+        &broker,
+        &["--json", "parked", "show", "flaky", "--message-id", &p4],
+    ));
+    assert_eq!(shown["run_id"], "p4");
+    assert_eq!(shown["generation"], 1);
+    healthy.store(true, Ordering::SeqCst);
+
+    let by_run = stdout_json(&inqubo(
+        &broker,
+        &["--json", "parked", "replay", "flaky", "--run-id", "p2"],
+    ));
+    run_event(&mut events, "p2", EventKind::RunSucceeded).await;
+    assert_eq!(by_run, json!({"replayed": 1, "kept": []}));
+    assert_eq!(parked_runs(&broker), ["p1", "p3", "p4", "p5"]);
+
+    let by_id = inqubo(&broker, &["parked", "replay", "flaky", "--message-id", &p4]);
+    assert_eq!(text(&by_id.stdout).trim(), "replayed 1 message(s)");
+    run_event(&mut events, "p4", EventKind::RunSucceeded).await;
+    assert_eq!(parked_runs(&broker), ["p1", "p3", "p5"]);
+
+    let nobody = inqubo(
+        &broker,
+        &["parked", "replay", "flaky", "--run-id", "nobody"],
+    );
+    let wrong_step = inqubo(
+        &broker,
+        &[
+            "parked", "replay", "flaky", "--run-id", "p3", "--step", "other",
+        ],
+    );
+    assert_eq!(nobody.status.code(), Some(1));
+    assert!(
+        text(&nobody.stderr).contains("no parked message of run `nobody` in workflow `flaky`"),
+        "{}",
+        text(&nobody.stderr)
+    );
+    assert_eq!(wrong_step.status.code(), Some(1));
+    assert!(
+        text(&wrong_step.stderr).contains("no parked message of step `other` of run `p3`"),
+        "{}",
+        text(&wrong_step.stderr)
+    );
+    assert_eq!(parked_runs(&broker), ["p1", "p3", "p5"]);
+
+    // With its step's queue gone, a replay fails at the first message and keeps them all.
+    runner.shutdown().await.unwrap();
+    let step_queue = broker
+        .topology()
+        .step_queue(&"flaky".parse().unwrap(), &"check".parse().unwrap());
+    let (connection, channel) = broker.raw_channel().await;
+    channel
+        .queue_delete(step_queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    connection.close(200, "deleted".into()).await.unwrap();
+    let failed = inqubo(&broker, &["parked", "replay", "flaky", "--all"]);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(
+        text(&failed.stderr).contains(
+            "cannot replay to step `check` of workflow `flaky`: the step has no queue any more; \
+             0 message(s) replayed before that, the others stay parked where they were"
+        ),
+        "{}",
+        text(&failed.stderr)
+    );
+    assert_eq!(parked_runs(&broker), ["p1", "p3", "p5"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replays_by_identity_keep_the_others_in_order_in_a_quorum_queue() {
+    replays_by_identity_keep_the_others_in_order(TestBroker::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replays_by_identity_keep_the_others_in_order_in_a_classic_queue() {
+    replays_by_identity_keep_the_others_in_order(TestBroker::with_queue_type(
+        inqubo::QueueType::Classic,
+    ))
+    .await;
 }

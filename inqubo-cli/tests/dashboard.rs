@@ -7,7 +7,6 @@ use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -17,15 +16,14 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "s3cret-token";
 
-/// While set, `charge` fails for good on odd amounts, so that their inputs are parked.
-static CARD_DECLINED: AtomicBool = AtomicBool::new(true);
-
 async fn reserve(amount: u64, _: StepContext) -> Result<u64, StepError> {
     Ok(amount)
 }
 
-async fn charge(amount: u64, _: StepContext) -> Result<Value, StepError> {
-    if amount % 2 == 1 && CARD_DECLINED.load(Ordering::SeqCst) {
+/// Fails for good on odd amounts the first time, so that their inputs are parked; a replay or
+/// a resume (attempt 2) goes through.
+async fn charge(amount: u64, ctx: StepContext) -> Result<Value, StepError> {
+    if amount % 2 == 1 && ctx.attempt == 1 {
         return Err(StepError::fatal(format!(
             "card declined for <b>{amount}</b>"
         )));
@@ -281,13 +279,39 @@ async fn api_serves_runs_workflows_parked_and_metrics_behind_its_token() {
     let parked = get(&http, &format!("{base}/api/workflows/shop/parked")).await;
     assert_eq!(parked["messages"][0]["run_id"], "order-declined-3");
     assert_eq!(parked["messages"][0]["reason"], "fatal");
-    let stale = http
-        .post(format!("{base}/api/workflows/shop/parked/replay"))
-        .json(&json!({"number": 1, "run_id": "someone-else"}))
-        .send()
+    assert_eq!(parked["messages"][0]["generation"], 1);
+    assert_eq!(
+        parked["messages"][0]["message_id"],
+        "parked:order-declined-3:shop:reserve:succeeded:1"
+    );
+    let replay = |body: Value| {
+        http.post(format!("{base}/api/workflows/shop/parked/replay"))
+            .json(&body)
+            .send()
+    };
+    let by_position = replay(json!({"number": 1})).await.unwrap();
+    assert_eq!(
+        by_position.status(),
+        400,
+        "positions shift; no replay by number"
+    );
+    let other_run = replay(json!({"run_id": "someone-else"})).await.unwrap();
+    assert_eq!(other_run.status(), 404);
+    let error: Value = other_run.json().await.unwrap();
+    assert_eq!(
+        error["error"],
+        "no parked message of run `someone-else` in workflow `shop`; nothing was replayed"
+    );
+    let other_step = replay(json!({"run_id": "order-declined-3", "step": "reserve"}))
         .await
         .unwrap();
-    assert_eq!(stale.status(), 409, "a replay names the run it expects");
+    assert_eq!(other_step.status(), 404);
+    let unknown_id = replay(json!({"message_id": "parked:nothing"}))
+        .await
+        .unwrap();
+    assert_eq!(unknown_id.status(), 404);
+    let after = get(&http, &format!("{base}/api/workflows/shop/parked")).await;
+    assert_eq!(after["messages"], parked["messages"], "nothing moved");
     let unasked = http
         .post(format!("{base}/api/workflows/shop/parked/purge"))
         .json(&json!({"all": false}))
@@ -419,12 +443,23 @@ async fn browser_shows_runs_and_replays_a_parked_message() {
         .await;
     browser.screenshot(&shots.join("workflows.png")).await;
 
-    // The parked page: "replay all" asks first; "replay" on one message does not.
+    // A second declined order, so that the parked page lists two messages.
+    runner
+        .trigger(run_id("order-declined-5"), &5_u64)
+        .await
+        .unwrap();
+    events
+        .wait_for("order-declined-5", "charge", EventKind::Failed)
+        .await;
+    run_when(&monitor, "order-declined-5", |r| r["status"] == "failed").await;
+
+    // The parked page: "replay all" asks first; "replay" on one message does not, and sends
+    // back that message only (addressed by its message id).
     browser.open(&format!("{base}/parked?workflow=shop")).await;
     browser
         .wait_until(
-            "document.querySelector('[data-replay=\"1\"]')",
-            "a parked message",
+            "document.querySelectorAll('[data-parked] [data-replay]').length === 2",
+            "two parked messages",
         )
         .await;
     browser.screenshot(&shots.join("parked.png")).await;
@@ -432,9 +467,8 @@ async fn browser_shows_runs_and_replays_a_parked_message() {
         .eval("window.asked = []; window.confirm = q => { window.asked.push(q); return false; }; document.querySelector('[data-replay-all]').click(); window.asked.length")
         .await;
     assert_eq!(asked, 1, "replaying all asks for confirmation");
-    CARD_DECLINED.store(false, Ordering::SeqCst);
     browser
-        .eval("document.querySelector('[data-replay=\"1\"]').click()")
+        .eval("document.querySelector('[data-parked-run=\"order-declined-3\"] [data-replay]').click()")
         .await;
     let notice = browser
         .wait_until("document.getElementById('notice').hidden ? null : document.getElementById('notice').textContent", "the replay's result")
@@ -448,12 +482,13 @@ async fn browser_shows_runs_and_replays_a_parked_message() {
     events
         .wait_for("order-declined-3", "charge", EventKind::Succeeded)
         .await;
-    browser
+    let left = browser
         .wait_until(
-            "document.getElementById('no-parked')",
-            "an empty parked queue",
+            "document.querySelectorAll('[data-parked]').length === 1 ? document.querySelector('[data-parked]').dataset.parkedRun : null",
+            "one parked message left",
         )
         .await;
+    assert_eq!(left, "order-declined-5", "the other message stays parked");
 
     // Live: the run page of the replayed run turns green without a reload.
     browser.open(&format!("{base}/runs/order-declined-3")).await;
@@ -463,6 +498,7 @@ async fn browser_shows_runs_and_replays_a_parked_message() {
             "the replayed run succeeded",
         )
         .await;
+
     eprintln!("screenshots in {}", shots.display());
     runner.shutdown().await.unwrap();
 }

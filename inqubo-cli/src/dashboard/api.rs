@@ -151,13 +151,17 @@ pub(super) async fn parked(
     Ok(Json(json!({"workflow": workflow, "messages": messages})))
 }
 
-/// The body of a replay: one message (with the run it must belong to) or all of them.
+/// The body of a replay: the message with `message_id`, the inputs of run `run_id` (only
+/// the one of `step`, if given), or all of them (`all: true`). Never a position: positions
+/// shift as messages come and go.
 #[derive(Debug, Deserialize)]
 pub(super) struct ReplayRequest {
-    number: Option<usize>,
+    message_id: Option<String>,
     run_id: Option<String>,
+    step: Option<String>,
     #[serde(default)]
     all: bool,
+    number: Option<usize>,
 }
 
 /// `POST /api/workflows/{workflow}/parked/replay`
@@ -166,23 +170,61 @@ pub(super) async fn replay(
     Path(workflow): Path<String>,
     Json(request): Json<ReplayRequest>,
 ) -> ApiResult {
-    let selection = match (request.all, request.number) {
-        (true, None) => Selection::All,
-        (false, Some(number)) => Selection::One {
-            number,
-            run_id: request.run_id,
-        },
+    let selection = match request {
+        ReplayRequest {
+            number: Some(_), ..
+        } => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "parked messages are addressed by message_id, or run_id and step, not by position (positions shift as messages come and go)".to_owned(),
+            ));
+        }
+        ReplayRequest {
+            message_id: Some(id),
+            run_id: None,
+            step: None,
+            all: false,
+            ..
+        } => Selection::Message(id),
+        ReplayRequest {
+            message_id: None,
+            run_id: Some(run_id),
+            step,
+            all: false,
+            ..
+        } => Selection::Run { run_id, step },
+        ReplayRequest {
+            message_id: None,
+            run_id: None,
+            step: None,
+            all: true,
+            ..
+        } => Selection::All,
         _ => {
             return Err(ApiError(
                 StatusCode::BAD_REQUEST,
-                "give either {\"number\": n, \"run_id\": \"...\"} or {\"all\": true}".to_owned(),
+                "give one of {\"message_id\": \"...\"}, {\"run_id\": \"...\", \"step\": \"...\"} (step optional) or {\"all\": true}".to_owned(),
             ));
         }
     };
-    let replayed = parked::replay(&state.context, &workflow, selection, false)
+    let done = parked::replay(&state.context, &workflow, selection, false)
         .await
-        .map_err(|e| ApiError(StatusCode::CONFLICT, format!("{e:#}")))?;
-    Ok(Json(json!({"replayed": replayed})))
+        .map_err(|e| {
+            let status = if e.is::<parked::NoMatch>() {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::CONFLICT
+            };
+            ApiError(status, format!("{e:#}"))
+        })?;
+    if done.replayed == 0 {
+        let why: Vec<&str> = done.kept.iter().filter_map(|k| k["why"].as_str()).collect();
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("nothing was replayed: {}", why.join("; ")),
+        ));
+    }
+    Ok(Json(done.to_json()))
 }
 
 /// The body of a purge: `{"all": true}`, so that it is explicit.

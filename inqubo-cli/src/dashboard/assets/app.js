@@ -311,20 +311,24 @@ async function parkedPage(main) {
       } }, "Purge all")),
     data.messages.length
       ? el("table", {},
-          el("thead", {}, el("tr", {}, ["#", "Run", "Step", "Reason", "Error", "Input", ""].map((h) => el("th", {}, h)))),
-          el("tbody", {}, data.messages.map((message) =>
-            el("tr", { "data-parked": message.number },
-              el("td", {}, String(message.number)),
+          el("thead", {}, el("tr", {}, ["Run", "Generation", "Step", "Reason", "Error", "Input", ""].map((h) => el("th", {}, h)))),
+          el("tbody", {}, data.messages.map((message) => {
+            // A message is addressed by its message id, else by its run and step.
+            const target = message.message_id ? { message_id: message.message_id }
+              : message.run_id ? { run_id: message.run_id, step: message.step } : null;
+            return el("tr", { "data-parked": message.message_id ?? "", "data-parked-run": message.run_id ?? "",
+                               title: message.message_id ? "message id " + message.message_id : null },
               el("td", { class: "mono" }, message.run_id
                 ? el("a", { href: "/runs/" + encodeURIComponent(message.run_id) }, message.run_id) : "–"),
+              el("td", {}, String(message.generation)),
               el("td", { class: "mono" }, message.step ?? "–"),
               el("td", {}, message.reason ?? "–"),
               el("td", {}, message.error ?? ""),
               el("td", {}, el("code", {}, message.input)),
-              el("td", {}, el("button", { "data-replay": message.number, onclick: () =>
-                act("replay", { number: message.number, run_id: message.run_id },
-                    (r) => `replayed ${r.replayed} message(s)`) }, "Replay")),
-            ))))
+              el("td", {}, target ? el("button", { "data-replay": message.message_id ?? message.run_id, onclick: () =>
+                act("replay", target, (r) => `replayed ${r.replayed} message(s)`) }, "Replay") : null),
+            );
+          })))
       : el("p", { class: "muted", id: "no-parked" }, `No parked message for ${workflow}.`),
   );
 }
