@@ -316,6 +316,32 @@ pub(crate) async fn list(
     .await
 }
 
+/// Whether `workflow` has a parked queue holding inputs of `run_id`.
+pub(crate) async fn holds_run(
+    context: &Context,
+    workflow: &str,
+    run_id: &str,
+) -> anyhow::Result<bool> {
+    let queue = parked_queue_name(context, workflow)?;
+    if queue_stats(context, &queue)
+        .await?
+        .is_none_or(|(depth, _)| depth == 0)
+    {
+        return Ok(false);
+    }
+    let run = Selection::Run {
+        run_id: run_id.to_owned(),
+        step: None,
+    };
+    peek(context, workflow, |parked| {
+        parked
+            .iter()
+            .enumerate()
+            .any(|(i, d)| run.matches(i + 1, d))
+    })
+    .await
+}
+
 /// Deletes every parked message of a workflow; returns how many.
 pub(crate) async fn purge(context: &Context, workflow: &str) -> anyhow::Result<u32> {
     let (queue, _) = parked_queue(context, workflow).await?;

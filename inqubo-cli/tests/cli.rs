@@ -7,6 +7,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use inqubo::protocol::{header, wire};
@@ -348,6 +349,240 @@ async fn run_event(events: &mut Events, run: &str, kind: EventKind) -> inqubo::L
     let is = |e: &inqubo::LifecycleEvent| e.run_id.as_str() == run && e.kind == kind;
     let seen = events.until(|seen| seen.iter().any(is)).await;
     seen.iter().find(|e| is(e)).cloned().unwrap()
+}
+
+/// Waits for its run to be cancelled when its input is not 0 (and at most 30 s).
+async fn hold(n: u64, ctx: StepContext) -> Result<u64, StepError> {
+    if n > 0 {
+        let _ = tokio::time::timeout(Duration::from_secs(30), ctx.cancelled()).await;
+    }
+    Ok(n)
+}
+
+fn patient() -> Workflow {
+    Workflow::builder("patient")
+        .start(Step::new("hold", hold))
+        .then(Step::new("after", double))
+        .build()
+        .unwrap()
+}
+
+/// A history store in a directory of its own (removed on drop) that records `runs` as
+/// (workflow, run id) pairs, as `inqubo monitor` would have.
+struct Store {
+    dir: std::path::PathBuf,
+    url: String,
+}
+
+impl Store {
+    async fn recording(broker: &TestBroker, runs: &[(&str, &str)]) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "inqubo-cli-{}-{}",
+            std::process::id(),
+            broker.prefix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}/history.db", dir.display());
+        // Any command that opens the store creates it with its schema.
+        stdout_json(&inqubo(broker, &["--json", "runs", "--store", &url]));
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        for (workflow, run) in runs {
+            sqlx::query(
+                "INSERT INTO runs (workflow, run_id, status, created_ms, updated_ms)
+                 VALUES ($1, $2, 'running', 0, 0)",
+            )
+            .bind(*workflow)
+            .bind(*run)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+        Self { dir, url }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_stops_a_running_run_and_refuses_one_that_ended() {
+    let broker = TestBroker::new();
+    let runner = broker.start_runner(&patient()).await;
+    let mut events = Events::subscribe_to(runner.client(), Some(runner.workflow().name())).await;
+    runner.trigger(run_id("c1"), &1_u64).await.unwrap();
+    runner.trigger(run_id("f1"), &0_u64).await.unwrap();
+    events.wait_for("c1", "hold", EventKind::Started).await;
+    run_event(&mut events, "f1", EventKind::RunSucceeded).await;
+
+    // The only announced workflow is the run's.
+    let cancelled = inqubo(&broker, &["cancel", "c1", "--reason", "operator said so"]);
+    assert_eq!(
+        cancelled.status.code(),
+        Some(0),
+        "{}",
+        text(&cancelled.stderr)
+    );
+    assert_eq!(
+        text(&cancelled.stdout).trim(),
+        "run c1 of workflow patient cancelled"
+    );
+    let end = run_event(&mut events, "c1", EventKind::RunCancelled).await;
+    assert_eq!(end.body["reason"], "operator said so");
+    // `hold` returned once told; the step after it was skipped and its input parked.
+    events.wait_for("c1", "after", EventKind::Skipped).await;
+
+    let again = inqubo(&broker, &["--json", "cancel", "c1"]);
+    let finished = inqubo(&broker, &["cancel", "f1", "--workflow", "patient"]);
+    let replay = inqubo(&broker, &["parked", "replay", "patient", "--run-id", "c1"]);
+    let resume = inqubo(&broker, &["run", "resume", "c1", "--workflow", "patient"]);
+
+    assert_eq!(again.status.code(), Some(3), "a refused cancel exits 3");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&again.stdout).unwrap(),
+        json!({"run_id": "c1", "workflow": "patient", "status": "refused", "ended": "cancelled"})
+    );
+    assert_eq!(finished.status.code(), Some(3));
+    assert_eq!(
+        text(&finished.stdout).trim(),
+        "run f1 had already succeeded; nothing changed"
+    );
+    // The skipped input of a cancelled run stays parked: it would only be skipped again.
+    assert_eq!(replay.status.code(), Some(3), "{}", text(&replay.stderr));
+    assert!(
+        text(&replay.stdout).contains("its run was cancelled"),
+        "{}",
+        text(&replay.stdout)
+    );
+    assert_eq!(resume.status.code(), Some(3));
+    assert!(
+        text(&resume.stderr).contains("has no parked input to resume"),
+        "{}",
+        text(&resume.stderr)
+    );
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_finds_the_workflow_in_the_store_and_says_when_no_runner_answers() {
+    let broker = TestBroker::new();
+    let other = Workflow::builder("other")
+        .start(Step::new("double", double))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&patient()).await;
+    let bystander = broker.start_runner(&other).await;
+    let mut events = Events::subscribe_to(runner.client(), Some(runner.workflow().name())).await;
+    runner.trigger(run_id("c2"), &1_u64).await.unwrap();
+    events.wait_for("c2", "hold", EventKind::Started).await;
+    let store = Store::recording(&broker, &[("patient", "c2")]).await;
+
+    let ambiguous = inqubo(&broker, &["cancel", "c2"]);
+    let found = inqubo(&broker, &["--json", "cancel", "c2", "--store", &store.url]);
+    run_event(&mut events, "c2", EventKind::RunCancelled).await;
+    runner.shutdown().await.unwrap();
+    bystander.shutdown().await.unwrap();
+    let unanswered = inqubo(
+        &broker,
+        &["cancel", "c3", "--workflow", "patient", "--timeout", "1s"],
+    );
+
+    assert_eq!(ambiguous.status.code(), Some(1));
+    assert!(
+        text(&ambiguous.stderr)
+            .contains("2 are announced (other, patient); name it with --workflow"),
+        "{}",
+        text(&ambiguous.stderr)
+    );
+    assert_eq!(
+        stdout_json(&found),
+        json!({"run_id": "c2", "workflow": "patient", "status": "cancelled",
+               "reason": "cancelled with inqubo cancel"})
+    );
+    assert_eq!(unanswered.status.code(), Some(2), "no runner answered");
+    assert!(
+        text(&unanswered.stderr).contains("it stays queued"),
+        "{}",
+        text(&unanswered.stderr)
+    );
+}
+
+/// Fails for good on its first attempt, succeeds on the next.
+async fn second_time_lucky(n: u64, ctx: StepContext) -> Result<u64, StepError> {
+    if ctx.attempt == 1 {
+        return Err(StepError::fatal("not this time"));
+    }
+    Ok(n + 1)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_resume_sends_a_failed_chain_back_and_the_run_succeeds() {
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("chain")
+        .start(Step::new("first", double))
+        .then(Step::new("second", second_time_lucky))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe_to(runner.client(), Some(flow.name())).await;
+    runner.trigger(run_id("r1"), &3_u64).await.unwrap();
+    run_event(&mut events, "r1", EventKind::RunFailed).await;
+
+    // No --workflow: the announced workflows' parked queues tell.
+    let resumed = inqubo(&broker, &["run", "resume", "r1"]);
+    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed.stderr));
+    assert_eq!(
+        text(&resumed.stdout).trim(),
+        "run r1 of workflow chain resumed as generation 2: 1 input(s) sent back to their steps"
+    );
+    let end = run_event(&mut events, "r1", EventKind::RunSucceeded).await;
+    let again = inqubo(
+        &broker,
+        &["--json", "run", "resume", "r1", "--workflow", "chain"],
+    );
+    let unknown = inqubo(&broker, &["run", "resume", "nobody"]);
+    // `inqubo run RUN_ID` still shows a run from the history, even one called `resume`.
+    let store = Store::recording(&broker, &[]).await;
+    let shown = inqubo(&broker, &["run", "--store", &store.url, "--", "resume"]);
+
+    assert_eq!(end.body, json!({"second": 7}));
+    assert_eq!(
+        events.trail("r1"),
+        [
+            "run.triggered",
+            "first.started",
+            "first.succeeded",
+            "second.started",
+            "second.failed",
+            "run.failed",
+            "second.started",
+            "second.succeeded",
+            "run.succeeded"
+        ]
+    );
+    assert_eq!(again.status.code(), Some(3), "nothing left to resume");
+    assert!(
+        text(&again.stderr).contains("run `r1` has no parked input to resume"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        text(&unknown.stderr)
+            .contains("no announced workflow has parked inputs of run `nobody`; name its workflow with --workflow"),
+        "{}",
+        text(&unknown.stderr)
+    );
+    assert_eq!(shown.status.code(), Some(1));
+    assert_eq!(
+        text(&shown.stderr).trim(),
+        "run resume is not in the history"
+    );
+    runner.shutdown().await.unwrap();
 }
 
 /// Parks one input per run of `runs`, in that order, in workflow `flaky` (whose step fails
