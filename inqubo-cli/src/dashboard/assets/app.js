@@ -214,6 +214,36 @@ function timeline(run) {
     }));
 }
 
+// Posts a request about a run (cancel, resume), says how it went, and redraws.
+async function runAction(run, what, body, done) {
+  try {
+    notice(done(await api(`/runs/${encodeURIComponent(run.run_id)}/${what}`, { method: "POST", body })));
+  } catch (error) {
+    notice(error.message, true);
+  }
+  refresh();
+}
+
+// Cancel for a run still going, resume for a failed one.
+function runActions(run) {
+  const buttons = [];
+  if ((run.status === "running" || run.status === "retrying") && !run.finished_ms) {
+    buttons.push(el("button", { class: "danger", "data-cancel": true, onclick: () => {
+      if (confirm(`Cancel run ${run.run_id} of ${run.workflow}? Its steps not started yet will not start.`)) {
+        runAction(run, "cancel", { workflow: run.workflow, reason: "cancelled from the dashboard" },
+          (r) => `run ${r.run_id} cancelled`);
+      }
+    } }, "Cancel run"));
+  }
+  if (run.status === "failed") {
+    buttons.push(el("button", { "data-resume": true, onclick: () =>
+      runAction(run, "resume", { workflow: run.workflow },
+        (r) => `run ${r.run_id} resumed as generation ${r.generation}: ${r.inputs} input(s) sent back to their steps`) },
+      "Resume"));
+  }
+  return buttons.length ? el("div", { class: "filters", id: "run-actions" }, buttons) : null;
+}
+
 async function runPage(main, runId) {
   const run = await api("/runs/" + encodeURIComponent(runId));
   fill(main, 
@@ -221,6 +251,7 @@ async function runPage(main, runId) {
     el("p", { class: "muted" },
       `workflow ${run.workflow} · started ${when(run.created_ms)}`,
       run.finished_ms ? ` · took ${took(run.created_ms, run.finished_ms)}` : ""),
+    runActions(run),
     graph(run.definition, stepStates(run)),
     el("h2", {}, "Attempts"),
     el("table", { id: "attempts" },
