@@ -6,6 +6,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod broker;
+mod control;
 mod dashboard;
 mod history;
 mod metric;
@@ -15,9 +16,17 @@ mod workflows;
 use std::{io::IsTerminal, path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
 use inqubo::{EventKind, RunId, RunOutcome, WorkflowName};
+
+/// The exit code of a request that changed nothing because of what it found: a cancel of a
+/// run that had already ended, a resume of a run with nothing parked, a replay that sent
+/// nothing back.
+const EXIT_NOTHING_CHANGED: i32 = 3;
+/// The exit code of a wait that ran out: `trigger --wait` past its timeout, a cancel no
+/// runner answered in time (the request stays queued).
+const EXIT_UNANSWERED: i32 = 2;
 
 /// See and steer Inqubo workflows on RabbitMQ.
 #[derive(Debug, Parser)]
@@ -61,7 +70,7 @@ enum Command {
         /// Read the run input from a JSON file.
         #[arg(long)]
         input_file: Option<PathBuf>,
-        /// Wait for the run to end; exit non-zero if it failed.
+        /// Wait for the run to end; exit non-zero if it failed or was cancelled.
         #[arg(long)]
         wait: bool,
         /// With --wait: give up after this many seconds.
@@ -115,18 +124,64 @@ enum Command {
         #[arg(long)]
         since: Option<String>,
     },
-    /// One run from the history: its status and every step attempt.
-    Run {
+    /// One run from the history: its status and every step attempt (`inqubo run RUN_ID`);
+    /// or `inqubo run resume RUN_ID`.
+    Run(RunArgs),
+    /// Cancel a run: steps not started yet never start, running ones are told, and the run
+    /// ends with `run.cancelled`. Exits 3 if the run had already ended, 2 if no runner
+    /// answered in time (the request stays queued).
+    Cancel {
         /// The run id.
-        run_id: String,
-        /// The store the monitor writes.
-        #[arg(long, env = "INQUBO_STORE", default_value = "sqlite://inqubo.db")]
-        store: String,
+        run_id: RunId,
+        /// The run's workflow (default: from the store if given, else the only announced one).
+        #[arg(long)]
+        workflow: Option<WorkflowName>,
+        /// Why, as the `run.cancelled` event will say.
+        #[arg(long, default_value = "cancelled with inqubo cancel")]
+        reason: String,
+        /// How long to wait for a runner to answer (e.g. 30s, 2m).
+        #[arg(long, default_value = "30s")]
+        timeout: String,
+        /// A history store to look the run's workflow up in.
+        #[arg(long, env = "INQUBO_STORE")]
+        store: Option<String>,
     },
     /// Parked messages: inputs that failed for good.
     Parked {
         #[command(subcommand)]
         action: parked::Action,
+    },
+}
+
+/// `inqubo run RUN_ID` shows a run from the history; `inqubo run resume RUN_ID` resumes one
+/// (a run id that is literally `resume` is shown with `inqubo run -- resume`).
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct RunArgs {
+    #[command(subcommand)]
+    action: Option<RunAction>,
+    /// The run id.
+    #[arg(required = true)]
+    run_id: Option<String>,
+    /// The store the monitor writes.
+    #[arg(long, env = "INQUBO_STORE", default_value = "sqlite://inqubo.db")]
+    store: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunAction {
+    /// Resume a failed run: its parked inputs go back to their steps as the next attempts of
+    /// the run's next generation. Exits 3 if the run has nothing parked.
+    Resume {
+        /// The run id.
+        run_id: RunId,
+        /// The run's workflow (default: from the store if given, else the announced workflow
+        /// whose parked queue holds the run's inputs).
+        #[arg(long)]
+        workflow: Option<WorkflowName>,
+        /// A history store to look the run's workflow up in.
+        #[arg(long, env = "INQUBO_STORE")]
+        store: Option<String>,
     },
 }
 
@@ -201,7 +256,25 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .await
         }
         Command::Watch { workflow, run_id } => watch(&context, workflow, run_id).await.map(|()| 0),
-        Command::Parked { action } => parked::run(&context, action).await.map(|()| 0),
+        Command::Parked { action } => parked::run(&context, action).await,
+        Command::Cancel {
+            run_id,
+            workflow,
+            reason,
+            timeout,
+            store,
+        } => {
+            let timeout = history::parse_age(&timeout)?;
+            control::cancel_command(
+                &context,
+                &run_id,
+                workflow,
+                store.as_deref(),
+                &reason,
+                timeout,
+            )
+            .await
+        }
         Command::Monitor {
             store,
             retention,
@@ -233,7 +306,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             history::runs(&context, &store, filter).await.map(|()| 0)
         }
-        Command::Run { run_id, store } => history::run(&context, &store, &run_id).await,
+        Command::Run(RunArgs {
+            action:
+                Some(RunAction::Resume {
+                    run_id,
+                    workflow,
+                    store,
+                }),
+            ..
+        }) => control::resume_command(&context, &run_id, workflow, store.as_deref()).await,
+        Command::Run(RunArgs { run_id, store, .. }) => {
+            let run_id = run_id.context("give a run id")?;
+            history::run(&context, &store, &run_id).await
+        }
     }
 }
 
@@ -317,13 +402,24 @@ async fn trigger(
             }
             Ok(1)
         }
+        Ok(RunOutcome::Cancelled(cancelled)) => {
+            if context.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"run_id": run_id, "status": "cancelled", "cancelled": cancelled})
+                );
+            } else {
+                println!("run {run_id} was cancelled: {}", cancelled.reason);
+            }
+            Ok(1)
+        }
         Ok(other) => {
             println!("run {run_id} ended: {other:?}");
             Ok(1)
         }
         Err(inqubo::Error::RunTimeout { .. }) => {
             eprintln!("run {run_id} did not end within {} s", timeout.as_secs());
-            Ok(2)
+            Ok(EXIT_UNANSWERED)
         }
         Err(error) => Err(error.into()),
     }
@@ -369,6 +465,7 @@ async fn watch(
                 EventKind::Succeeded | EventKind::RunSucceeded => "32",
                 EventKind::Failed | EventKind::RunFailed => "31",
                 EventKind::Retrying => "33",
+                EventKind::Skipped | EventKind::RunCancelled => "35",
                 _ => "36",
             };
             println!("\x1b[{code}m{event}\x1b[0m");

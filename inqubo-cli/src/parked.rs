@@ -1,57 +1,84 @@
 //! `inqubo parked`: see, replay and purge the inputs that failed for good.
 //!
-//! Replay publishes a parked input back to its step's queue as `inqubo::protocol::resume`
-//! builds it (through the retry exchange, as the next attempt in the run's next generation,
-//! with its `run-id`, `traceparent` and a `message_id` of its own, so that the run's joins
-//! take it and the run ends again), waits for the broker's confirm, and only then
-//! acknowledges the parked copy: interrupted at any point, a message is at worst replayed
-//! twice (with the same `message_id`), never lost.
+//! Parked messages are addressed by identity: every parked input of a run (or of one step of
+//! it), or one `message_id`. Positions shift as messages come and go; `list` still numbers
+//! them, and the command line accepts a number, but the docs and the dashboard use identity.
+//!
+//! Replay publishes a parked input back to its step's queue as `inqubo::protocol::resume_run`
+//! builds it (through the retry exchange, as the next attempt in the run's next generation —
+//! one generation for all the inputs of a run replayed together — with its `run-id`,
+//! `traceparent` and a `message_id` of its own, so that the run's joins take it and the run
+//! ends again), waits for the broker's confirm, and only then acknowledges the parked copy:
+//! interrupted at any point, a message is at worst replayed twice (with the same
+//! `message_id`), never lost.
+//!
+//! Every command reads the parked queue by taking its messages without acknowledging them, and
+//! gives back every message it did not replay with `basic.nack` (requeue), one by one in queue
+//! order, so that they keep their order among themselves. A classic queue puts each back where
+//! it was; a quorum queue (RabbitMQ 3.10) puts them at its back in the order they are given
+//! back, behind any message parked in the meantime.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, IsTerminal, Write},
+};
 
 use anyhow::Context as _;
-use clap::Subcommand;
-use inqubo::protocol::{
-    self, header,
-    wire::{self, Wire},
+use clap::{Args, Subcommand};
+use inqubo::{
+    FailureReason, WorkflowName,
+    protocol::{
+        self, Incoming, Outgoing, header,
+        wire::{self, Wire},
+    },
 };
 use lapin::{
     Channel,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-        QueuePurgeOptions,
+        BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+        ConfirmSelectOptions, QueuePurgeOptions,
     },
     types::{AMQPValue, FieldTable},
 };
 use serde_json::json;
 
-use crate::{broker::Context, workflows::queue_stats};
+use crate::{EXIT_NOTHING_CHANGED, broker::Context, workflows::queue_stats};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Action {
-    /// List a workflow's parked messages with their reasons.
+    /// List a workflow's parked messages with their run, generation, reason and message id.
     List {
         /// The workflow.
         workflow: String,
     },
-    /// Show one parked message in full (its number from `list`).
+    /// Show one parked message in full.
+    #[command(
+        group = clap::ArgGroup::new("shown").required(true).multiple(false),
+        override_usage = "inqubo parked show <WORKFLOW> (--message-id <MESSAGE_ID> | <NUMBER>)"
+    )]
     Show {
         /// The workflow.
         workflow: String,
-        /// The message's number in `list`, from 1.
-        number: usize,
+        /// Its position in `list`, from 1 (positions shift; prefer --message-id).
+        #[arg(group = "shown")]
+        number: Option<usize>,
+        /// The message with this `message_id` (from `list`).
+        #[arg(long, group = "shown")]
+        message_id: Option<String>,
     },
     /// Send parked messages back to the step they came from.
+    #[command(
+        override_usage = "inqubo parked replay <WORKFLOW> (--run-id <RUN_ID> [--step <STEP>] | --message-id <MESSAGE_ID> | --all | <NUMBER>)"
+    )]
     Replay {
         /// The workflow.
         workflow: String,
-        /// The message's number in `list`, from 1.
-        #[arg(required_unless_present = "all")]
-        number: Option<usize>,
-        /// Replay every parked message.
-        #[arg(long, conflicts_with = "number")]
-        all: bool,
+        #[command(flatten)]
+        which: Which,
+        /// With --run-id: only the input parked from this step.
+        #[arg(long, conflicts_with_all = ["message_id", "all", "number"])]
+        step: Option<String>,
     },
     /// Delete every parked message of a workflow.
     Purge {
@@ -61,6 +88,23 @@ pub(crate) enum Action {
         #[arg(long)]
         yes: bool,
     },
+}
+
+/// Which parked messages a replay sends back: exactly one of these.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct Which {
+    /// Every parked input of this run.
+    #[arg(long)]
+    run_id: Option<String>,
+    /// The parked message with this `message_id` (from `list`).
+    #[arg(long)]
+    message_id: Option<String>,
+    /// Every parked message of the workflow.
+    #[arg(long)]
+    all: bool,
+    /// The message at this position in `list`, from 1 (positions shift; prefer the others).
+    number: Option<usize>,
 }
 
 /// A header as text to show, whatever its type: a parked message may be one whose headers
@@ -79,6 +123,14 @@ fn integer(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
     wire::integer_value(headers?.inner().get(name)?)
 }
 
+fn message_id(delivery: &Delivery) -> Option<&str> {
+    delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str())
+}
+
 fn describe(number: usize, delivery: &Delivery, full: bool) -> serde_json::Value {
     let headers = delivery.properties.headers().as_ref();
     let body = String::from_utf8_lossy(&delivery.data);
@@ -93,7 +145,9 @@ fn describe(number: usize, delivery: &Delivery, full: bool) -> serde_json::Value
     };
     json!({
         "number": number,
+        "message_id": message_id(delivery),
         "run_id": text(headers, header::RUN_ID),
+        "generation": wire::incoming(delivery).generation(),
         "step": text(headers, header::PARKED_STEP),
         "reason": text(headers, header::PARKED_REASON),
         "error": text(headers, header::PARKED_ERROR),
@@ -118,26 +172,99 @@ async fn take(channel: &Channel, queue: &str, count: usize) -> anyhow::Result<Ve
     Ok(taken)
 }
 
+/// Returns `deliveries` to their queue, in the order given. (Closing the channel would
+/// return them too, and does if this fails.)
+async fn give_back<'a>(deliveries: impl IntoIterator<Item = &'a Delivery>) -> anyhow::Result<()> {
+    for delivery in deliveries {
+        delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 /// Which parked messages to replay.
 #[derive(Debug, Clone)]
 pub(crate) enum Selection {
-    /// The message at this position (from 1), if it still belongs to `run_id` when given:
-    /// positions shift as messages come and go, and a dashboard must not replay another one.
-    One {
-        /// Its position in the parked queue, from 1.
-        number: usize,
-        /// The run the message must belong to.
-        run_id: Option<String>,
+    /// Every parked input of a run, or only the one parked from `step`.
+    Run {
+        /// The run.
+        run_id: String,
+        /// Only the input of this step.
+        step: Option<String>,
     },
+    /// The parked message with this `message_id` (every copy of it, if it was parked twice).
+    Message(String),
+    /// The message at this position in the parked queue, from 1 (command line only).
+    Number(usize),
     /// Every parked message.
     All,
 }
 
+impl Selection {
+    fn matches(&self, number: usize, delivery: &Delivery) -> bool {
+        let headers = delivery.properties.headers().as_ref();
+        match self {
+            Selection::Run { run_id, step } => {
+                text(headers, header::RUN_ID).as_deref() == Some(run_id.as_str())
+                    && step.as_ref().is_none_or(|step| {
+                        text(headers, header::PARKED_STEP).as_deref() == Some(step.as_str())
+                    })
+            }
+            Selection::Message(id) => message_id(delivery) == Some(id.as_str()),
+            Selection::Number(n) => *n == number,
+            Selection::All => true,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Selection::Run { run_id, step: None } => format!("of run `{run_id}`"),
+            Selection::Run {
+                run_id,
+                step: Some(step),
+            } => format!("of step `{step}` of run `{run_id}`"),
+            Selection::Message(id) => format!("with message id `{id}`"),
+            Selection::Number(n) => format!("number {n}"),
+            Selection::All => "at all".to_owned(),
+        }
+    }
+}
+
+/// No parked message matched a selection: nothing was replayed, nothing moved.
+#[derive(Debug)]
+pub(crate) struct NoMatch(String);
+
+impl std::fmt::Display for NoMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoMatch {}
+
+/// What a replay did.
+#[derive(Debug, Default)]
+pub(crate) struct Replayed {
+    /// How many messages went back to their steps.
+    pub(crate) replayed: usize,
+    /// The selected messages left parked because they cannot go back, each with why.
+    pub(crate) kept: Vec<serde_json::Value>,
+}
+
+impl Replayed {
+    /// The JSON the command line and the dashboard answer with.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        json!({"replayed": self.replayed, "kept": self.kept})
+    }
+}
+
 /// A workflow's parked queue and its depth; an error naming the workflow if it has none.
 async fn parked_queue(context: &Context, workflow: &str) -> anyhow::Result<(String, usize)> {
-    let topology = context.topology()?;
-    let name = workflow.parse().context("invalid workflow name")?;
-    let queue = topology.parked_queue(&name).as_str().to_owned();
+    let queue = parked_queue_name(context, workflow)?;
     let Some((depth, _)) = queue_stats(context, &queue).await? else {
         anyhow::bail!(
             "workflow `{workflow}` has no parked queue under prefix `{}`",
@@ -147,21 +274,72 @@ async fn parked_queue(context: &Context, workflow: &str) -> anyhow::Result<(Stri
     Ok((queue, depth as usize))
 }
 
+fn parked_queue_name(context: &Context, workflow: &str) -> anyhow::Result<String> {
+    let topology = context.topology()?;
+    let name = workflow.parse().context("invalid workflow name")?;
+    Ok(topology.parked_queue(&name).as_str().to_owned())
+}
+
+/// Every message of a workflow's parked queue, taken and given back in order: what `f` makes
+/// of them.
+async fn peek<T>(
+    context: &Context,
+    workflow: &str,
+    f: impl FnOnce(&[Delivery]) -> T,
+) -> anyhow::Result<T> {
+    let (queue, depth) = parked_queue(context, workflow).await?;
+    let (connection, channel) = context.channel().await?;
+    let result = async {
+        let parked = take(&channel, &queue, depth).await?;
+        let seen = f(&parked);
+        give_back(&parked).await?;
+        anyhow::Ok(seen)
+    }
+    .await;
+    // Anything taken and not given back returns to the parked queue when the channel closes.
+    let _ = connection.close(200, "peeked".into()).await;
+    result
+}
+
 /// A workflow's parked messages, described (inputs cut at 80 characters).
 pub(crate) async fn list(
     context: &Context,
     workflow: &str,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
-    let (queue, depth) = parked_queue(context, workflow).await?;
-    let (connection, channel) = context.channel().await?;
-    let parked = take(&channel, &queue, depth).await;
-    // Closing without acknowledging returns every message to the parked queue.
-    let _ = connection.close(200, "listed".into()).await;
-    Ok(parked?
-        .iter()
-        .enumerate()
-        .map(|(i, d)| describe(i + 1, d, false))
-        .collect())
+    peek(context, workflow, |parked| {
+        parked
+            .iter()
+            .enumerate()
+            .map(|(i, d)| describe(i + 1, d, false))
+            .collect()
+    })
+    .await
+}
+
+/// Whether `workflow` has a parked queue holding inputs of `run_id`.
+pub(crate) async fn holds_run(
+    context: &Context,
+    workflow: &str,
+    run_id: &str,
+) -> anyhow::Result<bool> {
+    let queue = parked_queue_name(context, workflow)?;
+    if queue_stats(context, &queue)
+        .await?
+        .is_none_or(|(depth, _)| depth == 0)
+    {
+        return Ok(false);
+    }
+    let run = Selection::Run {
+        run_id: run_id.to_owned(),
+        step: None,
+    };
+    peek(context, workflow, |parked| {
+        parked
+            .iter()
+            .enumerate()
+            .any(|(i, d)| run.matches(i + 1, d))
+    })
+    .await
 }
 
 /// Deletes every parked message of a workflow; returns how many.
@@ -175,25 +353,27 @@ pub(crate) async fn purge(context: &Context, workflow: &str) -> anyhow::Result<u
     Ok(purged?)
 }
 
-/// Sends parked messages back to their steps; returns how many.
+/// Sends the selected parked messages back to their steps. Fails with [`NoMatch`] if none
+/// matched; a failed replay leaves every message it did not replay where it was.
 pub(crate) async fn replay(
     context: &Context,
     workflow: &str,
     selection: Selection,
     progress: bool,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Replayed> {
     let (queue, depth) = parked_queue(context, workflow).await?;
     let (connection, channel) = context.channel().await?;
     let replayed = replay_on(
-        context, &channel, &queue, workflow, selection, depth, progress,
+        context, &channel, &queue, workflow, &selection, depth, progress,
     )
     .await;
-    // Anything taken and not acknowledged returns to the parked queue.
+    // Anything taken and neither acknowledged nor given back returns to the parked queue.
     let _ = connection.close(200, "replayed".into()).await;
     replayed
 }
 
-pub(crate) async fn run(context: &Context, action: Action) -> anyhow::Result<()> {
+/// `inqubo parked ...`; returns the exit code.
+pub(crate) async fn run(context: &Context, action: Action) -> anyhow::Result<i32> {
     match action {
         Action::List { workflow } => {
             let rows = list(context, &workflow).await?;
@@ -204,49 +384,87 @@ pub(crate) async fn run(context: &Context, action: Action) -> anyhow::Result<()>
             } else {
                 for row in rows {
                     println!(
-                        "{:>4}  run {}  step {}  {}: {}",
+                        "{:>4}  run {} (generation {})  step {}  {}: {}  [{}]",
                         row["number"],
                         row["run_id"].as_str().unwrap_or("?"),
+                        row["generation"],
                         row["step"].as_str().unwrap_or("?"),
                         row["reason"].as_str().unwrap_or("?"),
-                        row["error"].as_str().unwrap_or("")
+                        row["error"].as_str().unwrap_or(""),
+                        row["message_id"].as_str().unwrap_or("no message id"),
                     );
                 }
             }
         }
-        Action::Show { workflow, number } => {
-            let (queue, _) = parked_queue(context, &workflow).await?;
-            let (connection, channel) = context.channel().await?;
-            let parked = take(&channel, &queue, number).await;
-            let _ = connection.close(200, "shown".into()).await;
-            let parked = parked?;
-            let delivery = parked
-                .get(number.saturating_sub(1))
-                .filter(|_| number >= 1)
-                .with_context(|| format!("there is no parked message number {number}"))?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&describe(number, delivery, true))?
-            );
+        Action::Show {
+            workflow,
+            number,
+            message_id,
+        } => {
+            let selection = match (message_id, number) {
+                (Some(id), _) => Selection::Message(id),
+                (None, Some(number)) => Selection::Number(number),
+                (None, None) => anyhow::bail!("name the message with --message-id"),
+            };
+            let shown = peek(context, &workflow, |parked| {
+                parked
+                    .iter()
+                    .enumerate()
+                    .find(|(i, d)| selection.matches(i + 1, d))
+                    .map(|(i, d)| describe(i + 1, d, true))
+            })
+            .await?
+            .with_context(|| {
+                format!(
+                    "there is no parked message {} in workflow `{workflow}`",
+                    selection.describe()
+                )
+            })?;
+            println!("{}", serde_json::to_string_pretty(&shown)?);
         }
         Action::Replay {
             workflow,
-            number,
-            all,
+            which,
+            step,
         } => {
-            let selection = match (all, number) {
-                (false, Some(number)) => Selection::One {
-                    number,
-                    run_id: None,
-                },
-                _ => Selection::All,
+            let selection = match which {
+                Which {
+                    run_id: Some(run_id),
+                    ..
+                } => Selection::Run { run_id, step },
+                Which {
+                    message_id: Some(id),
+                    ..
+                } => Selection::Message(id),
+                Which {
+                    number: Some(number),
+                    ..
+                } => Selection::Number(number),
+                Which { all: true, .. } => Selection::All,
+                Which { .. } => {
+                    anyhow::bail!("say which messages: --run-id, --message-id or --all")
+                }
             };
             let progress = std::io::stderr().is_terminal() && !context.json;
-            let replayed = replay(context, &workflow, selection, progress).await?;
+            let done = replay(context, &workflow, selection, progress).await?;
             if context.json {
-                println!("{}", json!({"replayed": replayed}));
+                println!("{}", done.to_json());
             } else {
-                println!("replayed {replayed} message(s)");
+                println!("replayed {} message(s)", done.replayed);
+                for kept in &done.kept {
+                    println!(
+                        "kept {} (run {}, step {}): {}",
+                        kept["message_id"]
+                            .as_str()
+                            .unwrap_or("a message without id"),
+                        kept["run_id"].as_str().unwrap_or("?"),
+                        kept["step"].as_str().unwrap_or("?"),
+                        kept["why"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+            if done.replayed == 0 {
+                return Ok(EXIT_NOTHING_CHANGED);
             }
         }
         Action::Purge { workflow, yes } => {
@@ -266,7 +484,7 @@ pub(crate) async fn run(context: &Context, action: Action) -> anyhow::Result<()>
             }
         }
     }
-    Ok(())
+    Ok(0)
 }
 
 fn confirm(question: &str) -> anyhow::Result<bool> {
@@ -280,91 +498,147 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
+/// What to send back for each of the `chosen` messages (by index in `parked`): the inputs of
+/// one run go back together, in one new generation (as `inqubo run resume` sends them);
+/// `None` for those that cannot go back.
+fn plan(
+    workflow: &WorkflowName,
+    parked: &[Incoming<'_>],
+    chosen: &[usize],
+) -> BTreeMap<usize, Option<Outgoing>> {
+    let mut runs: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut plan = BTreeMap::new();
+    for &i in chosen {
+        match parked[i].run_id() {
+            Ok(run) => runs.entry(run.to_string()).or_default().push(i),
+            // No run to share a generation with: on its own.
+            Err(_) => {
+                let one = protocol::resume_run(workflow, std::slice::from_ref(&parked[i]));
+                plan.insert(i, one.into_iter().next().flatten());
+            }
+        }
+    }
+    for indices in runs.into_values() {
+        let inputs: Vec<Incoming<'_>> = indices.iter().map(|&i| parked[i].clone()).collect();
+        let messages = protocol::resume_run(workflow, &inputs);
+        plan.extend(indices.into_iter().zip(messages));
+    }
+    plan
+}
+
+/// Why a parked message cannot go back to a step.
+fn why_kept(parked: &Incoming<'_>) -> &'static str {
+    if parked.headers.text(header::PARKED_REASON) == Some(FailureReason::RunCancelled.as_str()) {
+        "its run was cancelled, so it would only be parked again"
+    } else {
+        "it names no step to go back to"
+    }
+}
+
 async fn replay_on(
     context: &Context,
     channel: &Channel,
     queue: &str,
     workflow: &str,
-    selection: Selection,
+    selection: &Selection,
     depth: usize,
     progress: bool,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Replayed> {
     let topology = context.topology()?;
-    let workflow_name = workflow.parse().context("invalid workflow name")?;
+    let workflow_name: WorkflowName = workflow.parse().context("invalid workflow name")?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let (skip, count, expected_run) = match selection {
-        Selection::One { number: 0, .. } => anyhow::bail!("messages are numbered from 1"),
-        Selection::One { number, run_id } => (number - 1, 1, run_id),
-        Selection::All => (0, depth, None),
-    };
-    let taken = take(channel, queue, skip + count).await?;
-    if taken.len() <= skip {
-        anyhow::bail!("there is no parked message number {}", skip + 1);
+    let taken = take(channel, queue, depth).await?;
+    let chosen: Vec<usize> = (0..taken.len())
+        .filter(|&i| selection.matches(i + 1, &taken[i]))
+        .collect();
+    if chosen.is_empty() {
+        give_back(&taken).await?;
+        return Err(NoMatch(format!(
+            "no parked message {} in workflow `{workflow}`; nothing was replayed",
+            selection.describe()
+        ))
+        .into());
     }
-    if let Some(expected) = expected_run {
-        let found = text(taken[skip].properties.headers().as_ref(), header::RUN_ID);
-        if found.as_deref() != Some(expected.as_str()) {
-            anyhow::bail!(
-                "parked message number {} is no longer the one of run {expected}; list again",
-                skip + 1
-            );
-        }
-    }
-    let total = taken.len() - skip;
-    let mut replayed = 0;
-    for delivery in taken.iter().skip(skip) {
-        let parked = wire::incoming(delivery);
-        let Some(step) = text(delivery.properties.headers().as_ref(), header::PARKED_STEP) else {
-            eprintln!(
-                "skipping a parked message without a {} header",
-                header::PARKED_STEP
-            );
+    let parked: Vec<Incoming<'_>> = taken.iter().map(wire::incoming).collect();
+    let mut plan = plan(&workflow_name, &parked, &chosen);
+    let mut done = Replayed::default();
+    let mut confirmed = vec![false; taken.len()];
+    let mut failure = None;
+    let total = chosen.len();
+    for &i in &chosen {
+        let Some(message) = plan.remove(&i).flatten() else {
+            let headers = taken[i].properties.headers().as_ref();
+            done.kept.push(json!({
+                "message_id": message_id(&taken[i]),
+                "run_id": text(headers, header::RUN_ID),
+                "step": text(headers, header::PARKED_STEP),
+                "why": why_kept(&parked[i]),
+            }));
             continue;
         };
-        // The next attempt, in the run's next generation, so that its joins accept it again.
-        // A piece of a join parked by its shard names the join: the run join has no queue.
-        let Some(message) = protocol::resume(&workflow_name, &parked, parked.generation() + 1)
-        else {
-            anyhow::bail!(
-                "step `{step}` of workflow `{workflow}` has no queue to replay to; message kept in the parked queue"
-            );
-        };
+        if failure.is_some() {
+            continue;
+        }
+        let delivery = &taken[i];
+        let step =
+            text(delivery.properties.headers().as_ref(), header::PARKED_STEP).unwrap_or_default();
         let out = Wire::new(&topology, message, delivery.properties.headers().as_ref());
-        let confirm = channel
-            .basic_publish(
-                out.exchange.as_str().into(),
-                out.routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: out.mandatory,
-                    ..Default::default()
-                },
-                &out.body,
-                out.properties,
-            )
-            .await?
-            .await?;
-        // A nack: the broker did not take it (a full quorum queue refuses publishes).
-        if confirm.is_nack() {
-            anyhow::bail!(
-                "the broker refused the replay to step `{step}` of workflow `{workflow}`; message kept in the parked queue"
-            );
-        }
-        if confirm.take_message().is_some() {
-            anyhow::bail!(
-                "step `{step}` of workflow `{workflow}` has no queue any more; message kept in the parked queue"
-            );
-        }
-        // Confirmed: now the parked copy may go.
-        delivery.ack(BasicAckOptions::default()).await?;
-        replayed += 1;
-        if progress {
-            eprint!("\rreplayed {replayed}/{total}");
+        match publish(channel, out).await {
+            Ok(()) => {
+                confirmed[i] = true;
+                done.replayed += 1;
+                if progress {
+                    eprint!("\rreplayed {}/{total}", done.replayed);
+                }
+            }
+            Err(error) => failure = Some((step, error)),
         }
     }
     if progress {
         eprintln!();
     }
-    Ok(replayed)
+    // Settle in queue order: the replayed copies go, every other message goes back, in its
+    // order among the others.
+    for (delivery, replayed) in taken.iter().zip(&confirmed) {
+        if *replayed {
+            delivery.ack(BasicAckOptions::default()).await?;
+        } else {
+            give_back([delivery]).await?;
+        }
+    }
+    match failure {
+        Some((step, error)) => Err(anyhow::anyhow!(
+            "cannot replay to step `{step}` of workflow `{workflow}`: {error:#}; {} message(s) \
+             replayed before that, the others stay parked where they were",
+            done.replayed
+        )),
+        None => Ok(done),
+    }
+}
+
+/// Publishes one replayed input and waits for the broker to confirm it in a queue.
+async fn publish(channel: &Channel, out: Wire) -> anyhow::Result<()> {
+    let confirm = channel
+        .basic_publish(
+            out.exchange.as_str().into(),
+            out.routing_key.as_str().into(),
+            BasicPublishOptions {
+                mandatory: out.mandatory,
+                ..Default::default()
+            },
+            &out.body,
+            out.properties,
+        )
+        .await?
+        .await?;
+    // A nack: the broker did not take it (a full quorum queue refuses publishes).
+    if confirm.is_nack() {
+        anyhow::bail!("the broker refused it");
+    }
+    if confirm.take_message().is_some() {
+        anyhow::bail!("the step has no queue any more");
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use inqubo::protocol::{header, wire};
@@ -255,7 +256,15 @@ async fn parked_messages_can_be_listed_replayed_and_purged() {
     assert_eq!(listed[0]["attempt"], 1, "the attempt is a number");
     assert_eq!(shown["number"], 2);
     assert_eq!(shown["input"], "1");
-    assert_eq!(replayed, json!({"replayed": 1}));
+    assert_eq!(shown["generation"], 1);
+    assert_eq!(
+        shown["message_id"],
+        format!(
+            "parked:{}:flaky:triggered",
+            shown["run_id"].as_str().unwrap()
+        )
+    );
+    assert_eq!(replayed, json!({"replayed": 1, "kept": []}));
     assert!(
         !refused.status.success(),
         "purge without --yes and no terminal is refused"
@@ -304,7 +313,7 @@ async fn a_replay_is_the_next_attempt_of_the_next_generation_with_run_id_and_tra
     let listed = stdout_json(&inqubo(&broker, &["--json", "parked", "list", "doomed"]));
     let replayed = stdout_json(&inqubo(
         &broker,
-        &["--json", "parked", "replay", "doomed", "1"],
+        &["--json", "parked", "replay", "doomed", "--run-id", "t1"],
     ));
     let step_queue = topology.step_queue(workflow, &"check".parse().unwrap());
     let inputs = broker.drain(step_queue.as_str(), 1).await;
@@ -312,7 +321,9 @@ async fn a_replay_is_the_next_attempt_of_the_next_generation_with_run_id_and_tra
 
     assert_eq!(listed[0]["attempt"], 1);
     assert_eq!(listed[0]["run_id"], "t1");
-    assert_eq!(replayed, json!({"replayed": 1}));
+    assert_eq!(listed[0]["message_id"], "parked:t1:doomed:triggered");
+    assert_eq!(listed[0]["generation"], 1);
+    assert_eq!(replayed, json!({"replayed": 1, "kept": []}));
     assert_eq!(after, json!([]));
     let ids: Vec<_> = inputs
         .iter()
@@ -327,4 +338,377 @@ async fn a_replay_is_the_next_attempt_of_the_next_generation_with_run_id_and_tra
     assert_eq!(input.attempt(), Ok(2));
     assert_eq!(input.generation(), 2);
     assert_eq!(input.body, b"7");
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Waits for run `run`'s event of `kind` (a run event: triggered, succeeded, failed, cancelled).
+async fn run_event(events: &mut Events, run: &str, kind: EventKind) -> inqubo::LifecycleEvent {
+    let is = |e: &inqubo::LifecycleEvent| e.run_id.as_str() == run && e.kind == kind;
+    let seen = events.until(|seen| seen.iter().any(is)).await;
+    seen.iter().find(|e| is(e)).cloned().unwrap()
+}
+
+/// Waits for its run to be cancelled when its input is not 0 (and at most 30 s).
+async fn hold(n: u64, ctx: StepContext) -> Result<u64, StepError> {
+    if n > 0 {
+        let _ = tokio::time::timeout(Duration::from_secs(30), ctx.cancelled()).await;
+    }
+    Ok(n)
+}
+
+fn patient() -> Workflow {
+    Workflow::builder("patient")
+        .start(Step::new("hold", hold))
+        .then(Step::new("after", double))
+        .build()
+        .unwrap()
+}
+
+/// A history store in a directory of its own (removed on drop) that records `runs` as
+/// (workflow, run id) pairs, as `inqubo monitor` would have.
+struct Store {
+    dir: std::path::PathBuf,
+    url: String,
+}
+
+impl Store {
+    async fn recording(broker: &TestBroker, runs: &[(&str, &str)]) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "inqubo-cli-{}-{}",
+            std::process::id(),
+            broker.prefix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}/history.db", dir.display());
+        // Any command that opens the store creates it with its schema.
+        stdout_json(&inqubo(broker, &["--json", "runs", "--store", &url]));
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        for (workflow, run) in runs {
+            sqlx::query(
+                "INSERT INTO runs (workflow, run_id, status, created_ms, updated_ms)
+                 VALUES ($1, $2, 'running', 0, 0)",
+            )
+            .bind(*workflow)
+            .bind(*run)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+        Self { dir, url }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_stops_a_running_run_and_refuses_one_that_ended() {
+    let broker = TestBroker::new();
+    let runner = broker.start_runner(&patient()).await;
+    let mut events = Events::subscribe_to(runner.client(), Some(runner.workflow().name())).await;
+    runner.trigger(run_id("c1"), &1_u64).await.unwrap();
+    runner.trigger(run_id("f1"), &0_u64).await.unwrap();
+    events.wait_for("c1", "hold", EventKind::Started).await;
+    run_event(&mut events, "f1", EventKind::RunSucceeded).await;
+
+    // The only announced workflow is the run's.
+    let cancelled = inqubo(&broker, &["cancel", "c1", "--reason", "operator said so"]);
+    assert_eq!(
+        cancelled.status.code(),
+        Some(0),
+        "{}",
+        text(&cancelled.stderr)
+    );
+    assert_eq!(
+        text(&cancelled.stdout).trim(),
+        "run c1 of workflow patient cancelled"
+    );
+    let end = run_event(&mut events, "c1", EventKind::RunCancelled).await;
+    assert_eq!(end.body["reason"], "operator said so");
+    // `hold` returned once told; the step after it was skipped and its input parked.
+    events.wait_for("c1", "after", EventKind::Skipped).await;
+
+    let again = inqubo(&broker, &["--json", "cancel", "c1"]);
+    let finished = inqubo(&broker, &["cancel", "f1", "--workflow", "patient"]);
+    let replay = inqubo(&broker, &["parked", "replay", "patient", "--run-id", "c1"]);
+    let resume = inqubo(&broker, &["run", "resume", "c1", "--workflow", "patient"]);
+
+    assert_eq!(again.status.code(), Some(3), "a refused cancel exits 3");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&again.stdout).unwrap(),
+        json!({"run_id": "c1", "workflow": "patient", "status": "refused", "ended": "cancelled"})
+    );
+    assert_eq!(finished.status.code(), Some(3));
+    assert_eq!(
+        text(&finished.stdout).trim(),
+        "run f1 had already succeeded; nothing changed"
+    );
+    // The skipped input of a cancelled run stays parked: it would only be skipped again.
+    assert_eq!(replay.status.code(), Some(3), "{}", text(&replay.stderr));
+    assert!(
+        text(&replay.stdout).contains("its run was cancelled"),
+        "{}",
+        text(&replay.stdout)
+    );
+    assert_eq!(resume.status.code(), Some(3));
+    assert!(
+        text(&resume.stderr).contains("has no parked input to resume"),
+        "{}",
+        text(&resume.stderr)
+    );
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_finds_the_workflow_in_the_store_and_says_when_no_runner_answers() {
+    let broker = TestBroker::new();
+    let other = Workflow::builder("other")
+        .start(Step::new("double", double))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&patient()).await;
+    let bystander = broker.start_runner(&other).await;
+    let mut events = Events::subscribe_to(runner.client(), Some(runner.workflow().name())).await;
+    runner.trigger(run_id("c2"), &1_u64).await.unwrap();
+    events.wait_for("c2", "hold", EventKind::Started).await;
+    let store = Store::recording(&broker, &[("patient", "c2")]).await;
+
+    let ambiguous = inqubo(&broker, &["cancel", "c2"]);
+    let found = inqubo(&broker, &["--json", "cancel", "c2", "--store", &store.url]);
+    run_event(&mut events, "c2", EventKind::RunCancelled).await;
+    runner.shutdown().await.unwrap();
+    bystander.shutdown().await.unwrap();
+    let unanswered = inqubo(
+        &broker,
+        &["cancel", "c3", "--workflow", "patient", "--timeout", "1s"],
+    );
+
+    assert_eq!(ambiguous.status.code(), Some(1));
+    assert!(
+        text(&ambiguous.stderr)
+            .contains("2 are announced (other, patient); name it with --workflow"),
+        "{}",
+        text(&ambiguous.stderr)
+    );
+    assert_eq!(
+        stdout_json(&found),
+        json!({"run_id": "c2", "workflow": "patient", "status": "cancelled",
+               "reason": "cancelled with inqubo cancel"})
+    );
+    assert_eq!(unanswered.status.code(), Some(2), "no runner answered");
+    assert!(
+        text(&unanswered.stderr).contains("it stays queued"),
+        "{}",
+        text(&unanswered.stderr)
+    );
+}
+
+/// Fails for good on its first attempt, succeeds on the next.
+async fn second_time_lucky(n: u64, ctx: StepContext) -> Result<u64, StepError> {
+    if ctx.attempt == 1 {
+        return Err(StepError::fatal("not this time"));
+    }
+    Ok(n + 1)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_resume_sends_a_failed_chain_back_and_the_run_succeeds() {
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("chain")
+        .start(Step::new("first", double))
+        .then(Step::new("second", second_time_lucky))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe_to(runner.client(), Some(flow.name())).await;
+    runner.trigger(run_id("r1"), &3_u64).await.unwrap();
+    run_event(&mut events, "r1", EventKind::RunFailed).await;
+
+    // No --workflow: the announced workflows' parked queues tell.
+    let resumed = inqubo(&broker, &["run", "resume", "r1"]);
+    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed.stderr));
+    assert_eq!(
+        text(&resumed.stdout).trim(),
+        "run r1 of workflow chain resumed as generation 2: 1 input(s) sent back to their steps"
+    );
+    let end = run_event(&mut events, "r1", EventKind::RunSucceeded).await;
+    let again = inqubo(
+        &broker,
+        &["--json", "run", "resume", "r1", "--workflow", "chain"],
+    );
+    let unknown = inqubo(&broker, &["run", "resume", "nobody"]);
+    // `inqubo run RUN_ID` still shows a run from the history, even one called `resume`.
+    let store = Store::recording(&broker, &[]).await;
+    let shown = inqubo(&broker, &["run", "--store", &store.url, "--", "resume"]);
+
+    assert_eq!(end.body, json!({"second": 7}));
+    assert_eq!(
+        events.trail("r1"),
+        [
+            "run.triggered",
+            "first.started",
+            "first.succeeded",
+            "second.started",
+            "second.failed",
+            "run.failed",
+            "second.started",
+            "second.succeeded",
+            "run.succeeded"
+        ]
+    );
+    assert_eq!(again.status.code(), Some(3), "nothing left to resume");
+    assert!(
+        text(&again.stderr).contains("run `r1` has no parked input to resume"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        text(&unknown.stderr)
+            .contains("no announced workflow has parked inputs of run `nobody`; name its workflow with --workflow"),
+        "{}",
+        text(&unknown.stderr)
+    );
+    assert_eq!(shown.status.code(), Some(1));
+    assert_eq!(
+        text(&shown.stderr).trim(),
+        "run resume is not in the history"
+    );
+    runner.shutdown().await.unwrap();
+}
+
+/// Parks one input per run of `runs`, in that order, in workflow `flaky` (whose step fails
+/// for good until `healthy` is set).
+async fn park_in_order(
+    broker: &TestBroker,
+    runs: &[&str],
+) -> (inqubo::Runner, Events, Arc<AtomicBool>) {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let gate = Arc::clone(&healthy);
+    let flow = Workflow::builder("flaky")
+        .start(Step::new("check", move |n: u64, _ctx: StepContext| {
+            let healthy = gate.load(Ordering::SeqCst);
+            async move {
+                if healthy {
+                    Ok(n)
+                } else {
+                    Err(StepError::fatal("dependency is down"))
+                }
+            }
+        }))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe_to(runner.client(), Some(flow.name())).await;
+    for run in runs {
+        runner.trigger(run_id(*run), &1_u64).await.unwrap();
+        events.wait_for(run, "check", EventKind::Failed).await;
+    }
+    (runner, events, healthy)
+}
+
+fn parked_runs(broker: &TestBroker) -> Vec<String> {
+    stdout_json(&inqubo(broker, &["--json", "parked", "list", "flaky"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["run_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Replays by run id and by message id leave the other runs' messages parked in their order,
+/// and so does a replay that fails or matches nothing.
+async fn replays_by_identity_keep_the_others_in_order(broker: TestBroker) {
+    let (runner, mut events, healthy) =
+        park_in_order(&broker, &["p1", "p2", "p3", "p4", "p5"]).await;
+    let listed = stdout_json(&inqubo(&broker, &["--json", "parked", "list", "flaky"]));
+    let p4 = listed[3]["message_id"].as_str().unwrap().to_owned();
+    let shown = stdout_json(&inqubo(
+        &broker,
+        &["--json", "parked", "show", "flaky", "--message-id", &p4],
+    ));
+    assert_eq!(shown["run_id"], "p4");
+    assert_eq!(shown["generation"], 1);
+    healthy.store(true, Ordering::SeqCst);
+
+    let by_run = stdout_json(&inqubo(
+        &broker,
+        &["--json", "parked", "replay", "flaky", "--run-id", "p2"],
+    ));
+    run_event(&mut events, "p2", EventKind::RunSucceeded).await;
+    assert_eq!(by_run, json!({"replayed": 1, "kept": []}));
+    assert_eq!(parked_runs(&broker), ["p1", "p3", "p4", "p5"]);
+
+    let by_id = inqubo(&broker, &["parked", "replay", "flaky", "--message-id", &p4]);
+    assert_eq!(text(&by_id.stdout).trim(), "replayed 1 message(s)");
+    run_event(&mut events, "p4", EventKind::RunSucceeded).await;
+    assert_eq!(parked_runs(&broker), ["p1", "p3", "p5"]);
+
+    let nobody = inqubo(
+        &broker,
+        &["parked", "replay", "flaky", "--run-id", "nobody"],
+    );
+    let wrong_step = inqubo(
+        &broker,
+        &[
+            "parked", "replay", "flaky", "--run-id", "p3", "--step", "other",
+        ],
+    );
+    assert_eq!(nobody.status.code(), Some(1));
+    assert!(
+        text(&nobody.stderr).contains("no parked message of run `nobody` in workflow `flaky`"),
+        "{}",
+        text(&nobody.stderr)
+    );
+    assert_eq!(wrong_step.status.code(), Some(1));
+    assert!(
+        text(&wrong_step.stderr).contains("no parked message of step `other` of run `p3`"),
+        "{}",
+        text(&wrong_step.stderr)
+    );
+    assert_eq!(parked_runs(&broker), ["p1", "p3", "p5"]);
+
+    // With its step's queue gone, a replay fails at the first message and keeps them all.
+    runner.shutdown().await.unwrap();
+    let step_queue = broker
+        .topology()
+        .step_queue(&"flaky".parse().unwrap(), &"check".parse().unwrap());
+    let (connection, channel) = broker.raw_channel().await;
+    channel
+        .queue_delete(step_queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    connection.close(200, "deleted".into()).await.unwrap();
+    let failed = inqubo(&broker, &["parked", "replay", "flaky", "--all"]);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(
+        text(&failed.stderr).contains(
+            "cannot replay to step `check` of workflow `flaky`: the step has no queue any more; \
+             0 message(s) replayed before that, the others stay parked where they were"
+        ),
+        "{}",
+        text(&failed.stderr)
+    );
+    assert_eq!(parked_runs(&broker), ["p1", "p3", "p5"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replays_by_identity_keep_the_others_in_order_in_a_quorum_queue() {
+    replays_by_identity_keep_the_others_in_order(TestBroker::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replays_by_identity_keep_the_others_in_order_in_a_classic_queue() {
+    replays_by_identity_keep_the_others_in_order(TestBroker::with_queue_type(
+        inqubo::QueueType::Classic,
+    ))
+    .await;
 }

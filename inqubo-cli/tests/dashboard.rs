@@ -7,7 +7,6 @@ use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -17,15 +16,20 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "s3cret-token";
 
-/// While set, `charge` fails for good on odd amounts, so that their inputs are parked.
-static CARD_DECLINED: AtomicBool = AtomicBool::new(true);
+/// From this amount on, `reserve` waits until its run is cancelled (at most 30 s).
+const HELD: u64 = 100;
 
-async fn reserve(amount: u64, _: StepContext) -> Result<u64, StepError> {
+async fn reserve(amount: u64, ctx: StepContext) -> Result<u64, StepError> {
+    if amount >= HELD {
+        let _ = tokio::time::timeout(Duration::from_secs(30), ctx.cancelled()).await;
+    }
     Ok(amount)
 }
 
-async fn charge(amount: u64, _: StepContext) -> Result<Value, StepError> {
-    if amount % 2 == 1 && CARD_DECLINED.load(Ordering::SeqCst) {
+/// Fails for good on odd amounts the first time, so that their inputs are parked; a replay or
+/// a resume (attempt 2) goes through.
+async fn charge(amount: u64, ctx: StepContext) -> Result<Value, StepError> {
+    if amount % 2 == 1 && ctx.attempt == 1 {
         return Err(StepError::fatal(format!(
             "card declined for <b>{amount}</b>"
         )));
@@ -149,6 +153,13 @@ async fn run_when(monitor: &Monitor, run_id: &str, done: impl Fn(&Value) -> bool
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits for run `run`'s event of `kind` (succeeded, failed, cancelled).
+async fn run_event(events: &mut Events, run: &str, kind: EventKind) -> inqubo::LifecycleEvent {
+    let is = |e: &inqubo::LifecycleEvent| e.run_id.as_str() == run && e.kind == kind;
+    let seen = events.until(|seen| seen.iter().any(is)).await;
+    seen.iter().find(|e| is(e)).cloned().unwrap()
 }
 
 /// A shop runner, a monitor serving the dashboard, and two recorded runs: `order-paid-2`
@@ -281,13 +292,39 @@ async fn api_serves_runs_workflows_parked_and_metrics_behind_its_token() {
     let parked = get(&http, &format!("{base}/api/workflows/shop/parked")).await;
     assert_eq!(parked["messages"][0]["run_id"], "order-declined-3");
     assert_eq!(parked["messages"][0]["reason"], "fatal");
-    let stale = http
-        .post(format!("{base}/api/workflows/shop/parked/replay"))
-        .json(&json!({"number": 1, "run_id": "someone-else"}))
-        .send()
+    assert_eq!(parked["messages"][0]["generation"], 1);
+    assert_eq!(
+        parked["messages"][0]["message_id"],
+        "parked:order-declined-3:shop:reserve:succeeded:1"
+    );
+    let replay = |body: Value| {
+        http.post(format!("{base}/api/workflows/shop/parked/replay"))
+            .json(&body)
+            .send()
+    };
+    let by_position = replay(json!({"number": 1})).await.unwrap();
+    assert_eq!(
+        by_position.status(),
+        400,
+        "positions shift; no replay by number"
+    );
+    let other_run = replay(json!({"run_id": "someone-else"})).await.unwrap();
+    assert_eq!(other_run.status(), 404);
+    let error: Value = other_run.json().await.unwrap();
+    assert_eq!(
+        error["error"],
+        "no parked message of run `someone-else` in workflow `shop`; nothing was replayed"
+    );
+    let other_step = replay(json!({"run_id": "order-declined-3", "step": "reserve"}))
         .await
         .unwrap();
-    assert_eq!(stale.status(), 409, "a replay names the run it expects");
+    assert_eq!(other_step.status(), 404);
+    let unknown_id = replay(json!({"message_id": "parked:nothing"}))
+        .await
+        .unwrap();
+    assert_eq!(unknown_id.status(), 404);
+    let after = get(&http, &format!("{base}/api/workflows/shop/parked")).await;
+    assert_eq!(after["messages"], parked["messages"], "nothing moved");
     let unasked = http
         .post(format!("{base}/api/workflows/shop/parked/purge"))
         .json(&json!({"all": false}))
@@ -344,12 +381,138 @@ async fn api_serves_runs_workflows_parked_and_metrics_behind_its_token() {
     runner.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn api_cancels_a_running_run_and_resumes_a_failed_one() {
+    let Shop {
+        broker: _broker,
+        runner,
+        monitor,
+        mut events,
+    } = Shop::with_two_runs().await;
+    let base = &monitor.base;
+    let http = authorized();
+    runner
+        .trigger(run_id("order-held-100"), &HELD)
+        .await
+        .unwrap();
+    events
+        .wait_for("order-held-100", "reserve", EventKind::Started)
+        .await;
+    let post = |path: &str, body: Value| {
+        http.post(format!("{base}/api/runs/{path}"))
+            .json(&body)
+            .send()
+    };
+    async fn answer(response: reqwest::Response) -> (u16, Value) {
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    let no_token = reqwest::Client::new()
+        .post(format!("{base}/api/runs/order-held-100/cancel"))
+        .json(&json!({"workflow": "shop"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_token.status(), 401, "cancelling needs the token");
+    let form = http
+        .post(format!("{base}/api/runs/order-held-100/cancel"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("workflow=shop")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        form.status().is_client_error(),
+        "a cross-site form cannot cancel"
+    );
+
+    let cancelled = answer(
+        post(
+            "order-held-100/cancel",
+            json!({"workflow": "shop", "reason": "customer called"}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        cancelled,
+        (
+            200,
+            json!({"run_id": "order-held-100", "workflow": "shop", "cancelled": true,
+                   "reason": "customer called"})
+        )
+    );
+    let end = run_event(&mut events, "order-held-100", EventKind::RunCancelled).await;
+    assert_eq!(end.body["reason"], "customer called");
+    // Without a workflow in the body, the history names it.
+    let again = answer(post("order-held-100/cancel", json!({})).await.unwrap()).await;
+    assert_eq!(
+        again,
+        (
+            409,
+            json!({"error": "run order-held-100 had already been cancelled; nothing changed"})
+        )
+    );
+    let paid = answer(post("order-paid-2/cancel", json!({})).await.unwrap()).await;
+    assert_eq!(
+        paid,
+        (
+            409,
+            json!({"error": "run order-paid-2 had already succeeded; nothing changed"})
+        )
+    );
+    let bad_name = answer(
+        post("order-paid-2/cancel", json!({"workflow": "no such"}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(bad_name.0, 400, "{}", bad_name.1);
+
+    let resumed = answer(
+        post("order-declined-3/resume", json!({"workflow": "shop"}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        resumed,
+        (
+            200,
+            json!({"run_id": "order-declined-3", "workflow": "shop", "generation": 2, "inputs": 1})
+        )
+    );
+    let charged = events
+        .wait_for("order-declined-3", "charge", EventKind::Succeeded)
+        .await;
+    assert_eq!(charged.attempt, Some(2), "the next attempt");
+    run_event(&mut events, "order-declined-3", EventKind::RunSucceeded).await;
+    run_when(&monitor, "order-declined-3", |r| r["status"] == "succeeded").await;
+    let nothing = answer(post("order-declined-3/resume", json!({})).await.unwrap()).await;
+    assert_eq!(nothing.0, 404);
+    assert_eq!(
+        nothing.1["error"],
+        "run `order-declined-3` has no parked input to resume (was it failed, and not resumed already?)"
+    );
+    let unknown = answer(post("nobody/resume", json!({})).await.unwrap()).await;
+    assert_eq!(
+        unknown,
+        (
+            404,
+            json!({"error": "no announced workflow has parked inputs of run `nobody`; name its workflow with \"workflow\" in the request"})
+        )
+    );
+    runner.shutdown().await.unwrap();
+}
+
 fn screenshot_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots")
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn browser_shows_runs_and_replays_a_parked_message() {
+async fn browser_shows_runs_replays_resumes_and_cancels() {
     let Shop {
         broker: _broker,
         runner,
@@ -419,12 +582,23 @@ async fn browser_shows_runs_and_replays_a_parked_message() {
         .await;
     browser.screenshot(&shots.join("workflows.png")).await;
 
-    // The parked page: "replay all" asks first; "replay" on one message does not.
+    // A second declined order, so that the parked page lists two messages.
+    runner
+        .trigger(run_id("order-declined-5"), &5_u64)
+        .await
+        .unwrap();
+    events
+        .wait_for("order-declined-5", "charge", EventKind::Failed)
+        .await;
+    run_when(&monitor, "order-declined-5", |r| r["status"] == "failed").await;
+
+    // The parked page: "replay all" asks first; "replay" on one message does not, and sends
+    // back that message only (addressed by its message id).
     browser.open(&format!("{base}/parked?workflow=shop")).await;
     browser
         .wait_until(
-            "document.querySelector('[data-replay=\"1\"]')",
-            "a parked message",
+            "document.querySelectorAll('[data-parked] [data-replay]').length === 2",
+            "two parked messages",
         )
         .await;
     browser.screenshot(&shots.join("parked.png")).await;
@@ -432,9 +606,8 @@ async fn browser_shows_runs_and_replays_a_parked_message() {
         .eval("window.asked = []; window.confirm = q => { window.asked.push(q); return false; }; document.querySelector('[data-replay-all]').click(); window.asked.length")
         .await;
     assert_eq!(asked, 1, "replaying all asks for confirmation");
-    CARD_DECLINED.store(false, Ordering::SeqCst);
     browser
-        .eval("document.querySelector('[data-replay=\"1\"]').click()")
+        .eval("document.querySelector('[data-parked-run=\"order-declined-3\"] [data-replay]').click()")
         .await;
     let notice = browser
         .wait_until("document.getElementById('notice').hidden ? null : document.getElementById('notice').textContent", "the replay's result")
@@ -448,12 +621,13 @@ async fn browser_shows_runs_and_replays_a_parked_message() {
     events
         .wait_for("order-declined-3", "charge", EventKind::Succeeded)
         .await;
-    browser
+    let left = browser
         .wait_until(
-            "document.getElementById('no-parked')",
-            "an empty parked queue",
+            "document.querySelectorAll('[data-parked]').length === 1 ? document.querySelector('[data-parked]').dataset.parkedRun : null",
+            "one parked message left",
         )
         .await;
+    assert_eq!(left, "order-declined-5", "the other message stays parked");
 
     // Live: the run page of the replayed run turns green without a reload.
     browser.open(&format!("{base}/runs/order-declined-3")).await;
@@ -461,6 +635,73 @@ async fn browser_shows_runs_and_replays_a_parked_message() {
         .wait_until(
             "document.querySelector('#run-status [data-status]').dataset.status === 'succeeded'",
             "the replayed run succeeded",
+        )
+        .await;
+
+    // A failed run's page resumes it.
+    browser.open(&format!("{base}/runs/order-declined-5")).await;
+    browser
+        .wait_until("document.querySelector('[data-resume]')", "a resume button")
+        .await;
+    assert_eq!(
+        browser
+            .eval("document.querySelectorAll('[data-cancel]').length")
+            .await,
+        0,
+        "a failed run cannot be cancelled"
+    );
+    browser
+        .eval("document.querySelector('[data-resume]').click()")
+        .await;
+    let notice = browser
+        .wait_until(
+            "document.getElementById('notice').textContent.startsWith('run order-declined-5') ? document.getElementById('notice').textContent : null",
+            "the resume's result",
+        )
+        .await;
+    assert_eq!(
+        notice,
+        "run order-declined-5 resumed as generation 2: 1 input(s) sent back to their steps"
+    );
+    browser
+        .wait_until(
+            "document.querySelector('#run-status [data-status]').dataset.status === 'succeeded' && !document.querySelector('[data-resume]')",
+            "the resumed run succeeded",
+        )
+        .await;
+
+    // A running run's page cancels it, once confirmed.
+    runner
+        .trigger(run_id("order-held-100"), &HELD)
+        .await
+        .unwrap();
+    events
+        .wait_for("order-held-100", "reserve", EventKind::Started)
+        .await;
+    browser.open(&format!("{base}/runs/order-held-100")).await;
+    browser
+        .wait_until("document.querySelector('[data-cancel]')", "a cancel button")
+        .await;
+    let asked = browser
+        .eval("window.asked = []; window.confirm = q => { window.asked.push(q); return window.asked.length > 1; }; document.querySelector('[data-cancel]').click(); window.asked.length")
+        .await;
+    assert_eq!(asked, 1, "cancelling asks for confirmation");
+    browser
+        .eval("document.querySelector('[data-cancel]').click()")
+        .await;
+    let notice = browser
+        .wait_until(
+            "document.getElementById('notice').textContent.startsWith('run order-held-100') ? document.getElementById('notice').textContent : null",
+            "the cancel's result",
+        )
+        .await;
+    assert_eq!(notice, "run order-held-100 cancelled");
+    let end = run_event(&mut events, "order-held-100", EventKind::RunCancelled).await;
+    assert_eq!(end.body["reason"], "cancelled from the dashboard");
+    browser
+        .wait_until(
+            "!document.querySelector('[data-cancel]')",
+            "no cancel button on an ended run",
         )
         .await;
     eprintln!("screenshots in {}", shots.display());

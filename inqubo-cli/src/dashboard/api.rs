@@ -13,12 +13,14 @@ use axum::{
     },
 };
 use futures_util::{Stream, StreamExt};
+use inqubo::{RunId, WorkflowName};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 
 use super::State;
 use crate::{
+    control,
     history::query::{self, RunFilter},
     parked::{self, Selection},
     workflows::queues_stats,
@@ -151,13 +153,17 @@ pub(super) async fn parked(
     Ok(Json(json!({"workflow": workflow, "messages": messages})))
 }
 
-/// The body of a replay: one message (with the run it must belong to) or all of them.
+/// The body of a replay: the message with `message_id`, the inputs of run `run_id` (only
+/// the one of `step`, if given), or all of them (`all: true`). Never a position: positions
+/// shift as messages come and go.
 #[derive(Debug, Deserialize)]
 pub(super) struct ReplayRequest {
-    number: Option<usize>,
+    message_id: Option<String>,
     run_id: Option<String>,
+    step: Option<String>,
     #[serde(default)]
     all: bool,
+    number: Option<usize>,
 }
 
 /// `POST /api/workflows/{workflow}/parked/replay`
@@ -166,23 +172,172 @@ pub(super) async fn replay(
     Path(workflow): Path<String>,
     Json(request): Json<ReplayRequest>,
 ) -> ApiResult {
-    let selection = match (request.all, request.number) {
-        (true, None) => Selection::All,
-        (false, Some(number)) => Selection::One {
-            number,
-            run_id: request.run_id,
-        },
+    let selection = match request {
+        ReplayRequest {
+            number: Some(_), ..
+        } => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "parked messages are addressed by message_id, or run_id and step, not by position (positions shift as messages come and go)".to_owned(),
+            ));
+        }
+        ReplayRequest {
+            message_id: Some(id),
+            run_id: None,
+            step: None,
+            all: false,
+            ..
+        } => Selection::Message(id),
+        ReplayRequest {
+            message_id: None,
+            run_id: Some(run_id),
+            step,
+            all: false,
+            ..
+        } => Selection::Run { run_id, step },
+        ReplayRequest {
+            message_id: None,
+            run_id: None,
+            step: None,
+            all: true,
+            ..
+        } => Selection::All,
         _ => {
             return Err(ApiError(
                 StatusCode::BAD_REQUEST,
-                "give either {\"number\": n, \"run_id\": \"...\"} or {\"all\": true}".to_owned(),
+                "give one of {\"message_id\": \"...\"}, {\"run_id\": \"...\", \"step\": \"...\"} (step optional) or {\"all\": true}".to_owned(),
             ));
         }
     };
-    let replayed = parked::replay(&state.context, &workflow, selection, false)
+    let done = parked::replay(&state.context, &workflow, selection, false)
         .await
-        .map_err(|e| ApiError(StatusCode::CONFLICT, format!("{e:#}")))?;
-    Ok(Json(json!({"replayed": replayed})))
+        .map_err(|e| {
+            let status = if e.is::<parked::NoMatch>() {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::CONFLICT
+            };
+            ApiError(status, format!("{e:#}"))
+        })?;
+    if done.replayed == 0 {
+        let why: Vec<&str> = done.kept.iter().filter_map(|k| k["why"].as_str()).collect();
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("nothing was replayed: {}", why.join("; ")),
+        ));
+    }
+    Ok(Json(done.to_json()))
+}
+
+/// The body of a cancel: the run's workflow (looked up in the history if absent) and why.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct CancelRequest {
+    workflow: Option<String>,
+    reason: Option<String>,
+}
+
+/// How long the dashboard waits for a runner to answer a cancel.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `POST /api/runs/{run_id}/cancel`: 200 once cancelled; 409 if the run had already ended;
+/// 504 if no runner answered (the request stays queued).
+pub(super) async fn cancel(
+    Extract(state): Extract<State>,
+    Path(run_id): Path<String>,
+    Json(request): Json<CancelRequest>,
+) -> ApiResult {
+    let (run_id, workflow) = place(
+        &state,
+        &run_id,
+        request.workflow.as_deref(),
+        control::Purpose::Cancel,
+    )
+    .await?;
+    let reason = request
+        .reason
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| "cancelled from the dashboard".to_owned());
+    match control::cancel(&state.context, &workflow, &run_id, &reason, CANCEL_TIMEOUT).await? {
+        control::Cancelled::Done => Ok(Json(json!({
+            "run_id": run_id, "workflow": workflow, "cancelled": true, "reason": reason,
+        }))),
+        control::Cancelled::Refused { ended } => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("run {run_id} {}; nothing changed", control::already(&ended)),
+        )),
+        control::Cancelled::Unanswered { message } => {
+            Err(ApiError(StatusCode::GATEWAY_TIMEOUT, message))
+        }
+    }
+}
+
+/// The body of a resume: the run's workflow (looked up in the history if absent).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct ResumeRequest {
+    workflow: Option<String>,
+}
+
+/// `POST /api/runs/{run_id}/resume`: 200 with the new generation and how many inputs went
+/// back; 404 if the run has nothing parked.
+pub(super) async fn resume(
+    Extract(state): Extract<State>,
+    Path(run_id): Path<String>,
+    Json(request): Json<ResumeRequest>,
+) -> ApiResult {
+    let (run_id, workflow) = place(
+        &state,
+        &run_id,
+        request.workflow.as_deref(),
+        control::Purpose::Resume,
+    )
+    .await?;
+    let client = state.context.client().await?;
+    match client.resume(&workflow, &run_id).await {
+        Ok(resumed) => Ok(Json(json!({
+            "run_id": run_id, "workflow": workflow,
+            "generation": resumed.generation, "inputs": resumed.inputs,
+        }))),
+        Err(error @ inqubo::Error::NothingToResume { .. }) => {
+            Err(ApiError(StatusCode::NOT_FOUND, error.to_string()))
+        }
+        Err(error) => Err(anyhow::Error::from(error).into()),
+    }
+}
+
+/// The run id and workflow a request names; the workflow looked up in the history (then
+/// among announced workflows) when the body has none.
+async fn place(
+    state: &State,
+    run_id: &str,
+    workflow: Option<&str>,
+    purpose: control::Purpose,
+) -> Result<(RunId, WorkflowName), ApiError> {
+    let bad = |e: inqubo::NameError| ApiError(StatusCode::BAD_REQUEST, e.to_string());
+    let run_id: RunId = run_id.parse().map_err(bad)?;
+    let workflow = workflow
+        .filter(|w| !w.is_empty())
+        .map(str::parse::<WorkflowName>)
+        .transpose()
+        .map_err(bad)?;
+    let workflow = control::workflow_of(
+        &state.context,
+        &run_id,
+        workflow,
+        Some(&state.pool),
+        purpose,
+        "\"workflow\" in the request",
+    )
+    .await
+    .map_err(|e| {
+        if e.is::<control::UnknownWorkflow>() {
+            ApiError(StatusCode::NOT_FOUND, format!("{e:#}"))
+        } else {
+            ApiError::from(e)
+        }
+    })?;
+    Ok((run_id, workflow))
 }
 
 /// The body of a purge: `{"all": true}`, so that it is explicit.

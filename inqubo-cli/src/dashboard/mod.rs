@@ -90,6 +90,8 @@ fn router(state: State) -> Router {
     let api = Router::new()
         .route("/runs", get(api::runs))
         .route("/runs/{run_id}", get(api::run))
+        .route("/runs/{run_id}/cancel", post(api::cancel))
+        .route("/runs/{run_id}/resume", post(api::resume))
         .route("/workflows", get(api::workflows))
         .route("/workflows/{workflow}/parked", get(api::parked))
         .route("/workflows/{workflow}/parked/replay", post(api::replay))

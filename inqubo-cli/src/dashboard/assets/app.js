@@ -214,6 +214,36 @@ function timeline(run) {
     }));
 }
 
+// Posts a request about a run (cancel, resume), says how it went, and redraws.
+async function runAction(run, what, body, done) {
+  try {
+    notice(done(await api(`/runs/${encodeURIComponent(run.run_id)}/${what}`, { method: "POST", body })));
+  } catch (error) {
+    notice(error.message, true);
+  }
+  refresh();
+}
+
+// Cancel for a run still going, resume for a failed one.
+function runActions(run) {
+  const buttons = [];
+  if ((run.status === "running" || run.status === "retrying") && !run.finished_ms) {
+    buttons.push(el("button", { class: "danger", "data-cancel": true, onclick: () => {
+      if (confirm(`Cancel run ${run.run_id} of ${run.workflow}? Its steps not started yet will not start.`)) {
+        runAction(run, "cancel", { workflow: run.workflow, reason: "cancelled from the dashboard" },
+          (r) => `run ${r.run_id} cancelled`);
+      }
+    } }, "Cancel run"));
+  }
+  if (run.status === "failed") {
+    buttons.push(el("button", { "data-resume": true, onclick: () =>
+      runAction(run, "resume", { workflow: run.workflow },
+        (r) => `run ${r.run_id} resumed as generation ${r.generation}: ${r.inputs} input(s) sent back to their steps`) },
+      "Resume"));
+  }
+  return buttons.length ? el("div", { class: "filters", id: "run-actions" }, buttons) : null;
+}
+
 async function runPage(main, runId) {
   const run = await api("/runs/" + encodeURIComponent(runId));
   fill(main, 
@@ -221,6 +251,7 @@ async function runPage(main, runId) {
     el("p", { class: "muted" },
       `workflow ${run.workflow} · started ${when(run.created_ms)}`,
       run.finished_ms ? ` · took ${took(run.created_ms, run.finished_ms)}` : ""),
+    runActions(run),
     graph(run.definition, stepStates(run)),
     el("h2", {}, "Attempts"),
     el("table", { id: "attempts" },
@@ -311,20 +342,24 @@ async function parkedPage(main) {
       } }, "Purge all")),
     data.messages.length
       ? el("table", {},
-          el("thead", {}, el("tr", {}, ["#", "Run", "Step", "Reason", "Error", "Input", ""].map((h) => el("th", {}, h)))),
-          el("tbody", {}, data.messages.map((message) =>
-            el("tr", { "data-parked": message.number },
-              el("td", {}, String(message.number)),
+          el("thead", {}, el("tr", {}, ["Run", "Generation", "Step", "Reason", "Error", "Input", ""].map((h) => el("th", {}, h)))),
+          el("tbody", {}, data.messages.map((message) => {
+            // A message is addressed by its message id, else by its run and step.
+            const target = message.message_id ? { message_id: message.message_id }
+              : message.run_id ? { run_id: message.run_id, step: message.step } : null;
+            return el("tr", { "data-parked": message.message_id ?? "", "data-parked-run": message.run_id ?? "",
+                               title: message.message_id ? "message id " + message.message_id : null },
               el("td", { class: "mono" }, message.run_id
                 ? el("a", { href: "/runs/" + encodeURIComponent(message.run_id) }, message.run_id) : "–"),
+              el("td", {}, String(message.generation)),
               el("td", { class: "mono" }, message.step ?? "–"),
               el("td", {}, message.reason ?? "–"),
               el("td", {}, message.error ?? ""),
               el("td", {}, el("code", {}, message.input)),
-              el("td", {}, el("button", { "data-replay": message.number, onclick: () =>
-                act("replay", { number: message.number, run_id: message.run_id },
-                    (r) => `replayed ${r.replayed} message(s)`) }, "Replay")),
-            ))))
+              el("td", {}, target ? el("button", { "data-replay": message.message_id ?? message.run_id, onclick: () =>
+                act("replay", target, (r) => `replayed ${r.replayed} message(s)`) }, "Replay") : null),
+            );
+          })))
       : el("p", { class: "muted", id: "no-parked" }, `No parked message for ${workflow}.`),
   );
 }
@@ -407,6 +442,19 @@ document.addEventListener("click", (event) => {
   navigate(link.getAttribute("href"));
 });
 window.addEventListener("popstate", refresh);
+// A page left for another keeps its event stream open while the browser caches it for "back",
+// and browsers open at most six connections to one server: close the stream on the way out,
+// open it again on the way back.
+window.addEventListener("pagehide", () => {
+  if (live) live.close();
+  live = null;
+});
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted) {
+    connectLive();
+    refresh();
+  }
+});
 token();
 connectLive();
 refresh();
