@@ -162,7 +162,7 @@ async function runsPage(main) {
   const counts = el("div", { class: "counts" },
     el("a", { href: "#", class: query.get("status") ? "" : "current", onclick: (e) => { e.preventDefault(); go({ status: "" }); } },
       `all ${data.total}`),
-    ["running", "retrying", "succeeded", "failed"].map((name) => [name, data.counts[name] ?? 0]).map(([name, count]) =>
+    ["running", "retrying", "succeeded", "failed", "cancelled"].map((name) => [name, data.counts[name] ?? 0]).map(([name, count]) =>
       el("a", { href: "#", "data-count": name, class: query.get("status") === name ? "current" : "",
                 onclick: (e) => { e.preventDefault(); go({ status: name }); } },
         status(name), " ", String(count))),
