@@ -157,22 +157,41 @@ struct Ended {
 /// published late by a consumer that lost the shard (a retried publish, a requeue when its
 /// channel closed) is then older than the new consumer's, whatever order they arrive in, and
 /// [`JoinBook::newest`] never picks it.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone)]
 pub struct JoinBook {
     /// Outputs received per run that has not fired (waiting, or aborted and kept for a resume).
     pending: HashMap<RunId, HashMap<StepName, Box<RawValue>>>,
     /// Runs that ended here, oldest first, forgotten past [`REMEMBERED_FINISHED_RUNS`].
     finished: VecDeque<RunId>,
-    /// How each run in `finished` ended (older snapshots lack it: they only knew firing).
-    #[serde(default)]
+    /// How each run in `finished` ended.
     ended: HashMap<RunId, Ended>,
     /// The generation of pending runs past their first (resumed runs).
-    #[serde(default)]
     generations: HashMap<RunId, u32>,
     /// The consumer generation that wrote the snapshot.
-    #[serde(default)]
     epoch: u64,
     /// The snapshot's number within its epoch.
+    seq: u64,
+}
+
+/// A finished run in a snapshot: just its id when it fired in its first generation (nearly
+/// every run, and all that snapshots held before runs could end otherwise), else
+/// `[id, how, generation]`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum FinishedRun {
+    Fired(RunId),
+    Other(RunId, Ending, u32),
+}
+
+/// A book as written to its state queue.
+#[derive(Debug, Serialize, Deserialize)]
+struct Snapshot {
+    pending: HashMap<RunId, HashMap<StepName, Box<RawValue>>>,
+    finished: Vec<FinishedRun>,
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    generations: HashMap<RunId, u32>,
+    #[serde(default)]
+    epoch: u64,
     #[serde(default)]
     seq: u64,
 }
@@ -249,8 +268,11 @@ impl JoinBook {
                 match ended {
                     Some(aborted) if generation <= aborted.generation => JoinDecision::Ignore,
                     _ => {
-                        // A later generation reopens an aborted run.
-                        self.ended.remove(run);
+                        // A later generation reopens an aborted run (rare: a resume), which
+                        // leaves the finished list until it ends again.
+                        if self.ended.remove(run).is_some() {
+                            self.finished.retain(|finished| finished != run);
+                        }
                         let current = self.generations.get(run).copied().unwrap_or(1);
                         let generation = generation.max(current);
                         if generation > 1 {
@@ -324,7 +346,28 @@ impl JoinBook {
     /// numbers a newer snapshot.
     pub fn snapshot(&mut self) -> Vec<u8> {
         self.seq += 1;
-        serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec())
+        let finished = self
+            .finished
+            .iter()
+            .filter_map(|run| {
+                let ended = self.ended.get(run)?;
+                Some(match ended {
+                    Ended {
+                        how: Ending::Fired,
+                        generation: 1,
+                    } => FinishedRun::Fired(run.clone()),
+                    other => FinishedRun::Other(run.clone(), other.how, other.generation),
+                })
+            })
+            .collect();
+        let snapshot = Snapshot {
+            pending: self.pending.clone(),
+            finished,
+            generations: self.generations.clone(),
+            epoch: self.epoch,
+            seq: self.seq,
+        };
+        serde_json::to_vec(&snapshot).unwrap_or_else(|_| b"{}".to_vec())
     }
 
     /// The snapshot's version: later snapshots compare greater.
@@ -334,13 +377,26 @@ impl JoinBook {
 
     /// A book from a snapshot.
     pub fn restore(snapshot: &[u8]) -> Result<Self, SnapshotError> {
-        let mut book: Self = serde_json::from_slice(snapshot).map_err(SnapshotError)?;
-        // Snapshots written before runs could end other ways only list fired runs.
-        for run in &book.finished {
-            book.ended.entry(run.clone()).or_insert(Ended {
-                how: Ending::Fired,
-                generation: 1,
-            });
+        let snapshot: Snapshot = serde_json::from_slice(snapshot).map_err(SnapshotError)?;
+        let mut book = Self {
+            pending: snapshot.pending,
+            generations: snapshot.generations,
+            epoch: snapshot.epoch,
+            seq: snapshot.seq,
+            ..Self::default()
+        };
+        for entry in snapshot.finished {
+            let (run, how, generation) = match entry {
+                FinishedRun::Fired(run) => (run, Ending::Fired, 1),
+                FinishedRun::Other(run, how, generation) => (run, how, generation),
+            };
+            if book
+                .ended
+                .insert(run.clone(), Ended { how, generation })
+                .is_none()
+            {
+                book.finished.push_back(run);
+            }
         }
         Ok(book)
     }
@@ -595,6 +651,74 @@ mod tests {
         assert_eq!(
             book.add(&run("s"), cancel(), JoinTarget::Run(&leaves)),
             JoinDecision::Refuse(Ending::Fired)
+        );
+    }
+
+    #[test]
+    fn a_reopened_run_survives_snapshots_and_ends_once_more() {
+        let shape = shape();
+        let mut book = JoinBook::new();
+        let failure = RunFailedBody {
+            step: name("c"),
+            error: "boom".into(),
+            attempt: 1,
+            reason: FailureReason::Fatal,
+        };
+        book.add(&run("r"), output("b", "1"), JoinTarget::Step(&shape));
+        book.add(
+            &run("r"),
+            Piece::Failed {
+                failure,
+                generation: 1,
+            },
+            JoinTarget::Step(&shape),
+        );
+        // Reopened by generation 2 but not complete: a piece of a third parent would be needed.
+        let wide = JoinShape::Tuple(vec![
+            JoinShape::Step(name("b")),
+            JoinShape::Step(name("c")),
+            JoinShape::Step(name("e")),
+        ]);
+        assert_eq!(
+            book.add(&run("r"), output_of("c", "2", 2), JoinTarget::Step(&wide)),
+            JoinDecision::Wait
+        );
+        let mut restored = JoinBook::restore(&book.snapshot()).unwrap();
+        assert_eq!(restored.pending_runs(), 1);
+        assert_eq!(
+            restored.add(&run("r"), output_of("e", "3", 2), JoinTarget::Step(&wide)),
+            JoinDecision::Fire {
+                body: b"[1,2,3]".to_vec(),
+                generation: 2
+            }
+        );
+        let again = JoinBook::restore(&restored.snapshot()).unwrap();
+        assert_eq!(again.finished.len(), 1, "listed once");
+        assert_eq!(
+            again.ended.get(&run("r")),
+            Some(&Ended {
+                how: Ending::Fired,
+                generation: 2
+            })
+        );
+    }
+
+    #[test]
+    fn snapshots_list_first_generation_fired_runs_by_id_only() {
+        let leaves = [name("x")];
+        let mut book = JoinBook::new();
+        book.add(&run("a"), output("x", "1"), JoinTarget::Run(&leaves));
+        book.add(
+            &run("b"),
+            Piece::Cancel {
+                reason: "stop".into(),
+            },
+            JoinTarget::Run(&leaves),
+        );
+        let snapshot: serde_json::Value = serde_json::from_slice(&book.snapshot()).unwrap();
+        assert_eq!(
+            snapshot["finished"],
+            serde_json::json!(["a", ["b", "cancelled", 1]])
         );
     }
 
