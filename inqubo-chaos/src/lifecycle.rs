@@ -163,6 +163,8 @@ pub(crate) enum Resume {
 #[derive(Debug, Default)]
 pub(crate) struct Resumes {
     pub(crate) done: HashMap<String, Resume>,
+    /// Tries that found none of the run's inputs parked (yet), and tries that failed otherwise.
+    pub(crate) found_nothing: u32,
     pub(crate) failed_tries: u32,
 }
 
@@ -195,6 +197,7 @@ pub(crate) async fn resume_failed(
                 .collect()
         };
         for (run, seen) in due {
+            let mut broker_away = false;
             let outcome = if seen >= 2 {
                 // An earlier try took effect although it reported an error.
                 Some(Resume::Resumed(seen))
@@ -207,8 +210,14 @@ pub(crate) async fn resume_failed(
                         let gave_up = since.elapsed() > PATIENCE
                             || !(error.is_transient()
                                 || matches!(error, Error::NothingToResume { .. }));
+                        let nothing = matches!(error, Error::NothingToResume { .. });
+                        broker_away = !nothing;
                         if let Ok(mut resumes) = resumes.lock() {
-                            resumes.failed_tries += 1;
+                            if nothing {
+                                resumes.found_nothing += 1;
+                            } else {
+                                resumes.failed_tries += 1;
+                            }
                         }
                         gave_up.then(|| Resume::GaveUp(error.to_string()))
                     }
@@ -218,6 +227,11 @@ pub(crate) async fn resume_failed(
                 && let Ok(mut resumes) = resumes.lock()
             {
                 resumes.done.insert(run.to_string(), outcome);
+            }
+            if broker_away {
+                // The other runs would fail the same way: wait a little before the next round.
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                break;
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -274,7 +274,7 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
     let queue = observer::declare(&urls[0], &topology)
         .await
         .context("declaring the observer queue")?;
-    let tally = Arc::new(Mutex::new(observer::Tally::default()));
+    let tally = Arc::new(Mutex::new(observer::Tally::new(started)));
     let observing = tokio::spawn(observer::observe(
         urls.clone(),
         queue.clone(),
@@ -484,11 +484,12 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
         }
         if plan.fail_every.is_some() {
             println!(
-                "runs resumed             {} of {} failed on purpose; {} succeeded in generation 2, {} given up, {} resume tries failed",
+                "runs resumed             {} of {} failed on purpose; {} succeeded in generation 2, {} given up; tries that found nothing parked {}, that failed {}",
                 verdict.resumed,
                 verdict.failed_on_purpose,
                 verdict.succeeded_after_resume,
                 verdict.resumes_given_up,
+                resumes.found_nothing,
                 resumes.failed_tries
             );
         }
@@ -524,6 +525,20 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
         println!("runner logs              {}", log.display());
         for (queue, depth) in &stranded {
             println!("messages left in {queue}: {depth}");
+        }
+        // The events of the first few runs named above, to see what went wrong.
+        let mut explained: Vec<&str> = Vec::new();
+        for line in verdict
+            .lost
+            .iter()
+            .chain(&violations)
+            .chain(&verdict.mismatches)
+        {
+            let run = line.split([' ', ':']).next().unwrap_or_default();
+            if explained.len() < 4 && !explained.contains(&run) {
+                explained.push(run);
+                println!("events of {run}: {}", tally.trail(run).join(", "));
+            }
         }
         let mut problems = Vec::new();
         for (count, what) in [

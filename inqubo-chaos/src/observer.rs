@@ -4,7 +4,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures_util::StreamExt;
@@ -71,8 +71,12 @@ impl Ending {
 }
 
 /// What the observer has seen so far.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Tally {
+    /// When the harness started: trails are timed from it.
+    started: Instant,
+    /// Every event of every run, in the order seen, for the runs the summary explains.
+    trails: HashMap<String, Vec<String>>,
     /// `started` events per (run, step, attempt).
     starts: HashMap<(String, String, u32), u32>,
     /// `succeeded` events per (run, step).
@@ -88,9 +92,30 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
+    /// An empty tally, its trails timed from `started`.
+    pub(crate) fn new(started: Instant) -> Self {
+        Self {
+            started,
+            trails: HashMap::new(),
+            starts: HashMap::new(),
+            successes: HashMap::new(),
+            endings: HashMap::new(),
+            generations: HashMap::new(),
+            last_event: HashMap::new(),
+            events: 0,
+        }
+    }
+
     fn record(&mut self, event: &LifecycleEvent, message_id: Option<&str>) {
         self.events += 1;
         let run = event.run_id.to_string();
+        let attempt = event.attempt.map(|a| format!(" #{a}")).unwrap_or_default();
+        self.trails.entry(run.clone()).or_default().push(format!(
+            "{:.1}s {}{attempt} g{}",
+            self.started.elapsed().as_secs_f64(),
+            event.short_name(),
+            event.generation
+        ));
         let generation = self.generations.entry(run.clone()).or_insert(0);
         *generation = (*generation).max(event.generation);
         if event.kind.ends_run() {
@@ -164,6 +189,11 @@ impl Tally {
             .iter()
             .filter(|((_, s, attempt), n)| s == step && *attempt == 1 && **n > 1)
             .count()
+    }
+
+    /// Every event seen of `run`, in order: `<seconds>s <step>.<kind> #<attempt> g<generation>`.
+    pub(crate) fn trail(&self, run: &str) -> &[String] {
+        self.trails.get(run).map_or(&[], Vec::as_slice)
     }
 
     /// The last event seen of `run`, with its generation, if any.
@@ -289,7 +319,7 @@ mod tests {
 
     #[test]
     fn one_ending_per_generation_delivered_twice_is_a_duplicate_not_a_violation() {
-        let mut tally = Tally::default();
+        let mut tally = Tally::new(Instant::now());
         let ended = event("fanout.run.succeeded", "run-1", 1);
         tally.record(&ended, Some("run-1:fanout:run:succeeded"));
         tally.record(&ended, Some("run-1:fanout:run:succeeded"));
@@ -300,7 +330,7 @@ mod tests {
 
     #[test]
     fn two_kinds_or_two_message_ids_in_one_generation_are_violations() {
-        let mut tally = Tally::default();
+        let mut tally = Tally::new(Instant::now());
         tally.record(&event("fanout.run.succeeded", "run-1", 1), Some("a"));
         tally.record(&event("fanout.run.cancelled", "run-1", 1), Some("b"));
         tally.record(&event("fanout.run.failed", "run-2", 1), Some("c"));
@@ -318,7 +348,7 @@ mod tests {
 
     #[test]
     fn each_generation_ends_once_and_the_last_one_counts() {
-        let mut tally = Tally::default();
+        let mut tally = Tally::new(Instant::now());
         tally.record(&event("fanout.run.failed", "run-1", 1), Some("f1"));
         assert_eq!(
             tally.final_ending("run-1", 1),
