@@ -66,12 +66,22 @@ pub(crate) enum CancelAnswer {
     Failed(String),
 }
 
-/// A cancel and how many times it was sent again after a transient error.
+/// A cancel and how many times it was sent again after a transient error, of which how
+/// many after the broker returned the request as unroutable.
 #[derive(Debug)]
 pub(crate) struct Cancel {
     pub(crate) run: String,
     pub(crate) answer: CancelAnswer,
     pub(crate) retries: u32,
+    pub(crate) unroutable: u32,
+}
+
+/// Whether a cancel or resume that failed with `error` is worth trying again: transient
+/// errors, and unroutable requests, which a broker returns while it recovers its bindings
+/// after a restart (and before any runner declared the run join). The harness retries its
+/// triggers on the same grounds.
+fn worth_retrying(error: &Error) -> bool {
+    error.is_transient() || matches!(error, Error::Unroutable { .. })
 }
 
 /// Cancels `run_id` at a random moment within [`CANCEL_WITHIN`], sending the request again
@@ -80,7 +90,7 @@ pub(crate) async fn cancel_soon(client: Client, workflow: WorkflowName, run_id: 
     let after = rand::rng().random_range(Duration::ZERO..CANCEL_WITHIN);
     tokio::time::sleep(after).await;
     let deadline = Instant::now() + PATIENCE;
-    let mut retries = 0;
+    let (mut retries, mut unroutable) = (0, 0);
     let answer = loop {
         let error = match client
             .cancel(&workflow, &run_id, "chaos", CANCEL_ANSWER)
@@ -90,7 +100,7 @@ pub(crate) async fn cancel_soon(client: Client, workflow: WorkflowName, run_id: 
             Err(Error::CancelRefused { ended, .. }) => break CancelAnswer::Refused(ended),
             Err(error) => error,
         };
-        if !error.is_transient() || Instant::now() > deadline {
+        if !worth_retrying(&error) || Instant::now() > deadline {
             break match error {
                 Error::CancelUnanswered { .. } => CancelAnswer::Unanswered,
                 error => CancelAnswer::Failed(error.to_string()),
@@ -98,12 +108,14 @@ pub(crate) async fn cancel_soon(client: Client, workflow: WorkflowName, run_id: 
         }
         tracing::debug!(%error, run_id = %run_id, "cancel failed; retrying");
         retries += 1;
+        unroutable += u32::from(matches!(error, Error::Unroutable { .. }));
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     Cancel {
         run: run_id.to_string(),
         answer,
         retries,
+        unroutable,
     }
 }
 
@@ -127,8 +139,9 @@ pub(crate) fn describe_cancels(cancels: &[Cancel], runs: u64, plan: &Plan) -> St
         .filter(|c| matches!(c.answer, CancelAnswer::Failed(_)))
         .count();
     let retries: u32 = cancels.iter().map(|c| c.retries).sum();
+    let unroutable: u32 = cancels.iter().map(|c| c.unroutable).sum();
     let mut line = format!(
-        "{planned}: {} accepted, {refused_total} refused{}, {} unanswered, {failed} failed; {retries} sent again",
+        "{planned}: {} accepted, {refused_total} refused{}, {} unanswered, {failed} failed; {retries} sent again ({unroutable} after an unroutable return)",
         count(&CancelAnswer::Accepted),
         if refused.is_empty() {
             String::new()
@@ -208,7 +221,7 @@ pub(crate) async fn resume_failed(
                         tracing::debug!(%error, run_id = %run, "resume failed; trying again");
                         let since = *first_try.entry(run.clone()).or_insert_with(Instant::now);
                         let gave_up = since.elapsed() > PATIENCE
-                            || !(error.is_transient()
+                            || !(worth_retrying(&error)
                                 || matches!(error, Error::NothingToResume { .. }));
                         let nothing = matches!(error, Error::NothingToResume { .. });
                         broker_away = !nothing;

@@ -422,6 +422,7 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
                 run,
                 answer: lifecycle::CancelAnswer::Failed("still waiting at the end".to_owned()),
                 retries: 0,
+                unroutable: 0,
             });
         }
     }
