@@ -86,7 +86,12 @@ fn worth_retrying(error: &Error) -> bool {
 
 /// Cancels `run_id` at a random moment within [`CANCEL_WITHIN`], sending the request again
 /// after transient errors (for [`PATIENCE`]).
-pub(crate) async fn cancel_soon(client: Client, workflow: WorkflowName, run_id: RunId) -> Cancel {
+pub(crate) async fn cancel_soon(
+    client: Client,
+    workflow: WorkflowName,
+    run_id: RunId,
+    tally: Arc<Mutex<Tally>>,
+) -> Cancel {
     let after = rand::rng().random_range(Duration::ZERO..CANCEL_WITHIN);
     tokio::time::sleep(after).await;
     let deadline = Instant::now() + PATIENCE;
@@ -111,6 +116,15 @@ pub(crate) async fn cancel_soon(client: Client, workflow: WorkflowName, run_id: 
         unroutable += u32::from(matches!(error, Error::Unroutable { .. }));
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    if let Ok(mut tally) = tally.lock() {
+        let answer = match &answer {
+            CancelAnswer::Accepted => "accepted".to_owned(),
+            CancelAnswer::Refused(ended) => format!("refused: {ended}"),
+            CancelAnswer::Unanswered => "unanswered".to_owned(),
+            CancelAnswer::Failed(error) => format!("failed: {error}"),
+        };
+        tally.note(run_id.as_str(), &format!("cancel {answer}"));
+    }
     Cancel {
         run: run_id.to_string(),
         answer,
@@ -215,7 +229,18 @@ pub(crate) async fn resume_failed(
                 // An earlier try took effect although it reported an error.
                 Some(Resume::Resumed(seen))
             } else {
-                match client.resume(&workflow, &run).await {
+                let result = client.resume(&workflow, &run).await;
+                if let Ok(mut tally) = tally.lock() {
+                    let what = match &result {
+                        Ok(resumed) => format!(
+                            "resumed into generation {}, {} inputs",
+                            resumed.generation, resumed.inputs
+                        ),
+                        Err(error) => format!("resume failed: {error}"),
+                    };
+                    tally.note(run.as_str(), &what);
+                }
+                match result {
                     Ok(resumed) => Some(Resume::Resumed(resumed.generation)),
                     Err(error) => {
                         tracing::debug!(%error, run_id = %run, "resume failed; trying again");

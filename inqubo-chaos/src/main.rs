@@ -383,7 +383,9 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
         }
         triggered += 1;
         if plan.cancels(run) {
-            let cancel = lifecycle::cancel_soon(client.clone(), workflow.clone(), run_id.clone());
+            let tally = Arc::clone(&tally);
+            let cancel =
+                lifecycle::cancel_soon(client.clone(), workflow.clone(), run_id.clone(), tally);
             cancelling.push((run_id.to_string(), tokio::spawn(cancel)));
         }
     }
@@ -499,7 +501,7 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
                 "lifecycle mismatches     {} (a run that ended otherwise than its cancel or resume says)",
                 verdict.mismatches.len()
             );
-            for mismatch in verdict.mismatches.iter().take(8) {
+            for mismatch in verdict.mismatches.iter().take(20) {
                 println!("  {mismatch}");
             }
         }

@@ -191,6 +191,15 @@ impl Tally {
             .count()
     }
 
+    /// Adds what the harness did to `run` (a cancel, a resume) to its trail.
+    pub(crate) fn note(&mut self, run: &str, what: &str) {
+        let at = self.started.elapsed().as_secs_f64();
+        self.trails
+            .entry(run.to_owned())
+            .or_default()
+            .push(format!("{at:.1}s ({what})"));
+    }
+
     /// Every event seen of `run`, in order: `<seconds>s <step>.<kind> #<attempt> g<generation>`.
     pub(crate) fn trail(&self, run: &str) -> &[String] {
         self.trails.get(run).map_or(&[], Vec::as_slice)
