@@ -9,13 +9,12 @@ use std::{
 };
 
 use inqubo::{Client, Error, EventKind, RunId, WorkflowName};
-use rand::Rng;
 
 use crate::observer::Tally;
 
 /// A cancel lands this long after its run's trigger, at most: some before the run ends,
 /// some after.
-const CANCEL_WITHIN: Duration = Duration::from_millis(250);
+pub(crate) const CANCEL_WITHIN: Duration = Duration::from_millis(250);
 
 /// How long one cancel request waits for its answer.
 const CANCEL_ANSWER: Duration = Duration::from_secs(10);
@@ -84,15 +83,15 @@ fn worth_retrying(error: &Error) -> bool {
     error.is_transient() || matches!(error, Error::Unroutable { .. })
 }
 
-/// Cancels `run_id` at a random moment within [`CANCEL_WITHIN`], sending the request again
-/// after transient errors (for [`PATIENCE`]).
+/// Cancels `run_id` `after` its trigger (a random moment within [`CANCEL_WITHIN`]), sending
+/// the request again after transient errors (for [`PATIENCE`]).
 pub(crate) async fn cancel_soon(
     client: Client,
     workflow: WorkflowName,
     run_id: RunId,
+    after: Duration,
     tally: Arc<Mutex<Tally>>,
 ) -> Cancel {
-    let after = rand::rng().random_range(Duration::ZERO..CANCEL_WITHIN);
     tokio::time::sleep(after).await;
     let deadline = Instant::now() + PATIENCE;
     let (mut retries, mut unroutable) = (0, 0);

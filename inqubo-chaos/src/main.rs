@@ -34,7 +34,7 @@ use std::{
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use inqubo::{Client, RunId, Runner, Topology, WorkflowName};
-use rand::Rng;
+use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::process::{Child, Command};
 use tracing_subscriber::EnvFilter;
 
@@ -84,6 +84,11 @@ struct Cli {
     /// `succeeded` in generation 2. The failing step cycles through the workflow's steps.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     fail_every: Option<u64>,
+    /// Seed of the harness's random choices: when to kill which runner, when to cancel.
+    /// Printed at the start; the same seed repeats the same schedule (not the same timing of
+    /// the processes it disturbs).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -243,8 +248,8 @@ impl Runners {
             .spawn()?)
     }
 
-    async fn kill_random(&mut self) -> anyhow::Result<()> {
-        let index = rand::rng().random_range(0..self.children.len());
+    async fn kill_random(&mut self, rng: &mut StdRng) -> anyhow::Result<()> {
+        let index = rng.random_range(0..self.children.len());
         self.children[index].kill().await?;
         self.children[index] = self.spawn_one()?;
         Ok(())
@@ -269,6 +274,9 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
         (None, None) => unreachable!("a node is started when no url is given"),
     };
     let prefix = format!("chaos-{:08x}", rand::random::<u32>());
+    let seed = cli.seed.unwrap_or_else(rand::random);
+    println!("seed {seed} (--seed {seed} repeats the schedule of kills and cancels)");
+    let mut rng = StdRng::seed_from_u64(seed);
     let topology = Topology::new(prefix.clone(), Default::default())?;
     let urls: Vec<String> = url.split(',').map(str::to_owned).collect();
     let queue = observer::declare(&urls[0], &topology)
@@ -298,7 +306,7 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
     // Trigger at a steady rate; kill and disrupt at random moments of that period.
     let period = Duration::from_secs_f64(cli.runs as f64 / cli.rate.max(1) as f64);
     let mut moments: Vec<(Duration, &str)> = (0..cli.kills)
-        .map(|_| (period.mul_f64(rand::rng().random_range(0.1..0.9)), "kill"))
+        .map(|_| (period.mul_f64(rng.random_range(0.1..0.9)), "kill"))
         .collect();
     if cli.broker_restart && node.is_some() {
         moments.push((period / 2, "restart"));
@@ -310,6 +318,7 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
 
     // The chaos runs beside the triggering, on its own schedule.
     let disrupt = cli.disrupt.clone();
+    let mut chaos_rng = StdRng::seed_from_u64(rng.random());
     let chaos = tokio::spawn(async move {
         let chaos_start = Instant::now();
         let (mut kills, mut restarts) = (0, 0);
@@ -318,7 +327,7 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
             let at = started.elapsed().as_secs_f64();
             match action {
                 "kill" => {
-                    runners.kill_random().await?;
+                    runners.kill_random(&mut chaos_rng).await?;
                     kills += 1;
                     println!("[{at:>6.1}s] SIGKILL a runner, started a new one");
                 }
@@ -384,8 +393,14 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
         triggered += 1;
         if plan.cancels(run) {
             let tally = Arc::clone(&tally);
-            let cancel =
-                lifecycle::cancel_soon(client.clone(), workflow.clone(), run_id.clone(), tally);
+            let after = rng.random_range(Duration::ZERO..lifecycle::CANCEL_WITHIN);
+            let cancel = lifecycle::cancel_soon(
+                client.clone(),
+                workflow.clone(),
+                run_id.clone(),
+                after,
+                tally,
+            );
             cancelling.push((run_id.to_string(), tokio::spawn(cancel)));
         }
     }
