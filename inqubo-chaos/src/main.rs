@@ -11,10 +11,16 @@
 //! processes of itself (`inqubo-chaos runner`), triggers the runs at a steady rate, kills a
 //! random runner with SIGKILL at random moments and starts a new one in its place, restarts
 //! the broker once, waits until every run finished, prints the figures and exits non-zero if
-//! any run was lost.
+//! any run was lost or ended twice.
+//!
+//! `--cancel-every N` cancels every Nth run at a random moment, and `--fail-every N` makes
+//! every Nth run fail one step fatally once, then resumes it (see `lifecycle.rs`). Every
+//! run generation must end with exactly one terminal event (`run.succeeded`, `run.failed` or
+//! `run.cancelled`; the same event delivered twice is a duplicate, not a violation).
 
 #![allow(clippy::print_stdout)]
 
+mod lifecycle;
 mod observer;
 mod workflow;
 
@@ -28,7 +34,7 @@ use std::{
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use inqubo::{Client, RunId, Runner, Topology, WorkflowName};
-use rand::Rng;
+use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::process::{Child, Command};
 use tracing_subscriber::EnvFilter;
 
@@ -70,6 +76,19 @@ struct Cli {
     /// Give up waiting for runs after this many seconds.
     #[arg(long, default_value_t = 180)]
     timeout: u64,
+    /// Cancel every Nth run, at a random moment of its first 250 ms (`Client::cancel`).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    cancel_every: Option<u64>,
+    /// Make every Nth run (leaving out runs to cancel) fail one step fatally on its first
+    /// attempt, then resume it once its `run.failed` is seen (`Client::resume`); it must end
+    /// `succeeded` in generation 2. The failing step cycles through the workflow's steps.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    fail_every: Option<u64>,
+    /// Seed of the harness's random choices: when to kill which runner, when to cancel.
+    /// Printed at the start; the same seed repeats the same schedule (not the same timing of
+    /// the processes it disturbs).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,8 +248,8 @@ impl Runners {
             .spawn()?)
     }
 
-    async fn kill_random(&mut self) -> anyhow::Result<()> {
-        let index = rand::rng().random_range(0..self.children.len());
+    async fn kill_random(&mut self, rng: &mut StdRng) -> anyhow::Result<()> {
+        let index = rng.random_range(0..self.children.len());
         self.children[index].kill().await?;
         self.children[index] = self.spawn_one()?;
         Ok(())
@@ -255,12 +274,15 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
         (None, None) => unreachable!("a node is started when no url is given"),
     };
     let prefix = format!("chaos-{:08x}", rand::random::<u32>());
+    let seed = cli.seed.unwrap_or_else(rand::random);
+    println!("seed {seed} (--seed {seed} repeats the schedule of kills and cancels)");
+    let mut rng = StdRng::seed_from_u64(seed);
     let topology = Topology::new(prefix.clone(), Default::default())?;
     let urls: Vec<String> = url.split(',').map(str::to_owned).collect();
     let queue = observer::declare(&urls[0], &topology)
         .await
         .context("declaring the observer queue")?;
-    let tally = Arc::new(Mutex::new(observer::Tally::default()));
+    let tally = Arc::new(Mutex::new(observer::Tally::new(started)));
     let observing = tokio::spawn(observer::observe(
         urls.clone(),
         queue.clone(),
@@ -284,7 +306,7 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
     // Trigger at a steady rate; kill and disrupt at random moments of that period.
     let period = Duration::from_secs_f64(cli.runs as f64 / cli.rate.max(1) as f64);
     let mut moments: Vec<(Duration, &str)> = (0..cli.kills)
-        .map(|_| (period.mul_f64(rand::rng().random_range(0.1..0.9)), "kill"))
+        .map(|_| (period.mul_f64(rng.random_range(0.1..0.9)), "kill"))
         .collect();
     if cli.broker_restart && node.is_some() {
         moments.push((period / 2, "restart"));
@@ -296,6 +318,7 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
 
     // The chaos runs beside the triggering, on its own schedule.
     let disrupt = cli.disrupt.clone();
+    let mut chaos_rng = StdRng::seed_from_u64(rng.random());
     let chaos = tokio::spawn(async move {
         let chaos_start = Instant::now();
         let (mut kills, mut restarts) = (0, 0);
@@ -304,7 +327,7 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
             let at = started.elapsed().as_secs_f64();
             match action {
                 "kill" => {
-                    runners.kill_random().await?;
+                    runners.kill_random(&mut chaos_rng).await?;
                     kills += 1;
                     println!("[{at:>6.1}s] SIGKILL a runner, started a new one");
                 }
@@ -330,6 +353,24 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
 
     let client = Client::connect_with(&url, topology.clone()).await?;
     let workflow: WorkflowName = cli.workflow.parse()?;
+    let plan = lifecycle::Plan {
+        cancel_every: cli.cancel_every,
+        fail_every: cli.fail_every,
+        steps: workflow::steps(&cli.workflow).len(),
+    };
+    let resumes = Arc::new(Mutex::new(lifecycle::Resumes::default()));
+    let to_resume = (0..cli.runs)
+        .filter(|run| plan.fails_at(*run).is_some())
+        .map(|run| RunId::new(lifecycle::run_id(run)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let resuming = tokio::spawn(lifecycle::resume_failed(
+        client.clone(),
+        workflow.clone(),
+        to_resume,
+        Arc::clone(&tally),
+        Arc::clone(&resumes),
+    ));
+    let mut cancelling = Vec::new();
     let trigger_start = Instant::now();
     let mut triggered = 0_u64;
     let mut trigger_retries = 0_u64;
@@ -337,9 +378,10 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
         let due = trigger_start + period.mul_f64(run as f64 / cli.runs as f64);
         tokio::time::sleep_until(due.into()).await;
         // A trigger whose confirm is lost is retried: at least once, so a run may start twice.
-        let run_id = RunId::new(format!("run-{run}"))?;
+        let run_id = RunId::new(lifecycle::run_id(run))?;
+        let input = workflow::input(u32::try_from(run)?, plan.fails_at(run));
         loop {
-            match client.trigger(&workflow, run_id.clone(), &run).await {
+            match client.trigger(&workflow, run_id.clone(), &input).await {
                 Ok(_) => break,
                 Err(error) => {
                     trigger_retries += 1;
@@ -349,6 +391,18 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
             }
         }
         triggered += 1;
+        if plan.cancels(run) {
+            let tally = Arc::clone(&tally);
+            let after = rng.random_range(Duration::ZERO..lifecycle::CANCEL_WITHIN);
+            let cancel = lifecycle::cancel_soon(
+                client.clone(),
+                workflow.clone(),
+                run_id.clone(),
+                after,
+                tally,
+            );
+            cancelling.push((run_id.to_string(), tokio::spawn(cancel)));
+        }
     }
     println!(
         "[{:>6.1}s] all {triggered} runs triggered",
@@ -357,19 +411,38 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
 
     let deadline = Instant::now() + Duration::from_secs(cli.timeout);
     loop {
-        let (completed, failed) = {
+        let ended = {
             let tally = tally
                 .lock()
                 .map_err(|_| anyhow::anyhow!("tally poisoned"))?;
-            (tally.completed(), tally.failed())
+            let resumes = resumes
+                .lock()
+                .map_err(|_| anyhow::anyhow!("resumes poisoned"))?;
+            (0..triggered).all(|run| lifecycle::run_end(&plan, run, &tally, &resumes).is_some())
         };
-        if completed + failed >= triggered as usize || Instant::now() > deadline {
+        let answered = cancelling.iter().all(|(_, cancel)| cancel.is_finished());
+        if (ended && answered) || Instant::now() > deadline {
             break;
         }
         // The harness is not a test: it polls its own counters while runs drain.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let wall = started.elapsed();
+    resuming.abort();
+    let mut cancels = Vec::new();
+    for (run, cancel) in cancelling {
+        if cancel.is_finished() {
+            cancels.push(cancel.await?);
+        } else {
+            cancel.abort();
+            cancels.push(lifecycle::Cancel {
+                run,
+                answer: lifecycle::CancelAnswer::Failed("still waiting at the end".to_owned()),
+                retries: 0,
+                unroutable: 0,
+            });
+        }
+    }
     let (mut runners, node, kills_done, restarts_done) = chaos.await??;
     runners.stop_all().await;
     observing.abort();
@@ -389,39 +462,69 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
             break;
         }
     }
-    let lost = {
+    let problems = {
         let tally = tally
             .lock()
             .map_err(|_| anyhow::anyhow!("tally poisoned"))?;
-        let completed = tally.completed();
-        let failed = tally.failed();
-        let lost = (triggered as usize).saturating_sub(completed + failed);
-        let unfinished: Vec<String> = (0..cli.runs)
-            .map(|run| format!("run-{run}"))
-            .filter(|run| !tally.is_complete(run))
-            .take(8)
-            .map(|run| {
-                let last = tally.last_event(&run).unwrap_or("no event").to_owned();
-                format!("{run} (last seen: {last})")
-            })
-            .collect();
+        let resumes = resumes
+            .lock()
+            .map_err(|_| anyhow::anyhow!("resumes poisoned"))?;
+        let verdict = lifecycle::judge(&plan, triggered, &tally, &resumes, &cancels);
+        let violations = tally.violations();
         println!();
         println!("runs triggered           {triggered}");
-        println!("runs completed           {completed}");
-        println!("runs failed (parked)     {failed}");
-        println!("runs lost                {lost}");
+        println!("runs completed           {}", verdict.succeeded);
+        println!("runs failed (parked)     {}", verdict.failed);
+        if plan.cancel_every.is_some() {
+            println!("runs cancelled           {}", verdict.cancelled);
+        }
+        println!("runs lost                {}", verdict.lost.len());
+        if !verdict.lost.is_empty() {
+            let first: Vec<&str> = verdict.lost.iter().take(8).map(String::as_str).collect();
+            println!("unfinished runs, first few: {}", first.join(", "));
+        }
         println!(
-            "duplicate run ends       {} (run.succeeded published twice)",
+            "terminal violations      {} (a run generation that ended twice: two kinds, or two message ids)",
+            violations.len()
+        );
+        for violation in violations.iter().take(8) {
+            println!("  {violation}");
+        }
+        println!(
+            "duplicate run ends       {} (a run's terminal event delivered again, same message id)",
             tally.duplicate_run_ends()
         );
+        if plan.cancel_every.is_some() {
+            println!(
+                "cancel requests          {}",
+                lifecycle::describe_cancels(&cancels, triggered, &plan)
+            );
+        }
+        if plan.fail_every.is_some() {
+            println!(
+                "runs resumed             {} of {} failed on purpose; {} succeeded in generation 2, {} given up; tries that found nothing parked {}, that failed {}",
+                verdict.resumed,
+                verdict.failed_on_purpose,
+                verdict.succeeded_after_resume,
+                verdict.resumes_given_up,
+                resumes.found_nothing,
+                resumes.failed_tries
+            );
+        }
+        if plan.cancel_every.is_some() || plan.fail_every.is_some() {
+            println!(
+                "lifecycle mismatches     {} (a run that ended otherwise than its cancel or resume says)",
+                verdict.mismatches.len()
+            );
+            for mismatch in verdict.mismatches.iter().take(20) {
+                println!("  {mismatch}");
+            }
+        }
         if cli.workflow == "diamond" {
             println!(
                 "join fired again         {} runs (the join step's first attempt started twice)",
                 tally.repeated_first_starts(workflow::JOIN_STEP)
             );
-        }
-        if !unfinished.is_empty() {
-            println!("unfinished runs, first few: {}", unfinished.join(", "));
         }
         println!(
             "duplicate step attempts  {} (an attempt started again after a kill or reconnect)",
@@ -441,12 +544,36 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
         for (queue, depth) in &stranded {
             println!("messages left in {queue}: {depth}");
         }
-        lost
+        // The events of the first few runs named above, to see what went wrong.
+        let mut explained: Vec<&str> = Vec::new();
+        for line in verdict
+            .lost
+            .iter()
+            .chain(&violations)
+            .chain(&verdict.mismatches)
+        {
+            let run = line.split([' ', ':']).next().unwrap_or_default();
+            if explained.len() < 4 && !explained.contains(&run) {
+                explained.push(run);
+                println!("events of {run}: {}", tally.trail(run).join(", "));
+            }
+        }
+        let mut problems = Vec::new();
+        for (count, what) in [
+            (verdict.lost.len(), "runs lost"),
+            (violations.len(), "terminal-event violations"),
+            (verdict.mismatches.len(), "lifecycle mismatches"),
+        ] {
+            if count > 0 {
+                problems.push(format!("{count} {what}"));
+            }
+        }
+        problems.join(", ")
     };
 
-    if lost > 0 && cli.keep_on_failure {
-        println!("runs lost: leaving the broker and prefix {prefix} as they are for inspection");
-        anyhow::bail!("{lost} runs lost");
+    if !problems.is_empty() && cli.keep_on_failure {
+        println!("{problems}: leaving the broker and prefix {prefix} as they are for inspection");
+        anyhow::bail!("{problems}");
     }
     // Bounded: on a cluster that lost a node, deleting a queue can wait for a long time.
     let cleaning = async {
@@ -466,7 +593,7 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
         node.down().await?;
         let _ = std::fs::remove_dir_all(node.dir.parent().unwrap_or(&node.dir));
     }
-    anyhow::ensure!(lost == 0, "{lost} runs lost");
+    anyhow::ensure!(problems.is_empty(), "{problems}");
     Ok(())
 }
 
