@@ -5,8 +5,9 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use inqubo_core::{EventKind, RoutingKey, RunId, RunOutcome, WorkflowName, protocol};
 use lapin::{
+    Channel, Consumer,
     options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
+    types::{FieldTable, ShortString},
 };
 use serde::Serialize;
 use tracing::instrument;
@@ -220,21 +221,11 @@ impl Client {
         bindings: impl IntoIterator<Item = impl AsRef<str>>,
     ) -> Result<EventStream> {
         let channel = self.session().await?.channel().await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let (queue, consumer) = private_queue(&channel).await?;
         for binding in bindings {
             channel
                 .queue_bind(
-                    queue.name().clone(),
+                    queue.clone(),
                     self.inner.topology.exchange().into(),
                     binding.as_ref().into(),
                     QueueBindOptions::default(),
@@ -242,18 +233,6 @@ impl Client {
                 )
                 .await?;
         }
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    exclusive: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
         Ok(EventStream::new(consumer, channel))
     }
 
@@ -261,6 +240,35 @@ impl Client {
     pub async fn close(&self) -> Result<()> {
         self.inner.connector.close().await
     }
+}
+
+/// A server-named queue of this channel's own (exclusive, deleted with it), and a consumer of
+/// it that needs no acknowledgements: for event subscriptions and answers to requests.
+pub(crate) async fn private_queue(channel: &Channel) -> Result<(ShortString, Consumer)> {
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                exclusive: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((queue.name().clone(), consumer))
 }
 
 /// The `traceparent` a trigger starts its run's trace with: the caller's current span when

@@ -14,16 +14,12 @@ use inqubo_core::{
 };
 use lapin::{
     message::Delivery,
-    options::{
-        BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
-        QueueDeclareOptions,
-    },
-    types::FieldTable,
+    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions},
 };
 use tracing::{info, instrument};
 
 use crate::{
-    client::Client,
+    client::{Client, private_queue},
     error::{Error, Result},
     wire::{self, Wire},
 };
@@ -60,31 +56,8 @@ impl Client {
     ) -> Result<()> {
         let session = self.session().await?;
         let channel = session.channel().await?;
-        let replies = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let mut answers = channel
-            .basic_consume(
-                replies.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    exclusive: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let request =
-            protocol::cancel_request(workflow, run_id, reason, Some(replies.name().as_str()));
+        let (replies, mut answers) = private_queue(&channel).await?;
+        let request = protocol::cancel_request(workflow, run_id, reason, Some(replies.as_str()));
         let request = Wire::new(self.topology().names(), request, None);
         session.publisher.send(&request).await?.wait().await?;
         let answer = async {
