@@ -704,6 +704,35 @@ mod tests {
     }
 
     #[test]
+    fn a_run_that_succeeded_ignores_a_later_failure_of_its_last_step() {
+        // A chain's last step succeeded, its ack was lost, and the redelivered attempt failed
+        // differently: the run join has already ended the run, so no second ending follows.
+        let leaves = [name("last")];
+        let mut book = JoinBook::new();
+        assert!(matches!(
+            book.add(&run("r"), output("last", "1"), JoinTarget::Run(&leaves)),
+            JoinDecision::Fire { generation: 1, .. }
+        ));
+        let failure = RunFailedBody {
+            step: name("last"),
+            error: "timed out this time".into(),
+            attempt: 1,
+            reason: FailureReason::RetriesExhausted,
+        };
+        assert_eq!(
+            book.add(
+                &run("r"),
+                Piece::Failed {
+                    failure,
+                    generation: 1
+                },
+                JoinTarget::Run(&leaves)
+            ),
+            JoinDecision::Ignore
+        );
+    }
+
+    #[test]
     fn snapshots_list_first_generation_fired_runs_by_id_only() {
         let leaves = [name("x")];
         let mut book = JoinBook::new();
