@@ -176,15 +176,48 @@ pub struct JoinBook {
 /// A finished run in a snapshot: just its id when it fired in its first generation (nearly
 /// every run, and all that snapshots held before runs could end otherwise), else
 /// `[id, how, generation]`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum FinishedRun {
     Fired(RunId),
     Other(RunId, Ending, u32),
 }
 
-/// A book as written to its state queue.
-#[derive(Debug, Serialize, Deserialize)]
+/// A book as written to its state queue (see [`Snapshot`], which reads it back).
+#[derive(Serialize)]
+struct SnapshotOf<'a> {
+    pending: &'a HashMap<RunId, HashMap<StepName, Box<RawValue>>>,
+    finished: FinishedOf<'a>,
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    generations: &'a HashMap<RunId, u32>,
+    epoch: u64,
+    seq: u64,
+}
+
+/// A book's finished runs, written as [`FinishedRun`]s in order, without copying them.
+struct FinishedOf<'a>(&'a JoinBook);
+
+impl Serialize for FinishedOf<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let book = self.0;
+        let mut seq = serializer.serialize_seq(None)?;
+        for run in &book.finished {
+            match book.ended.get(run) {
+                Some(Ended {
+                    how: Ending::Fired,
+                    generation: 1,
+                }) => seq.serialize_element(run)?,
+                Some(other) => seq.serialize_element(&(run, other.how, other.generation))?,
+                None => {}
+            }
+        }
+        seq.end()
+    }
+}
+
+/// A book as read from its state queue.
+#[derive(Debug, Deserialize)]
 struct Snapshot {
     pending: HashMap<RunId, HashMap<StepName, Box<RawValue>>>,
     finished: Vec<FinishedRun>,
@@ -346,24 +379,11 @@ impl JoinBook {
     /// numbers a newer snapshot.
     pub fn snapshot(&mut self) -> Vec<u8> {
         self.seq += 1;
-        let finished = self
-            .finished
-            .iter()
-            .filter_map(|run| {
-                let ended = self.ended.get(run)?;
-                Some(match ended {
-                    Ended {
-                        how: Ending::Fired,
-                        generation: 1,
-                    } => FinishedRun::Fired(run.clone()),
-                    other => FinishedRun::Other(run.clone(), other.how, other.generation),
-                })
-            })
-            .collect();
-        let snapshot = Snapshot {
-            pending: self.pending.clone(),
-            finished,
-            generations: self.generations.clone(),
+        // Written straight from the book, borrowing: no copy of what it holds.
+        let snapshot = SnapshotOf {
+            pending: &self.pending,
+            finished: FinishedOf(self),
+            generations: &self.generations,
             epoch: self.epoch,
             seq: self.seq,
         };
