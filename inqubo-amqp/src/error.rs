@@ -110,6 +110,17 @@ pub enum Error {
         /// How long the answer was awaited.
         timeout: std::time::Duration,
     },
+    /// The broker did not confirm a resume's inputs in time (it may be blocking publishers
+    /// on a disk or memory alarm); the parked messages stay parked.
+    #[error(
+        "the broker did not confirm the resumed inputs of run `{run_id}` within {timeout:?}; they stay parked"
+    )]
+    ResumeTimeout {
+        /// The run.
+        run_id: String,
+        /// How long the confirms were awaited.
+        timeout: std::time::Duration,
+    },
     /// A resume found nothing to send back: the run has no parked input.
     #[error(
         "run `{run_id}` has no parked input to resume (was it failed, and not resumed already?)"
@@ -170,6 +181,7 @@ impl Error {
             | Error::AckTimeout { .. }
             | Error::EventStreamEnded
             | Error::CancelUnanswered { .. }
+            | Error::ResumeTimeout { .. }
             | Error::Nacked { .. }
             | Error::ConnectTimeout { .. } => true,
             _ => false,

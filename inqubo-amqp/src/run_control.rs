@@ -27,6 +27,10 @@ use crate::{
 /// The most parked messages a resume looks through for the run's inputs.
 pub const RESUME_SCAN_LIMIT: usize = 100_000;
 
+/// How long a resume waits for the broker to confirm the inputs it sends back; past it the
+/// resume gives up and every parked message stays where it was.
+pub const RESUME_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What a resume sent back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -145,10 +149,24 @@ impl Client {
         let result = match generation {
             Some(generation) if !sent.is_empty() => {
                 let wires = sent.iter().map(|(_, wire)| wire.clone()).collect();
-                session.publisher.send_all(wires).await.map(|()| Resumed {
-                    generation,
-                    inputs: sent.len(),
-                })
+                // Bounded: the parked queue's messages are held until this returns, so a
+                // broker that blocks publishers (a disk or memory alarm) must not hold them
+                // for ever, hiding them from every other resume.
+                match tokio::time::timeout(
+                    RESUME_CONFIRM_TIMEOUT,
+                    session.publisher.send_all(wires),
+                )
+                .await
+                {
+                    Ok(sent_back) => sent_back.map(|()| Resumed {
+                        generation,
+                        inputs: sent.len(),
+                    }),
+                    Err(_) => Err(Error::ResumeTimeout {
+                        run_id: run_id.to_string(),
+                        timeout: RESUME_CONFIRM_TIMEOUT,
+                    }),
+                }
             }
             _ => Err(Error::NothingToResume {
                 run_id: run_id.to_string(),

@@ -30,8 +30,9 @@
 //! `docs/protocol.md`: any AMQP 0-9-1 client can trigger runs and follow their events.
 
 pub use inqubo_amqp::{
-    Client, DEFAULT_AMQP_URL, Error, EventStream, QueueType, Result, Runner, RunnerBuilder,
-    STEP_DURATION_BUCKETS, Topology, open_connection, redact_url,
+    Client, DEFAULT_AMQP_URL, Error, EventStream, QueueType, RESUME_CONFIRM_TIMEOUT,
+    RESUME_SCAN_LIMIT, Result, Resumed, Runner, RunnerBuilder, STEP_DURATION_BUCKETS, Topology,
+    open_connection, redact_url,
 };
 pub use inqubo_core::{
     Chain, DEFAULT_STEP_TIMEOUT, DecodeError, EventDecodeError, EventKind, ExponentialBackoff,
