@@ -68,6 +68,26 @@ pub enum Error {
         /// The routing key published with.
         routing_key: String,
     },
+    /// The broker did not confirm a message in time (the connection may have died after the
+    /// publish, or the broker is blocking publishers).
+    #[error(
+        "the broker did not confirm a message for `{routing_key}` on exchange `{exchange}` within {timeout:?}"
+    )]
+    ConfirmTimeout {
+        /// The exchange published to.
+        exchange: String,
+        /// The routing key published with.
+        routing_key: String,
+        /// How long the confirm was awaited.
+        timeout: std::time::Duration,
+    },
+    /// Reconnecting (declaring the topology, starting the consumers) took too long; another
+    /// attempt follows.
+    #[error("reconnecting took longer than {timeout:?}")]
+    SessionStartTimeout {
+        /// How long the attempt was given.
+        timeout: std::time::Duration,
+    },
     /// The name prefix is unusable.
     #[error("prefix `{0}` must be 1 to 64 ASCII letters, digits, `_`, `-` or `.`")]
     InvalidPrefix(String),
@@ -182,6 +202,8 @@ impl Error {
             | Error::EventStreamEnded
             | Error::CancelUnanswered { .. }
             | Error::ResumeTimeout { .. }
+            | Error::ConfirmTimeout { .. }
+            | Error::SessionStartTimeout { .. }
             | Error::Nacked { .. }
             | Error::ConnectTimeout { .. } => true,
             _ => false,

@@ -30,6 +30,10 @@ const REPUBLISH_PATIENCE: Duration = Duration::from_secs(60);
 /// [`MAX_REPUBLISH_DELAY`].
 const FIRST_REPUBLISH_DELAY: Duration = Duration::from_millis(200);
 
+/// How long a publish may wait for its confirm before it counts as failed (and its delivery
+/// goes back to its queue).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The longest wait between two publications of a refused message.
 const MAX_REPUBLISH_DELAY: Duration = Duration::from_secs(5);
 
@@ -203,7 +207,15 @@ impl PendingConfirm {
     /// Waits for the broker's confirm; a negative confirm or a returned mandatory message is
     /// an error.
     pub(crate) async fn wait(self) -> Result<()> {
-        match self.confirm.await? {
+        // Bounded: on a connection that died after the publish, a confirm may never come.
+        let Ok(confirmation) = tokio::time::timeout(CONFIRM_TIMEOUT, self.confirm).await else {
+            return Err(Error::ConfirmTimeout {
+                exchange: self.exchange,
+                routing_key: self.routing_key,
+                timeout: CONFIRM_TIMEOUT,
+            });
+        };
+        match confirmation? {
             Confirmation::Ack(None) => {
                 crate::metric::confirmed(self.sent.elapsed());
                 Ok(())

@@ -64,6 +64,10 @@ struct Shared {
     states: Arc<RunStates>,
 }
 
+/// How long reconnecting (declaring, announcing, starting the consumers) may take before the
+/// attempt is abandoned and another one starts.
+const SESSION_START_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a runner that just connected waits to read the run-state stream to its end
 /// before it runs steps anyway.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(5);
@@ -234,7 +238,17 @@ async fn supervise(
                 () = cancel.cancelled() => return Ok(()),
                 () = tokio::time::sleep(jittered) => {}
             }
-            match start_session(&shared, cancel.child_token()).await {
+            // Bounded: a connection lost at the wrong moment can leave a broker call of the
+            // setup unanswered; the next attempt starts afresh.
+            let started = tokio::time::timeout(
+                SESSION_START_TIMEOUT,
+                start_session(&shared, cancel.child_token()),
+            )
+            .await
+            .unwrap_or(Err(Error::SessionStartTimeout {
+                timeout: SESSION_START_TIMEOUT,
+            }));
+            match started {
                 Ok(session) => {
                     info!(workflow = %shared.workflow.name(), "reconnected; consuming again");
                     crate::metric::reconnected(shared.workflow.name());
