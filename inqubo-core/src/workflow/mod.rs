@@ -129,8 +129,6 @@ impl StepNode {
 struct WorkflowInner {
     name: WorkflowName,
     steps: Vec<StepNode>,
-    /// Computed once: runtimes ask for every step they run.
-    chain: bool,
     fail_fast: bool,
 }
 
@@ -165,7 +163,6 @@ impl Workflow {
     fn new(name: WorkflowName, steps: Vec<StepNode>, fail_fast: bool) -> Self {
         Self {
             inner: Arc::new(WorkflowInner {
-                chain: is_chain(&steps),
                 fail_fast,
                 name,
                 steps,
@@ -201,7 +198,7 @@ impl Workflow {
 
     /// Whether the workflow is a single chain (one first step, no fan-out, no join).
     pub fn is_chain(&self) -> bool {
-        self.inner.chain
+        is_chain(&self.inner.steps)
     }
 
     /// The join steps that can no longer run once `step` failed: joins downstream of it.
