@@ -120,10 +120,13 @@ impl StepWorker {
         );
         let trace = attempt_trace(&span, &incoming);
         span.record("trace_id", trace_id(&trace).unwrap_or_default());
-        let ended = incoming.run_id().ok().and_then(|run| self.states.get(&run));
+        let known = incoming
+            .run_id()
+            .map(|run| self.states.get(&run))
+            .unwrap_or_default();
         let attempt = match self
             .engine
-            .admit(self.node.name(), &incoming, &trace, ended)
+            .admit(self.node.name(), &incoming, &trace, known)
         {
             Admission::Run(attempt) => attempt,
             Admission::Settle(effects) => {

@@ -35,7 +35,7 @@ pub use error::{Error, Result};
 pub use event_stream::{EventStream, event_from_delivery};
 pub use inqubo_core::RunOutcome;
 pub use metric::STEP_DURATION_BUCKETS;
-pub use run_control::{RESUME_CONFIRM_TIMEOUT, RESUME_SCAN_LIMIT, Resumed};
+pub use run_control::{RESUME_CONFIRM_TIMEOUT, RESUME_SCAN_LIMIT, RESUME_SETTLE, Resumed};
 pub use runner::{Runner, RunnerBuilder};
 pub use session::{DEFAULT_AMQP_URL, open_connection, redact_url};
 pub use topology::{QueueType, RUN_STATE_RETENTION, Topology};

@@ -10,9 +10,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use inqubo_core::{
     RunId, WorkflowName,
-    protocol::{self, CancelReply, Incoming, header},
+    protocol::{self, CancelReply, Incoming},
 };
 use lapin::{
+    Channel,
     message::Delivery,
     options::{BasicAckOptions, BasicGetOptions, BasicNackOptions},
 };
@@ -26,6 +27,11 @@ use crate::{
 
 /// The most parked messages a resume looks through for the run's inputs.
 pub const RESUME_SCAN_LIMIT: usize = 100_000;
+
+/// How long a resume waits, once it has published `run.resumed`, before it reads the parked
+/// queue again: time for every runner to hear of the resume, and for an input a runner
+/// parked just before to arrive.
+pub const RESUME_SETTLE: Duration = Duration::from_millis(300);
 
 /// How long a resume waits for the broker to confirm the inputs it sends back; past it the
 /// resume gives up and every parked message stays where it was.
@@ -104,6 +110,10 @@ impl Client {
     /// joins take them, and the run ends again with a fresh terminal event. Inputs of other
     /// runs stay parked, where they were.
     ///
+    /// First `<workflow>.run.resumed` is published, so that every runner runs an input of
+    /// the run's older generation that reaches it from now on (a sibling redelivered after its
+    /// runner died) in the new generation instead of parking it; then, after
+    /// [`RESUME_SETTLE`], the parked queue is read again for inputs parked in the meantime.
     /// Each input is taken out of the parked queue only after the broker confirmed it back
     /// in its step's queue. Fails with [`Error::NothingToResume`] if the run has no parked
     /// input that can go back.
@@ -113,81 +123,72 @@ impl Client {
         let channel = session.channel().await?;
         let queue = self.topology().parked_queue(workflow);
         let mut taken: Vec<Delivery> = Vec::new();
-        while taken.len() < RESUME_SCAN_LIMIT {
-            match channel
-                .basic_get(queue.as_str().into(), BasicGetOptions::default())
-                .await?
-            {
-                Some(message) => taken.push(message.delivery),
-                None => break,
-            }
-        }
-        let (mine, others): (Vec<&Delivery>, Vec<&Delivery>) = taken
-            .iter()
-            .partition(|d| wire::incoming(d).run_id().ok().as_ref() == Some(run_id));
-        let parked: Vec<Incoming<'_>> = mine.iter().map(|d| wire::incoming(d)).collect();
-        let messages = protocol::resume_run(workflow, &parked);
-        let generation = messages
-            .iter()
-            .flatten()
-            .find_map(|m| m.headers.int(header::RUN_GENERATION))
-            .and_then(|g| u32::try_from(g).ok());
-        let mut sent = Vec::new();
-        let mut kept: Vec<&Delivery> = others;
-        for (delivery, message) in mine.iter().zip(messages) {
-            match message {
-                Some(message) => {
-                    let received = delivery.properties.headers().as_ref();
-                    sent.push((
-                        delivery,
-                        Wire::new(self.topology().names(), message, received),
-                    ));
-                }
-                None => kept.push(delivery),
-            }
-        }
-        let result = match generation {
-            Some(generation) if !sent.is_empty() => {
-                let wires = sent.iter().map(|(_, wire)| wire.clone()).collect();
-                // Bounded: the parked queue's messages are held until this returns, so a
-                // broker that blocks publishers (a disk or memory alarm) must not hold them
-                // for ever, hiding them from every other resume.
-                match tokio::time::timeout(
-                    RESUME_CONFIRM_TIMEOUT,
-                    session.publisher.send_all(wires),
-                )
-                .await
-                {
-                    Ok(sent_back) => sent_back.map(|()| Resumed {
-                        generation,
-                        inputs: sent.len(),
-                    }),
-                    Err(_) => Err(Error::ResumeTimeout {
-                        run_id: run_id.to_string(),
-                        timeout: RESUME_CONFIRM_TIMEOUT,
-                    }),
-                }
-            }
-            _ => Err(Error::NothingToResume {
-                run_id: run_id.to_string(),
-            }),
+        take_parked(&channel, queue.as_str(), &mut taken).await?;
+        let of_run = |d: &Delivery| wire::incoming(d).run_id().ok().as_ref() == Some(run_id);
+        let (generation, found) = {
+            let parked: Vec<Incoming<'_>> = taken
+                .iter()
+                .filter(|d| of_run(d))
+                .map(wire::incoming)
+                .collect();
+            let generation = protocol::next_generation(&parked);
+            let found = parked
+                .iter()
+                .filter(|p| protocol::resume(workflow, p, generation).is_some())
+                .count();
+            (generation, found)
         };
-        // Confirmed back in their steps' queues: the parked copies go. Otherwise they stay.
+        let mut sent: Vec<usize> = Vec::new();
+        let result = if found == 0 {
+            Err(Error::NothingToResume {
+                run_id: run_id.to_string(),
+            })
+        } else {
+            // Bounded: the parked queue's messages are held until this returns, so a broker
+            // that blocks publishers (a disk or memory alarm) must not hold them for ever,
+            // hiding them from every other resume.
+            let send_back = async {
+                let announce = protocol::run_resumed(workflow, run_id, generation, found);
+                let announce = Wire::new(self.topology().names(), announce, None);
+                session.publisher.send(&announce).await?.wait().await?;
+                tokio::time::sleep(RESUME_SETTLE).await;
+                take_parked(&channel, queue.as_str(), &mut taken).await?;
+                let mut wires = Vec::new();
+                for (index, delivery) in taken.iter().enumerate().filter(|(_, d)| of_run(d)) {
+                    let parked = wire::incoming(delivery);
+                    if let Some(message) = protocol::resume(workflow, &parked, generation) {
+                        let received = delivery.properties.headers().as_ref();
+                        wires.push(Wire::new(self.topology().names(), message, received));
+                        sent.push(index);
+                    }
+                }
+                session.publisher.send_all(wires).await
+            };
+            match tokio::time::timeout(RESUME_CONFIRM_TIMEOUT, send_back).await {
+                Ok(sent_back) => sent_back.map(|()| Resumed {
+                    generation,
+                    inputs: sent.len(),
+                }),
+                Err(_) => Err(Error::ResumeTimeout {
+                    run_id: run_id.to_string(),
+                    timeout: RESUME_CONFIRM_TIMEOUT,
+                }),
+            }
+        };
+        // Confirmed back in their steps' queues: the parked copies go. Everything else goes
+        // back where it was, one by one in queue order.
         let resumed = result.is_ok();
-        for (delivery, _) in &sent {
-            if resumed {
+        for (index, delivery) in taken.iter().enumerate() {
+            if resumed && sent.contains(&index) {
                 delivery.ack(BasicAckOptions::default()).await?;
             } else {
-                kept.push(delivery);
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await?;
             }
-        }
-        for delivery in kept {
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await?;
         }
         let _ = channel.close(200, "resumed".into()).await;
         if let Ok(resumed) = &result {
@@ -199,4 +200,19 @@ impl Client {
         }
         result
     }
+}
+
+/// Takes messages from the parked queue `queue` without acknowledging them, until it is empty
+/// or [`RESUME_SCAN_LIMIT`] are held.
+async fn take_parked(channel: &Channel, queue: &str, taken: &mut Vec<Delivery>) -> Result<()> {
+    while taken.len() < RESUME_SCAN_LIMIT {
+        match channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await?
+        {
+            Some(message) => taken.push(message.delivery),
+            None => break,
+        }
+    }
+    Ok(())
 }

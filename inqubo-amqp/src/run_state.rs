@@ -1,8 +1,8 @@
 //! What a runner knows of runs that ended elsewhere, and how it learns it.
 //!
-//! A run ends at its run join (`run.failed`, `run.cancelled`), but its other steps may be
-//! queued or running on any runner. Every runner therefore follows the workflow's run-state
-//! stream, `<prefix>.<workflow>.run-states`: a RabbitMQ stream bound to those two events and
+//! A run ends at its run join (`run.failed`, `run.cancelled`) and is resumed by an operator
+//! (`run.resumed`), but its other steps may be queued or running on any runner. Every runner therefore follows the workflow's run-state
+//! stream, `<prefix>.<workflow>.run-states`: a RabbitMQ stream bound to those three events and
 //! kept for [`RUN_STATE_RETENTION`](crate::topology::RUN_STATE_RETENTION). A runner reads it
 //! from its first message when it connects — so a runner started after a cancel, or down
 //! during it, still honours it — and then follows it live. What it learns goes into
@@ -18,7 +18,7 @@ use std::{
 use futures_util::StreamExt;
 use inqubo_core::{
     EventKind, RunId,
-    engine::{RunEnd, RunEnding},
+    engine::{RunEnd, RunEnding, RunState},
 };
 use lapin::{
     Channel, Consumer,
@@ -41,7 +41,7 @@ pub(crate) const CAUGHT_UP_AFTER: Duration = Duration::from_millis(150);
 #[derive(Debug)]
 pub(crate) struct RunStates {
     fail_fast: bool,
-    ended: Mutex<HashMap<RunId, RunEnd>>,
+    known: Mutex<HashMap<RunId, RunState>>,
     running: Mutex<HashMap<RunId, (CancellationToken, usize)>>,
 }
 
@@ -51,13 +51,13 @@ impl RunStates {
     pub(crate) fn new(fail_fast: bool) -> Self {
         Self {
             fail_fast,
-            ended: Mutex::default(),
+            known: Mutex::default(),
             running: Mutex::default(),
         }
     }
 
-    fn ended(&self) -> MutexGuard<'_, HashMap<RunId, RunEnd>> {
-        self.ended
+    fn known(&self) -> MutexGuard<'_, HashMap<RunId, RunState>> {
+        self.known
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -68,23 +68,29 @@ impl RunStates {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// How `run` ended, if this runner has heard.
-    pub(crate) fn get(&self, run: &RunId) -> Option<RunEnd> {
-        self.ended().get(run).copied()
+    /// What this runner has heard of `run`: how it ended, and its latest resume.
+    pub(crate) fn get(&self, run: &RunId) -> RunState {
+        self.known().get(run).copied().unwrap_or_default()
+    }
+
+    /// Records that `run` was resumed to `generation`.
+    pub(crate) fn record_resume(&self, run: RunId, generation: u32) {
+        self.known().entry(run).or_default().resumed(generation);
     }
 
     /// Records that `run` ended; cancels its attempts running here if that stops them.
     pub(crate) fn record(&self, run: RunId, end: RunEnd) {
         let stops = end.how == RunEnding::Cancelled || self.fail_fast;
         {
-            let mut ended = self.ended();
-            let newer = ended
-                .get(&run)
-                .is_none_or(|known| end.generation >= known.generation);
-            if !newer {
+            let mut known = self.known();
+            let state = known.entry(run.clone()).or_default();
+            if state
+                .end
+                .is_some_and(|known| end.generation < known.generation)
+            {
                 return;
             }
-            ended.insert(run.clone(), end);
+            state.ended(end);
         }
         if let Some((token, _)) = self.running().get(&run).filter(|_| stops) {
             debug!(run_id = %run, "telling the run's running attempts it ended");
@@ -167,14 +173,24 @@ pub(crate) async fn follow(
         };
         match event_from_delivery(&delivery) {
             Ok(event) => {
-                let how = match event.kind {
-                    EventKind::RunFailed => Some(RunEnding::Failed),
-                    EventKind::RunCancelled => Some(RunEnding::Cancelled),
-                    _ => None,
-                };
-                if let Some(how) = how {
-                    let generation = event.generation;
-                    states.record(event.run_id, RunEnd { how, generation });
+                let generation = event.generation;
+                match event.kind {
+                    EventKind::RunFailed => states.record(
+                        event.run_id,
+                        RunEnd {
+                            how: RunEnding::Failed,
+                            generation,
+                        },
+                    ),
+                    EventKind::RunCancelled => states.record(
+                        event.run_id,
+                        RunEnd {
+                            how: RunEnding::Cancelled,
+                            generation,
+                        },
+                    ),
+                    EventKind::RunResumed => states.record_resume(event.run_id, generation),
+                    _ => {}
                 }
             }
             Err(error) => warn!(%error, "run-state stream holds a message that is no event"),
@@ -209,7 +225,7 @@ mod tests {
             !attempt.token().is_cancelled(),
             "this workflow lets branches finish"
         );
-        assert_eq!(states.get(&run("r")), Some(failed));
+        assert_eq!(states.get(&run("r")).end, Some(failed));
         states.record(
             run("r"),
             RunEnd {
@@ -231,6 +247,9 @@ mod tests {
         };
         states.record(run("r"), end(2));
         states.record(run("r"), end(1));
-        assert_eq!(states.get(&run("r")), Some(end(2)));
+        assert_eq!(states.get(&run("r")).end, Some(end(2)));
+        states.record_resume(run("r"), 3);
+        states.record_resume(run("r"), 2);
+        assert_eq!(states.get(&run("r")).resumed, 3);
     }
 }

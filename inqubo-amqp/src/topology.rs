@@ -230,7 +230,7 @@ impl Topology {
         }
         let states = self.run_state_queue(name);
         declare_queue(channel, &states, run_state_args()).await?;
-        for key in RoutingKey::run_stops(name) {
+        for key in RoutingKey::run_states(name) {
             channel
                 .queue_bind(
                     states.as_str().into(),

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use inqubo_amqp::{Error, RunOutcome};
-use inqubo_core::{EventKind, Step, StepContext, StepError, Workflow};
+use inqubo_core::{EventKind, RetryPolicy, Step, StepContext, StepError, Workflow};
 use inqubo_testkit::{Events, TestBroker, run_id};
 
 async fn double(n: u64, _: StepContext) -> Result<u64, StepError> {
@@ -192,6 +192,76 @@ async fn a_run_id_of_the_longest_length_runs_to_its_end_and_can_be_cancelled() {
     assert!(
         matches!(refused, Error::CancelRefused { .. }),
         "{refused:?}"
+    );
+    runner.shutdown().await.unwrap();
+}
+
+/// Fails for good on its first attempt, succeeds on the next (a bug fixed before the resume).
+async fn fatal_at_first(n: u64, ctx: StepContext) -> Result<u64, StepError> {
+    if ctx.attempt == 1 {
+        return Err(StepError::fatal("broken until resumed"));
+    }
+    Ok(n + 1)
+}
+
+/// Fails on its first attempt, so that its retry comes back after a delay.
+async fn slow_to_succeed(n: u64, ctx: StepContext) -> Result<u64, StepError> {
+    if ctx.attempt == 1 {
+        return Err(StepError::retryable("not yet"));
+    }
+    Ok(n + 2)
+}
+
+#[tokio::test]
+async fn a_sibling_input_arriving_after_a_resume_runs_in_the_resumed_generation() {
+    let broker = TestBroker::new();
+    // `c`'s first attempt fails and its retry waits in the delay tiers while `b` fails for
+    // good, the run fails and is resumed: the retry reaches `c` in generation 1, after the
+    // resume. It must run in generation 2, or generation 2 waits for `c` for ever.
+    let flow = Workflow::builder("sibling")
+        .start(Step::new("a", double))
+        .then((
+            Step::new("b", fatal_at_first),
+            Step::new("c", slow_to_succeed).retry(RetryPolicy::limited(1, Duration::from_secs(3))),
+        ))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe_to(runner.client(), Some(flow.name())).await;
+    runner.trigger(run_id("s1"), &1_u64).await.unwrap();
+    run_event(&mut events, "s1", EventKind::RunFailed).await;
+
+    let resumed = runner
+        .client()
+        .resume(flow.name(), &run_id("s1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (resumed.generation, resumed.inputs),
+        (2, 1),
+        "only b's input was parked"
+    );
+    run_event(&mut events, "s1", EventKind::RunSucceeded).await;
+
+    let c_succeeded = events
+        .seen()
+        .iter()
+        .find(|e| e.run_id.as_str() == "s1" && e.short_name() == "c.succeeded")
+        .expect("c ran after the resume");
+    assert_eq!(c_succeeded.generation, 2);
+    let end = events
+        .seen()
+        .iter()
+        .find(|e| e.run_id.as_str() == "s1" && e.kind == EventKind::RunSucceeded)
+        .unwrap();
+    assert_eq!(
+        (end.generation, end.body.clone()),
+        (2, serde_json::json!({"b": 3, "c": 4}))
+    );
+    assert!(
+        !events.trail("s1").contains(&"c.skipped".to_owned()),
+        "{:?}",
+        events.trail("s1")
     );
     runner.shutdown().await.unwrap();
 }

@@ -501,13 +501,16 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
 /// What to send back for each of the `chosen` messages (by index in `parked`): the inputs of
 /// one run go back together, in one new generation (as `inqubo run resume` sends them);
 /// `None` for those that cannot go back.
+/// What to send for the `chosen` parked messages: each one's next attempt (by index), and
+/// each replayed run's `run.resumed`, which goes first.
 fn plan(
     workflow: &WorkflowName,
     parked: &[Incoming<'_>],
     chosen: &[usize],
-) -> BTreeMap<usize, Option<Outgoing>> {
+) -> (BTreeMap<usize, Option<Outgoing>>, Vec<Outgoing>) {
     let mut runs: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     let mut plan = BTreeMap::new();
+    let mut announcements = Vec::new();
     for &i in chosen {
         match parked[i].run_id() {
             Ok(run) => runs.entry(run.to_string()).or_default().push(i),
@@ -521,9 +524,14 @@ fn plan(
     for indices in runs.into_values() {
         let inputs: Vec<Incoming<'_>> = indices.iter().map(|&i| parked[i].clone()).collect();
         let messages = protocol::resume_run(workflow, &inputs);
+        let going = messages.iter().flatten().count();
+        if let (Some(run), true) = (inputs.first().and_then(|p| p.run_id().ok()), going > 0) {
+            let generation = protocol::next_generation(&inputs);
+            announcements.push(protocol::run_resumed(workflow, &run, generation, going));
+        }
         plan.extend(indices.into_iter().zip(messages));
     }
-    plan
+    (plan, announcements)
 }
 
 /// Why a parked message cannot go back to a step.
@@ -562,10 +570,20 @@ async fn replay_on(
         .into());
     }
     let parked: Vec<Incoming<'_>> = taken.iter().map(wire::incoming).collect();
-    let mut plan = plan(&workflow_name, &parked, &chosen);
+    let (mut plan, announcements) = plan(&workflow_name, &parked, &chosen);
     let mut done = Replayed::default();
     let mut confirmed = vec![false; taken.len()];
     let mut failure = None;
+    // Runners hear of each replayed run's new generation before its inputs go back.
+    for announcement in announcements {
+        if let Err(error) = publish(channel, Wire::new(&topology, announcement, None)).await {
+            give_back(&taken).await?;
+            return Err(error.context(format!(
+                "cannot announce the resume of a run of workflow `{workflow}`; nothing was \
+                 replayed"
+            )));
+        }
+    }
     let total = chosen.len();
     for &i in &chosen {
         let Some(message) = plan.remove(&i).flatten() else {

@@ -33,6 +33,12 @@ pub enum EventKind {
     /// A step's input was not run because its run had ended (cancelled, or failed with fail
     /// fast); the input was parked so that a resume can run it.
     Skipped,
+    /// A failed run was resumed (`<workflow>.run.resumed`): its parked inputs go back to their
+    /// steps in the generation the `run-generation` header names.
+    RunResumed,
+    /// A trigger named a run that already exists (`<workflow>.run.duplicate`); no second run
+    /// was started. The body says what state the existing run is in.
+    RunDuplicate,
 }
 
 impl EventKind {
@@ -48,6 +54,8 @@ impl EventKind {
             EventKind::RunFailed => "failed",
             EventKind::RunCancelled => "cancelled",
             EventKind::Skipped => "skipped",
+            EventKind::RunResumed => "resumed",
+            EventKind::RunDuplicate => "duplicate",
         }
     }
 
@@ -58,6 +66,8 @@ impl EventKind {
             "succeeded" => Some(EventKind::RunSucceeded),
             "failed" => Some(EventKind::RunFailed),
             "cancelled" => Some(EventKind::RunCancelled),
+            "resumed" => Some(EventKind::RunResumed),
+            "duplicate" => Some(EventKind::RunDuplicate),
             _ => None,
         }
     }
@@ -70,6 +80,8 @@ impl EventKind {
                 | EventKind::RunSucceeded
                 | EventKind::RunFailed
                 | EventKind::RunCancelled
+                | EventKind::RunResumed
+                | EventKind::RunDuplicate
         )
     }
 
@@ -163,6 +175,21 @@ pub struct RunFailedBody {
 pub struct RunCancelledBody {
     /// Why, as the canceller said.
     pub reason: String,
+}
+
+/// Body of a `<workflow>.run.resumed` event; the new generation is in its `run-generation`
+/// header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunResumedBody {
+    /// How many parked inputs went back to their steps.
+    pub inputs: u32,
+}
+
+/// Body of a `<workflow>.run.duplicate` event: the trigger of a run that already exists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunDuplicateBody {
+    /// The existing run's state: `running`, `succeeded`, `failed` or `cancelled`.
+    pub state: String,
 }
 
 /// Body of a `skipped` event: a step's input not run because its run had ended.

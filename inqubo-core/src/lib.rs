@@ -43,7 +43,8 @@ mod workflow;
 pub use attempt::{AttemptOutcome, run_attempt};
 pub use event::{
     EventDecodeError, EventKind, FailedBody, FailureReason, LifecycleEvent, RetryingBody,
-    RunCancelledBody, RunFailedBody, RunOutcome, SkippedBody, StartedBody,
+    RunCancelledBody, RunDuplicateBody, RunFailedBody, RunOutcome, RunResumedBody, SkippedBody,
+    StartedBody,
 };
 pub use name::{
     MAX_NAME_LEN, MAX_RUN_ID_LEN, NameError, RESERVED_STEP_NAMES, RunId, StepName, WorkflowName,

@@ -66,6 +66,10 @@ pub(crate) async fn record(
         .await?;
         return Ok(None);
     }
+    if event.kind == EventKind::RunDuplicate {
+        // A refused trigger changes nothing of the run it names.
+        return Ok(None);
+    }
     let (run_status, ends) = run_status(event);
     // Only a run's terminal event carries an outcome: below, a non-null `excluded.outcome`
     // tells it from a skipped step, which says the generation ended but not how it went.

@@ -88,6 +88,33 @@ pub struct RunEnd {
     pub generation: u32,
 }
 
+/// What a driver knows of a run from the run-state feed: how it ended, if it did, and the
+/// newest generation a resume started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunState {
+    /// The newest end heard of (`run.failed`, `run.cancelled`).
+    pub end: Option<RunEnd>,
+    /// The newest generation a resume started (`run.resumed`); 0 if none.
+    pub resumed: u32,
+}
+
+impl RunState {
+    /// Takes in an end; an older generation's never replaces a newer one's.
+    pub fn ended(&mut self, end: RunEnd) {
+        if self
+            .end
+            .is_none_or(|known| end.generation >= known.generation)
+        {
+            self.end = Some(end);
+        }
+    }
+
+    /// Takes in a resume to `generation`.
+    pub fn resumed(&mut self, generation: u32) {
+        self.resumed = self.resumed.max(generation);
+    }
+}
+
 /// How a run ended, as far as its remaining steps care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

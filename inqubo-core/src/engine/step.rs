@@ -2,7 +2,7 @@
 
 use crate::{
     attempt::AttemptOutcome,
-    engine::{Effects, Engine, RunEnd, RunEnding},
+    engine::{Effects, Engine, RunEnd, RunEnding, RunState},
     event::{EventKind, FailedBody, FailureReason, RunFailedBody, SkippedBody, StartedBody},
     name::{RunId, StepName},
     protocol::{self, AttemptId, Incoming, Outgoing, RUN_JOIN, effective_delay, json},
@@ -57,15 +57,16 @@ impl Engine {
     /// Decides whether the delivery `incoming` on `step`'s queue may run.
     ///
     /// `trace` is the `traceparent` of whatever this delivery makes the runner publish (a
-    /// span of the run's trace, chosen by the driver). `ended` is what the driver knows of the
+    /// span of the run's trace, chosen by the driver). `known` is what the driver knows of the
     /// run from the run-state feed: an input of a cancelled run, or of a failed generation of
-    /// a workflow that fails fast, is parked without running (a resume runs it).
+    /// a workflow that fails fast, is parked without running (a resume runs it); an input of
+    /// a generation older than the run's latest resume runs in that latest generation.
     pub fn admit(
         &self,
         step: &StepName,
         incoming: &Incoming<'_>,
         trace: &str,
-        ended: Option<RunEnd>,
+        known: RunState,
     ) -> Admission {
         let attempt = incoming.attempt().unwrap_or(0);
         if incoming.body.len() > self.limits.max_input_bytes {
@@ -113,8 +114,10 @@ impl Engine {
                 return Admission::Settle(self.park(step, incoming, failure, trace));
             }
         };
-        let generation = incoming.generation();
-        let skip = match ended {
+        // An input of an older generation that arrives after a resume (a sibling redelivered,
+        // or back from the delay tiers) belongs to the run's current generation.
+        let generation = incoming.generation().max(known.resumed);
+        let skip = match known.end {
             Some(RunEnd {
                 how: RunEnding::Cancelled,
                 ..

@@ -68,7 +68,7 @@ fn keys(effects: &Effects) -> Vec<String> {
 }
 
 fn admitted(engine: &Engine, name: &str, incoming: &Incoming<'_>) -> Attempt {
-    match engine.admit(&step(name), incoming, "00-t-s-01", None) {
+    match engine.admit(&step(name), incoming, "00-t-s-01", RunState::default()) {
         Admission::Run(attempt) => attempt,
         Admission::Settle(effects) => panic!("refused: {effects:?}"),
     }
@@ -198,14 +198,22 @@ fn too_large_inputs_are_parked_without_running() {
         ..Limits::default()
     };
     let engine = Engine::new(chain().workflow().clone(), limits);
-    let Admission::Settle(effects) =
-        engine.admit(&step("a"), &delivery(run("r"), b"12345"), "t", None)
-    else {
+    let Admission::Settle(effects) = engine.admit(
+        &step("a"),
+        &delivery(run("r"), b"12345"),
+        "t",
+        RunState::default(),
+    ) else {
         panic!("should not run");
     };
     assert_eq!(keys(&effects), ["parked", "wf.step.a.failed", "join _run"]);
     assert_eq!(effects.failure.unwrap().reason, FailureReason::TooLarge);
-    let at_limit = engine.admit(&step("a"), &delivery(run("r"), b"1234"), "t", None);
+    let at_limit = engine.admit(
+        &step("a"),
+        &delivery(run("r"), b"1234"),
+        "t",
+        RunState::default(),
+    );
     assert!(matches!(at_limit, Admission::Run(_)));
 }
 
@@ -213,7 +221,8 @@ fn too_large_inputs_are_parked_without_running() {
 fn inputs_past_the_redelivery_limit_are_parked_and_classic_redeliveries_counted() {
     let engine = chain();
     let over = delivery(run("r").with(header::X_DELIVERY_COUNT, 6_u32), b"1");
-    let Admission::Settle(effects) = engine.admit(&step("a"), &over, "t", None) else {
+    let Admission::Settle(effects) = engine.admit(&step("a"), &over, "t", RunState::default())
+    else {
         panic!("should not run");
     };
     assert_eq!(
@@ -222,12 +231,13 @@ fn inputs_past_the_redelivery_limit_are_parked_and_classic_redeliveries_counted(
     );
     let at_limit = delivery(run("r").with(header::X_DELIVERY_COUNT, 5_u32), b"1");
     assert!(matches!(
-        engine.admit(&step("a"), &at_limit, "t", None),
+        engine.admit(&step("a"), &at_limit, "t", RunState::default()),
         Admission::Run(_)
     ));
     let mut classic = delivery(run("r").with(header::REDELIVERY_COUNT, 2_u32), b"1");
     classic.redelivered = true;
-    let Admission::Settle(again) = engine.admit(&step("a"), &classic, "t", None) else {
+    let Admission::Settle(again) = engine.admit(&step("a"), &classic, "t", RunState::default())
+    else {
         panic!("a classic redelivery goes round once more with its count");
     };
     assert_eq!(keys(&again), ["step a after 0ns"]);
@@ -241,9 +251,12 @@ fn inputs_past_the_redelivery_limit_are_parked_and_classic_redeliveries_counted(
 #[test]
 fn a_message_without_a_run_id_is_parked_and_nothing_else() {
     let engine = chain();
-    let Admission::Settle(effects) =
-        engine.admit(&step("a"), &delivery(Headers::new(), b"1"), "t", None)
-    else {
+    let Admission::Settle(effects) = engine.admit(
+        &step("a"),
+        &delivery(Headers::new(), b"1"),
+        "t",
+        RunState::default(),
+    ) else {
         panic!("should not run");
     };
     assert_eq!(keys(&effects), ["parked"]);
@@ -307,20 +320,26 @@ const RUN_JOIN_NAME: &str = crate::protocol::RUN_JOIN;
 #[test]
 fn inputs_of_a_cancelled_run_or_a_failed_generation_are_parked_and_skipped() {
     let engine = diamond();
-    let cancelled = Some(RunEnd {
-        how: RunEnding::Cancelled,
-        generation: 1,
-    });
+    let cancelled = RunState {
+        end: Some(RunEnd {
+            how: RunEnding::Cancelled,
+            generation: 1,
+        }),
+        resumed: 0,
+    };
     let incoming = delivery(run("r"), b"1");
     let Admission::Settle(effects) = engine.admit(&step("b"), &incoming, "t", cancelled) else {
         panic!("a cancelled run runs nothing");
     };
     assert_eq!(keys(&effects), ["parked", "wf.step.b.skipped"]);
     assert_eq!(effects.failure.unwrap().reason, FailureReason::RunCancelled);
-    let failed = Some(RunEnd {
-        how: RunEnding::Failed,
-        generation: 1,
-    });
+    let failed = RunState {
+        end: Some(RunEnd {
+            how: RunEnding::Failed,
+            generation: 1,
+        }),
+        resumed: 0,
+    };
     let Admission::Settle(effects) = engine.admit(&step("b"), &incoming, "t", failed) else {
         panic!("a failed run takes no new step");
     };
@@ -342,6 +361,51 @@ fn inputs_of_a_cancelled_run_or_a_failed_generation_are_parked_and_skipped() {
         patient.admit(&step("a"), &incoming, "t", failed),
         Admission::Run(_)
     ));
+}
+
+#[test]
+fn an_older_generation_arriving_after_a_resume_runs_in_the_resumed_generation() {
+    let engine = diamond();
+    let mut known = RunState::default();
+    known.ended(RunEnd {
+        how: RunEnding::Failed,
+        generation: 1,
+    });
+    // A sibling's generation-1 input, redelivered after its runner died, once the run was
+    // resumed to generation 2: it runs, in generation 2, so that generation 2 can end.
+    known.resumed(2);
+    let late = delivery(run("r"), b"1");
+    let Admission::Run(attempt) = engine.admit(&step("b"), &late, "t", known) else {
+        panic!("a resumed run takes its older inputs");
+    };
+    assert_eq!(attempt.id().generation, 2);
+    let outcome = AttemptOutcome::Succeeded {
+        output: b"2".to_vec(),
+    };
+    let effects = engine.finished(&attempt, &late, outcome);
+    assert!(
+        effects
+            .publish
+            .iter()
+            .all(|m| m.headers.int(header::RUN_GENERATION) == Some(2)),
+        "every outcome of it is in generation 2: {:?}",
+        effects.publish
+    );
+    // The resumed generation failing again stops it once more.
+    known.ended(RunEnd {
+        how: RunEnding::Failed,
+        generation: 2,
+    });
+    assert!(matches!(
+        engine.admit(&step("b"), &late, "t", known),
+        Admission::Settle(_)
+    ));
+    // An older end never hides a newer one.
+    known.ended(RunEnd {
+        how: RunEnding::Cancelled,
+        generation: 1,
+    });
+    assert_eq!(known.end.map(|e| e.generation), Some(2));
 }
 
 #[test]

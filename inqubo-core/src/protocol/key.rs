@@ -51,24 +51,28 @@ impl RoutingKey {
         Self(format!("{workflow}.run.*"))
     }
 
-    /// The keys of `workflow`'s events that end a run for its remaining steps: `run.failed`
-    /// and `run.cancelled` (what the run-state stream is bound to).
-    pub fn run_stops(workflow: &WorkflowName) -> [Self; 2] {
+    /// The keys of `workflow`'s events that change a run for its remaining steps:
+    /// `run.failed`, `run.cancelled` and `run.resumed` (what the run-state stream is bound
+    /// to).
+    pub fn run_states(workflow: &WorkflowName) -> [Self; 3] {
         [
             Self::run_event(workflow, EventKind::RunFailed),
             Self::run_event(workflow, EventKind::RunCancelled),
+            Self::run_event(workflow, EventKind::RunResumed),
         ]
     }
 
     /// Binding patterns matching every step event and every run end of every workflow, but
     /// no trigger: what an observer (the monitor, the chaos harness) binds to, so that a
     /// trigger of an unknown workflow stays unroutable.
-    pub fn observed_events() -> [Self; 4] {
+    pub fn observed_events() -> [Self; 6] {
         [
             Self("*.step.#".to_owned()),
             Self(format!("*.run.{}", EventKind::RunSucceeded.as_str())),
             Self(format!("*.run.{}", EventKind::RunFailed.as_str())),
             Self(format!("*.run.{}", EventKind::RunCancelled.as_str())),
+            Self(format!("*.run.{}", EventKind::RunResumed.as_str())),
+            Self(format!("*.run.{}", EventKind::RunDuplicate.as_str())),
         ]
     }
 

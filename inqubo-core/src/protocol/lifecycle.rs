@@ -6,10 +6,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::{
-    event::RunCancelledBody,
+    event::{EventKind, RunCancelledBody, RunResumedBody},
     name::{RunId, StepName, WorkflowName},
     protocol::{
-        Destination, Incoming, Names, Outgoing, RUN_JOIN,
+        Destination, Incoming, Names, Outgoing, RUN_JOIN, RoutingKey,
         header::{self, Headers},
         json,
         outgoing::PARKED_ID,
@@ -116,26 +116,50 @@ pub fn resume(workflow: &WorkflowName, parked: &Incoming<'_>, generation: u32) -
     })
 }
 
+/// `<workflow>.run.resumed`: run `run_id` goes on in generation `generation`, from `inputs`
+/// parked inputs. Every runner follows it (the run-state stream), so that an input of an older
+/// generation that reaches a step after the resume runs in the new generation instead of
+/// being parked as `run_failed`. Published, and confirmed, before the inputs go back.
+pub fn run_resumed(
+    workflow: &WorkflowName,
+    run_id: &RunId,
+    generation: u32,
+    inputs: usize,
+) -> Outgoing {
+    Outgoing {
+        destination: Destination::Events(RoutingKey::run_event(workflow, EventKind::RunResumed)),
+        body: json(&RunResumedBody {
+            inputs: u32::try_from(inputs).unwrap_or(u32::MAX),
+        }),
+        headers: Headers::new()
+            .with(header::RUN_ID, run_id.as_str())
+            .with(header::RUN_GENERATION, generation),
+        inherit_headers: false,
+        message_id: format!("{run_id}:{workflow}:resumed:g{generation}"),
+        mandatory: false,
+    }
+}
+
+/// The generation a resume of `parked` (every parked message of one run) starts: one above
+/// the newest they were parked in.
+pub fn next_generation(parked: &[Incoming<'_>]) -> u32 {
+    parked
+        .iter()
+        .map(Incoming::generation)
+        .max()
+        .unwrap_or(1)
+        .saturating_add(1)
+}
+
 /// Resumes a failed run from its parked inputs (`parked`, every parked message of the run):
 /// each goes back to its step as the next attempt, all in the generation after the newest
 /// they were parked in. The result lines up with `parked`: `None` for what stays parked
 /// (inputs of a cancelled run, pieces that name no step).
 pub fn resume_run(workflow: &WorkflowName, parked: &[Incoming<'_>]) -> Vec<Option<Outgoing>> {
-    let generation = parked
-        .iter()
-        .map(Incoming::generation)
-        .max()
-        .unwrap_or(1)
-        .saturating_add(1);
-    let cancelled = Some(crate::FailureReason::RunCancelled.as_str());
+    let generation = next_generation(parked);
     parked
         .iter()
-        .map(|p| {
-            if p.headers.text(header::PARKED_REASON) == cancelled {
-                return None;
-            }
-            resume(workflow, p, generation)
-        })
+        .map(|p| resume(workflow, p, generation))
         .collect()
 }
 

@@ -25,7 +25,9 @@ pub mod header;
 pub use header::{HeaderValue, Headers};
 pub use incoming::{HeaderError, Incoming};
 pub use key::RoutingKey;
-pub use lifecycle::{CancelReply, cancel_reply, cancel_request, resume, resume_run};
+pub use lifecycle::{
+    CancelReply, cancel_reply, cancel_request, next_generation, resume, resume_run, run_resumed,
+};
 pub use names::{
     DelayRoute, JOIN_SHARDS, JOIN_STATE_SLOTS, MAX_PREFIX_LEN, Names, PrefixError, QueueName,
     RUN_JOIN,

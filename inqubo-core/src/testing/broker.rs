@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Parked, TestRunner};
 use crate::{
     EventKind, FailedBody, FailureReason, LifecycleEvent, RunId, RunOutcome, StepName,
-    engine::{Admission, Effects, Engine, RunEnd, RunEnding},
+    engine::{Admission, Effects, Engine, RunEnd, RunEnding, RunState},
     join::JoinBook,
     protocol::{
         self, Destination, Headers, Incoming, Names, Outgoing, RoutingKey, effective_delay, header,
@@ -28,6 +28,7 @@ enum Queue {
 }
 
 /// A message in a queue.
+#[derive(Clone)]
 struct Queued {
     queue: Queue,
     ready_at: Instant,
@@ -65,7 +66,7 @@ pub(super) struct Broker<'a> {
     parked_queue: Vec<Queued>,
     pub(super) outcome: Option<RunOutcome>,
     /// What every runner would know from the run-state feed.
-    ended: Option<RunEnd>,
+    known: RunState,
     /// Cancelled when the run ends elsewhere: what a running step's context observes.
     cancel: CancellationToken,
     resumes_left: u32,
@@ -83,7 +84,7 @@ impl<'a> Broker<'a> {
             parked: Vec::new(),
             parked_queue: Vec::new(),
             outcome: None,
-            ended: None,
+            known: RunState::default(),
             cancel: CancellationToken::new(),
             resumes_left: runner.resumes,
         }
@@ -205,13 +206,16 @@ impl<'a> Broker<'a> {
             _ => None,
         };
         if let Some(how) = how {
-            self.ended = Some(RunEnd {
+            self.known.ended(RunEnd {
                 how,
                 generation: event.generation,
             });
             if how == RunEnding::Cancelled || self.engine().workflow().fails_fast() {
                 self.cancel.cancel();
             }
+        }
+        if event.kind == EventKind::RunResumed {
+            self.known.resumed(event.generation);
         }
         let cancel_now = self.runner.cancel_on.as_deref() == Some(event.short_name().as_str());
         self.events.push(event);
@@ -278,9 +282,23 @@ impl<'a> Broker<'a> {
     fn resume(&mut self) {
         let taken = std::mem::take(&mut self.parked_queue);
         let incoming: Vec<Incoming<'_>> = taken.iter().map(Queued::incoming).collect();
-        let messages = protocol::resume_run(self.engine().workflow().name(), &incoming);
+        let workflow = self.engine().workflow().name().clone();
+        let messages = protocol::resume_run(&workflow, &incoming);
+        let generation = protocol::next_generation(&incoming);
+        let inputs = messages.iter().flatten().count();
+        let mut kept = Vec::new();
+        let mut sent = Vec::new();
+        for (parked, message) in taken.iter().zip(messages) {
+            match message {
+                Some(message) => sent.push(message),
+                None => kept.push(parked.clone()),
+            }
+        }
+        self.parked_queue = kept;
         self.cancel = CancellationToken::new();
-        for message in messages.into_iter().flatten() {
+        let announce = protocol::run_resumed(&workflow, &self.run_id, generation, inputs);
+        let _ = self.publish(announce, &Headers::new());
+        for message in sent {
             let _ = self.publish(message, &Headers::new());
         }
     }
@@ -308,7 +326,7 @@ impl<'a> Broker<'a> {
             // Nothing consumes the parked queue; only a resume takes from it.
             Queue::Parked => {}
             Queue::Step(step) => {
-                let attempt = match engine.admit(step, &incoming, &trace, self.ended) {
+                let attempt = match engine.admit(step, &incoming, &trace, self.known) {
                     Admission::Run(attempt) => attempt,
                     Admission::Settle(effects) => {
                         self.execute(effects, &queued.headers);
