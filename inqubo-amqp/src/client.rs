@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use inqubo_core::{EventKind, RoutingKey, RunId, RunOutcome, WorkflowName, protocol};
+use inqubo_core::{
+    EventKind, RoutingKey, RunDuplicateBody, RunId, RunOutcome, WorkflowName, protocol,
+};
 use lapin::{
     Channel, Consumer,
     options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
@@ -130,7 +132,11 @@ impl Client {
     }
 
     /// Starts a run and waits for its end: `<workflow>.run.succeeded` (the last steps'
-    /// outputs, keyed by step name) or `<workflow>.run.failed`.
+    /// outputs, keyed by step name), `<workflow>.run.failed` or `<workflow>.run.cancelled`.
+    ///
+    /// If the run id already has a run (the workflow's runs are unique), no second run
+    /// starts: while that run is going, this waits for its end, as if it had started it;
+    /// if it has ended, this fails with [`Error::RunExists`].
     ///
     /// Fails with [`Error::RunTimeout`] if the run has not ended after `timeout` (it goes on),
     /// and with [`Error::EventStreamEnded`] if the connection closes first.
@@ -184,6 +190,21 @@ impl Client {
                                 source,
                             })?;
                         return Ok(RunOutcome::Cancelled(cancelled));
+                    }
+                    EventKind::RunDuplicate => {
+                        let duplicate: RunDuplicateBody = serde_json::from_value(event.body)
+                            .map_err(|source| Error::Decode {
+                                what: "the body of a run.duplicate event",
+                                source,
+                            })?;
+                        // Still running: wait for its end, as if this trigger had started it.
+                        if duplicate.state != "running" {
+                            return Err(Error::RunExists {
+                                run_id: run_id.to_string(),
+                                state: duplicate.state,
+                                generation: event.generation,
+                            });
+                        }
                     }
                     _ => {}
                 }

@@ -111,6 +111,19 @@ pub enum Error {
         #[source]
         source: metrics_exporter_prometheus::BuildError,
     },
+    /// A trigger named a run that had already ended (the workflow's runs are unique, and its
+    /// run join still remembers the run): no second run was started.
+    #[error(
+        "run `{run_id}` already exists and has {state} (generation {generation}); no second run was started: resume it if it failed, or trigger a new run id"
+    )]
+    RunExists {
+        /// The run.
+        run_id: String,
+        /// How it ended: `succeeded`, `failed` or `cancelled`.
+        state: String,
+        /// The generation that ended.
+        generation: u32,
+    },
     /// A run could not be cancelled: it had already ended.
     #[error("run `{run_id}` was not cancelled: it had already {ended}")]
     CancelRefused {

@@ -203,8 +203,19 @@ impl Topology {
                         .iter()
                         .map(|parent| RoutingKey::step_input(name, Some(parent))),
                 );
-                if inputs.is_empty() {
+                if workflow.takes_trigger(step) {
                     inputs.push(RoutingKey::step_input(name, None));
+                } else if step.parents().is_empty() {
+                    // A first step that only the run join feeds (unique runs); a binding left
+                    // by an earlier version goes.
+                    channel
+                        .queue_unbind(
+                            queue.as_str().into(),
+                            self.exchange().into(),
+                            RoutingKey::step_input(name, None).as_str().into(),
+                            FieldTable::default(),
+                        )
+                        .await?;
                 }
             }
             for key in inputs {

@@ -77,19 +77,28 @@ async fn a_run_cancelled_before_its_trigger_never_runs() {
     run_event(&mut events, "e1", EventKind::RunCancelled).await;
 
     runner.trigger(run_id("e1"), &1_u64).await.unwrap();
-    events.wait_for("e1", "first", EventKind::Skipped).await;
+    run_event(&mut events, "e1", EventKind::RunDuplicate).await;
 
+    // The run join knows the run (cancelled): the trigger starts nothing.
     assert_eq!(
         events.trail("e1"),
-        ["run.cancelled", "run.triggered", "first.skipped"]
+        ["run.cancelled", "run.triggered", "run.duplicate"]
     );
+    let duplicate = events.seen().last().unwrap();
+    assert_eq!(duplicate.body, serde_json::json!({"state": "cancelled"}));
     runner.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_runner_started_after_a_cancel_still_honours_it() {
     let broker = TestBroker::new();
-    let flow = chain("late");
+    // Triggers go straight to the first step: only the run-state stream can stop it.
+    let flow = Workflow::builder("late")
+        .unique_runs(false)
+        .start(Step::new("first", double))
+        .then(Step::new("second", double))
+        .build()
+        .unwrap();
     let first = broker.start_runner(&flow).await;
     first
         .client()
@@ -263,5 +272,85 @@ async fn a_sibling_input_arriving_after_a_resume_runs_in_the_resumed_generation(
         "{:?}",
         events.trail("s1")
     );
+    runner.shutdown().await.unwrap();
+}
+
+/// Waits until the test lets it go, so that a run stays running.
+async fn held(n: u64, ctx: StepContext) -> Result<u64, StepError> {
+    // The run is cancelled at the end of the test if nothing else lets it go.
+    ctx.cancelled().await;
+    Ok(n)
+}
+
+#[tokio::test]
+async fn a_second_trigger_of_a_running_run_attaches_to_it_and_starts_nothing() {
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("unique")
+        .start(Step::new("first", double))
+        .then(Step::new("hold", held))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe_to(runner.client(), Some(flow.name())).await;
+    runner.trigger(run_id("u1"), &1_u64).await.unwrap();
+    events.wait_for("u1", "hold", EventKind::Started).await;
+
+    // A second trigger with other input, while the run holds: nothing new runs, and a
+    // waiting client attaches to the run that exists.
+    let client = runner.client().clone();
+    let attached = tokio::spawn(async move {
+        client
+            .trigger_and_wait(&"unique".parse().unwrap(), run_id("u1"), &50_u64, ANSWER)
+            .await
+    });
+    run_event(&mut events, "u1", EventKind::RunDuplicate).await;
+    let duplicate = events
+        .seen()
+        .iter()
+        .find(|e| e.kind == EventKind::RunDuplicate)
+        .unwrap();
+    assert_eq!(duplicate.body, serde_json::json!({"state": "running"}));
+    runner
+        .client()
+        .cancel(flow.name(), &run_id("u1"), "let it go", ANSWER)
+        .await
+        .unwrap();
+    let outcome = attached.await.unwrap().unwrap();
+    assert!(matches!(outcome, RunOutcome::Cancelled(_)), "{outcome:?}");
+    let firsts = events
+        .trail("u1")
+        .iter()
+        .filter(|e| *e == "first.started")
+        .count();
+    assert_eq!(firsts, 1, "{:?}", events.trail("u1"));
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_trigger_of_a_run_that_succeeded_starts_nothing_and_says_how_it_ended() {
+    let broker = TestBroker::new();
+    let flow = chain("again");
+    let runner = broker.start_runner(&flow).await;
+    let first = runner
+        .trigger_and_wait(run_id("a1"), &1_u64, ANSWER)
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        RunOutcome::Succeeded(serde_json::json!({"second": 4}))
+    );
+    let mut events = Events::subscribe_to(runner.client(), Some(flow.name())).await;
+
+    let error = runner
+        .trigger_and_wait(run_id("a1"), &7_u64, ANSWER)
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(&error, Error::RunExists { state, generation: 1, .. } if state == "succeeded"),
+        "{error:?}"
+    );
+    run_event(&mut events, "a1", EventKind::RunDuplicate).await;
+    assert_eq!(events.trail("a1"), ["run.triggered", "run.duplicate"]);
     runner.shutdown().await.unwrap();
 }

@@ -70,7 +70,9 @@ enum Command {
         /// Read the run input from a JSON file.
         #[arg(long)]
         input_file: Option<PathBuf>,
-        /// Wait for the run to end; exit non-zero if it failed or was cancelled.
+        /// Wait for the run to end; exit non-zero if it failed or was cancelled. If the run id
+        /// already has a run, no second one starts: wait for that one, or (if it has ended)
+        /// say how it ended and exit 3.
         #[arg(long)]
         wait: bool,
         /// With --wait: give up after this many seconds.
@@ -420,6 +422,22 @@ async fn trigger(
         Err(inqubo::Error::RunTimeout { .. }) => {
             eprintln!("run {run_id} did not end within {} s", timeout.as_secs());
             Ok(EXIT_UNANSWERED)
+        }
+        Err(inqubo::Error::RunExists {
+            state, generation, ..
+        }) => {
+            if context.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"run_id": run_id, "status": "duplicate", "existing": state, "generation": generation})
+                );
+            } else {
+                println!(
+                    "run {run_id} already exists and has {state} (generation {generation}); no \
+                     second run was started (see `inqubo run {run_id}`; resume it if it failed)"
+                );
+            }
+            Ok(EXIT_NOTHING_CHANGED)
         }
         Err(error) => Err(error.into()),
     }

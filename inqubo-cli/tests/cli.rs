@@ -452,7 +452,13 @@ async fn cancel_stops_a_running_run_and_refuses_one_that_ended() {
         "run f1 had already succeeded; nothing changed"
     );
     // The skipped input of a cancelled run stays parked: it would only be skipped again.
-    assert_eq!(replay.status.code(), Some(3), "{}", text(&replay.stderr));
+    assert_eq!(
+        replay.status.code(),
+        Some(3),
+        "{} {}",
+        text(&replay.stdout),
+        text(&replay.stderr)
+    );
     assert!(
         text(&replay.stdout).contains("its run was cancelled"),
         "{}",
@@ -559,6 +565,7 @@ async fn run_resume_sends_a_failed_chain_back_and_the_run_succeeds() {
             "second.started",
             "second.failed",
             "run.failed",
+            "run.resumed",
             "second.started",
             "second.succeeded",
             "run.succeeded"

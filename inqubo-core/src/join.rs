@@ -85,6 +85,12 @@ pub enum Piece {
         /// Why.
         reason: String,
     },
+    /// A trigger asks to start the run (run joins only, with unique runs).
+    Begin {
+        /// Whether this trigger was delivered before: a copy of one already admitted, not a
+        /// second trigger.
+        again: bool,
+    },
 }
 
 /// How a run ended at a join.
@@ -139,6 +145,15 @@ pub enum JoinDecision {
     },
     /// A cancel request for a run that had already ended this way: nothing changes.
     Refuse(Ending),
+    /// A trigger of a run not known here: start it.
+    Admit,
+    /// A trigger of a run that exists: start nothing, and say in what state it is.
+    Duplicate {
+        /// `running`, `succeeded`, `failed` or `cancelled`.
+        state: &'static str,
+        /// The existing run's generation.
+        generation: u32,
+    },
     /// The piece changes nothing (a duplicate, or a late piece of an ended generation).
     Ignore,
 }
@@ -252,6 +267,24 @@ impl JoinBook {
     pub fn add(&mut self, run: &RunId, piece: Piece, target: JoinTarget<'_>) -> JoinDecision {
         let ended = self.ended.get(run).copied();
         match (piece, ended) {
+            (Piece::Begin { .. }, Some(ended)) => JoinDecision::Duplicate {
+                state: ended.how.as_run_state(),
+                generation: ended.generation,
+            },
+            (Piece::Begin { again }, None) => {
+                if !self.pending.contains_key(run) {
+                    // Known from now on: the run's pieces will fill this in.
+                    self.pending.insert(run.clone(), HashMap::new());
+                    JoinDecision::Admit
+                } else if again {
+                    JoinDecision::Ignore
+                } else {
+                    JoinDecision::Duplicate {
+                        state: "running",
+                        generation: self.generations.get(run).copied().unwrap_or(1),
+                    }
+                }
+            }
             (Piece::Cancel { .. }, Some(ended)) => JoinDecision::Refuse(ended.how),
             (Piece::Cancel { reason }, None) => {
                 let generation = self.generations.get(run).copied().unwrap_or(1);

@@ -537,7 +537,12 @@ async fn a_failed_branch_resumed_joins_its_sibling_and_the_run_succeeds(backend:
     assert_eq!(seen.outcome, RunOutcome::Succeeded(json!({"d": "7/n=6"})));
     assert_eq!(
         seen.trail_of("run"),
-        ["run.triggered", "run.failed", "run.succeeded"]
+        [
+            "run.triggered",
+            "run.failed",
+            "run.resumed",
+            "run.succeeded"
+        ]
     );
     assert_eq!(
         seen.trail_of("c"),
@@ -584,7 +589,12 @@ async fn a_failed_chain_resumes_from_its_failed_step(backend: impl Backend) {
     );
     assert_eq!(
         seen.trail_of("run"),
-        ["run.triggered", "run.failed", "run.succeeded"]
+        [
+            "run.triggered",
+            "run.failed",
+            "run.resumed",
+            "run.succeeded"
+        ]
     );
 }
 

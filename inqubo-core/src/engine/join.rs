@@ -2,7 +2,9 @@
 
 use crate::{
     engine::{Effects, Engine},
-    event::{EventKind, FailedBody, FailureReason, RunCancelledBody, RunFailedBody},
+    event::{
+        EventKind, FailedBody, FailureReason, RunCancelledBody, RunDuplicateBody, RunFailedBody,
+    },
     join::{JoinBook, JoinDecision, JoinTarget, Piece},
     name::StepName,
     protocol::{self, CancelReply, Incoming, Outgoing, RUN_JOIN, header},
@@ -23,8 +25,9 @@ impl Engine {
 
     /// Adds the piece `incoming` to `book`, the state of one shard of `join`, and says what to
     /// publish: the join step's input when it fires; for the run join, the run's one terminal
-    /// event (`run.succeeded`, `run.failed` or `run.cancelled`) and the answer to a cancel
-    /// request; nothing while it waits or for a duplicate. A piece that cannot be read is
+    /// event (`run.succeeded`, `run.failed` or `run.cancelled`), the answer to a cancel
+    /// request, and for a trigger either the first steps' inputs (a new run) or
+    /// `run.duplicate` (a known one); nothing while it waits or for a duplicate piece. A piece that cannot be read is
     /// parked with its reason.
     ///
     /// The driver publishes the effects of a batch of pieces, then the book's
@@ -95,6 +98,36 @@ impl Engine {
                     ));
                 }
             }
+            JoinDecision::Admit => {
+                // The gate is invisible in the run's trace: the first steps' parent is the
+                // trigger's span.
+                let trigger_trace = incoming.traceparent().unwrap_or(trace);
+                let trigger_id = incoming
+                    .message_id
+                    .map_or_else(|| format!("{run_id}:{workflow}:triggered"), str::to_owned);
+                for root in self.workflow.roots() {
+                    let input = protocol::admitted(
+                        workflow,
+                        root.name(),
+                        &run_id,
+                        incoming.body.to_vec(),
+                        &trigger_id,
+                    );
+                    publish.push(input.with_trace(trigger_trace));
+                }
+            }
+            JoinDecision::Duplicate { state, generation } => {
+                let body = protocol::json(&RunDuplicateBody {
+                    state: state.to_owned(),
+                });
+                publish.push(protocol::run_event(
+                    workflow,
+                    &run_id,
+                    generation,
+                    EventKind::RunDuplicate,
+                    body,
+                ));
+            }
             JoinDecision::Refuse(ending) => {
                 if let Some(queue) = reply_to {
                     let ended = ending.as_run_state().to_owned();
@@ -107,7 +140,14 @@ impl Engine {
             }
             _ => {}
         }
-        Effects::publish(publish.into_iter().map(|m| m.with_trace(trace)).collect())
+        let traced = publish.into_iter().map(|m| {
+            if m.headers.contains(header::TRACEPARENT) {
+                m
+            } else {
+                m.with_trace(trace)
+            }
+        });
+        Effects::publish(traced.collect())
     }
 
     /// The snapshot of `book`, the state of shard `shard` of `join`, to publish to the
@@ -130,6 +170,14 @@ impl Engine {
             return Ok(Piece::Cancel {
                 reason: body.reason,
             });
+        }
+        if incoming.headers.contains(header::JOIN_BEGIN) {
+            if join != RUN_JOIN {
+                return Err(format!("a trigger sent to join `{join}`, not the run join"));
+            }
+            let again =
+                incoming.redelivered || incoming.headers.contains(header::TRIGGER_REDELIVERED);
+            return Ok(Piece::Begin { again });
         }
         if incoming.headers.contains(header::JOIN_FAILED) {
             return serde_json::from_slice::<RunFailedBody>(incoming.body)

@@ -114,6 +114,9 @@ impl Engine {
                 return Admission::Settle(self.park(step, incoming, failure, trace));
             }
         };
+        if let Some(gate) = self.gate(step, incoming, &run_id, attempt, trace) {
+            return Admission::Settle(gate);
+        }
         // An input of an older generation that arrives after a resume (a sibling redelivered,
         // or back from the delay tiers) belongs to the run's current generation.
         let generation = incoming.generation().max(known.resumed);
@@ -177,6 +180,45 @@ impl Engine {
                 trace: trace.to_owned(),
             },
         })
+    }
+
+    /// Unique runs: a trigger that reaches a first step goes to the run join first, which
+    /// starts the run only if it does not know it (see [`WorkflowBuilder::unique_runs`]).
+    /// `None` if `incoming` is not such a trigger (it was admitted, it is a retry or a resume,
+    /// or runs need not be unique).
+    ///
+    /// [`WorkflowBuilder::unique_runs`]: crate::WorkflowBuilder::unique_runs
+    fn gate(
+        &self,
+        step: &StepName,
+        incoming: &Incoming<'_>,
+        run_id: &RunId,
+        attempt: u32,
+        trace: &str,
+    ) -> Option<Effects> {
+        let fresh = attempt == 1
+            && incoming.generation() == 1
+            && !incoming.headers.contains(protocol::header::RUN_ADMITTED);
+        let first = self
+            .workflow
+            .step(step.as_str())
+            .is_some_and(|node| node.parents().is_empty());
+        if !(self.workflow.unique_runs() && fresh && first) {
+            return None;
+        }
+        let gatekeeper = self.workflow.gatekeeper().map(StepNode::name);
+        if gatekeeper != Some(step) {
+            // Another first step's copy of the trigger: the gatekeeper's copy is admitted for
+            // every first step at once.
+            return Some(Effects::default());
+        }
+        // It keeps the trigger's `traceparent`, so that the first step's span is the
+        // trigger's child; `trace` only stands in for a trigger that came without one.
+        let mut begin = protocol::run_begin(self.workflow.name(), run_id, incoming);
+        if incoming.traceparent().is_none() {
+            begin = begin.with_trace(trace);
+        }
+        Some(Effects::publish(vec![begin]))
     }
 
     /// The `started` event of `attempt`, unless runners are told not to announce attempts.

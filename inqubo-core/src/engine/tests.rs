@@ -49,8 +49,11 @@ fn delivery(headers: Headers, body: &'static [u8]) -> Incoming<'static> {
     }
 }
 
+/// The headers of an input of run `run_id` that its run join admitted (not a raw trigger).
 fn run(run_id: &str) -> Headers {
-    Headers::new().with(header::RUN_ID, run_id)
+    Headers::new()
+        .with(header::RUN_ID, run_id)
+        .with(header::RUN_ADMITTED, true)
 }
 
 fn keys(effects: &Effects) -> Vec<String> {
@@ -451,4 +454,80 @@ fn the_run_join_cancels_once_and_answers_the_canceller() {
             .is_empty(),
         "a cancelled run never succeeds"
     );
+}
+
+#[test]
+fn a_trigger_goes_to_the_run_join_which_admits_a_new_run_once() {
+    let engine = diamond();
+    let trigger = delivery(Headers::new().with(header::RUN_ID, "r"), b"1");
+    let Admission::Settle(effects) = engine.admit(&step("a"), &trigger, "t", RunState::default())
+    else {
+        panic!("a raw trigger is not run before the run join admits it");
+    };
+    let begin = &effects.publish[0];
+    assert_eq!(
+        begin.destination,
+        Destination::Join {
+            workflow: engine.workflow().name().clone(),
+            join: RUN_JOIN_NAME.to_owned(),
+            shard: crate::protocol::Names::join_shard("r"),
+        }
+    );
+    assert!(begin.headers.contains(header::JOIN_BEGIN));
+
+    let mut book = JoinBook::new();
+    let piece = delivery(begin.headers.clone().with(header::RUN_ID, "r"), b"1");
+    let admitted = engine.join_piece(RUN_JOIN_NAME, &mut book, &piece, "t");
+    assert_eq!(admitted.publish.len(), 1, "{:?}", admitted.publish);
+    let input = &admitted.publish[0];
+    assert!(matches!(&input.destination, Destination::Step { step: s, .. } if s.as_str() == "a"));
+    let input = delivery(input.headers.clone(), b"1");
+    assert!(matches!(
+        engine.admit(&step("a"), &input, "t", RunState::default()),
+        Admission::Run(_)
+    ));
+
+    // A second trigger of the same run id starts nothing, and says the run is going.
+    let again = engine.join_piece(RUN_JOIN_NAME, &mut book, &piece, "t");
+    assert_eq!(keys(&again), ["wf.run.duplicate"]);
+    assert_eq!(again.publish[0].body, br#"{"state":"running"}"#);
+    // The same trigger delivered again (its runner died after sending it on) is no second
+    // trigger.
+    let copy = delivery(
+        piece
+            .headers
+            .clone()
+            .with(header::TRIGGER_REDELIVERED, true),
+        b"1",
+    );
+    assert!(
+        engine
+            .join_piece(RUN_JOIN_NAME, &mut book, &copy, "t")
+            .publish
+            .is_empty()
+    );
+
+    // Once the run has ended, a trigger learns how.
+    let last = delivery(run("r").with(header::JOIN_PARENT, "d"), b"3");
+    engine.join_piece(RUN_JOIN_NAME, &mut book, &last, "t");
+    let late = engine.join_piece(RUN_JOIN_NAME, &mut book, &piece, "t");
+    assert_eq!(keys(&late), ["wf.run.duplicate"]);
+    assert_eq!(late.publish[0].body, br#"{"state":"succeeded"}"#);
+}
+
+#[test]
+fn without_unique_runs_a_trigger_runs_at_once() {
+    let engine = Engine::new(
+        Workflow::builder("wf")
+            .unique_runs(false)
+            .start(Step::new("a", id))
+            .build()
+            .unwrap(),
+        Limits::default(),
+    );
+    let trigger = delivery(Headers::new().with(header::RUN_ID, "r"), b"1");
+    assert!(matches!(
+        engine.admit(&step("a"), &trigger, "t", RunState::default()),
+        Admission::Run(_)
+    ));
 }

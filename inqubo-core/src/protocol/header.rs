@@ -45,6 +45,14 @@ pub const WORKFLOW: &str = "workflow";
 pub const JOIN_PARENT: &str = "join-parent";
 /// On a join piece: present (true) when the piece reports a failed run instead.
 pub const JOIN_FAILED: &str = "join-failed";
+/// On a trigger a first step sends to the run join (unique runs): present (true). The run
+/// join starts the run if it does not know it, and publishes `run.duplicate` if it does.
+pub const JOIN_BEGIN: &str = "join-begin";
+/// On a trigger sent on to the run join: the trigger had been delivered before (true).
+pub const TRIGGER_REDELIVERED: &str = "trigger-redelivered";
+/// On a first step's input sent by the run join: the run was admitted as new (true), so the
+/// step runs it instead of asking the run join again.
+pub const RUN_ADMITTED: &str = "run-admitted";
 /// Set by quorum queues on a redelivered message: how many times it was returned.
 pub const X_DELIVERY_COUNT: &str = "x-delivery-count";
 

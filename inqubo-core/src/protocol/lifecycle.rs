@@ -78,8 +78,13 @@ pub enum CancelReply {
 ///
 /// It keeps the input's `run-id` and `traceparent`; its `retry-attempt` continues from the
 /// parked attempt, so that the history shows the new attempt after the failed one. `None` if
-/// the parked message names no step of `workflow` it can go back to (a join piece).
+/// the parked message names no step of `workflow` it can go back to (a join piece), or was
+/// parked because its run was cancelled (it would only be parked again).
 pub fn resume(workflow: &WorkflowName, parked: &Incoming<'_>, generation: u32) -> Option<Outgoing> {
+    let cancelled = crate::FailureReason::RunCancelled.as_str();
+    if parked.headers.text(header::PARKED_REASON) == Some(cancelled) {
+        return None;
+    }
     let step = parked
         .headers
         .text(header::PARKED_STEP)

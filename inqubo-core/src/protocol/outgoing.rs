@@ -187,6 +187,59 @@ pub fn trigger(workflow: &WorkflowName, run_id: &RunId, input: Vec<u8>) -> Outgo
     }
 }
 
+/// A trigger, on its way from the first step's queue to the run join, which decides whether
+/// it starts a new run (unique runs). It keeps every header the trigger came with, and says
+/// whether the trigger was delivered before (its runner may have died after sending this
+/// once), so that the run join does not take the copy for a second trigger.
+pub fn run_begin(
+    workflow: &WorkflowName,
+    run_id: &RunId,
+    trigger: &super::Incoming<'_>,
+) -> Outgoing {
+    let mut headers = Headers::new().with(header::JOIN_BEGIN, true);
+    if trigger.redelivered {
+        headers.insert(header::TRIGGER_REDELIVERED, true);
+    }
+    Outgoing {
+        destination: Destination::Join {
+            workflow: workflow.clone(),
+            join: super::RUN_JOIN.to_owned(),
+            shard: Names::join_shard(run_id.as_str()),
+        },
+        body: trigger.body.to_vec(),
+        headers,
+        inherit_headers: true,
+        // The trigger's own: the first steps' inputs keep it (parked copies, replays).
+        message_id: trigger
+            .message_id
+            .map_or_else(|| format!("{run_id}:{workflow}:triggered"), str::to_owned),
+        mandatory: true,
+    }
+}
+
+/// A new run's input for its first step `step`, from the run join that admitted it; it
+/// carries the trigger's `message_id`.
+pub fn admitted(
+    workflow: &WorkflowName,
+    step: &StepName,
+    run_id: &RunId,
+    input: Vec<u8>,
+    message_id: &str,
+) -> Outgoing {
+    Outgoing {
+        destination: Destination::Step {
+            workflow: workflow.clone(),
+            step: step.clone(),
+            delay: Duration::ZERO,
+        },
+        body: input,
+        headers: run_headers(run_id, 1).with(header::RUN_ADMITTED, true),
+        inherit_headers: false,
+        message_id: message_id.to_owned(),
+        mandatory: true,
+    }
+}
+
 /// What identifies one attempt of one step, for building its messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptId {

@@ -104,7 +104,8 @@ impl<'a> Broker<'a> {
             .filter(|s| !s.is_join() && !self.runner.unbound.contains(s.name()))
             .filter(|s| {
                 if s.parents().is_empty() {
-                    RoutingKey::step_input(workflow.name(), None) == *key
+                    workflow.takes_trigger(s)
+                        && RoutingKey::step_input(workflow.name(), None) == *key
                 } else {
                     s.parents()
                         .iter()

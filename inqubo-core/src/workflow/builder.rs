@@ -5,7 +5,7 @@ use std::{collections::HashMap, fmt, marker::PhantomData};
 
 use serde::Serialize;
 
-use super::{JoinShape, StepNode, Workflow, WorkflowError};
+use super::{JoinShape, RunRules, StepNode, Workflow, WorkflowError};
 use crate::{
     name::{StepName, WorkflowName},
     step::{Step, StepSpec},
@@ -184,7 +184,7 @@ impl<T: Serialize> Started for T {}
 pub struct WorkflowBuilder<T> {
     name: String,
     stages: Vec<StageSpec>,
-    fail_fast: bool,
+    rules: RunRules,
     _tail: PhantomData<fn() -> T>,
 }
 
@@ -203,7 +203,7 @@ impl WorkflowBuilder<NotStarted> {
         Self {
             name,
             stages: Vec::new(),
-            fail_fast: true,
+            rules: RunRules::default(),
             _tail: PhantomData,
         }
     }
@@ -214,7 +214,19 @@ impl WorkflowBuilder<NotStarted> {
     /// With `false`, the other branches run to their end; the run still fails.
     #[must_use]
     pub fn fail_fast(mut self, fail_fast: bool) -> Self {
-        self.fail_fast = fail_fast;
+        self.rules.fail_fast = fail_fast;
+        self
+    }
+
+    /// Whether a run id names one run only (default `true`): a trigger for a run id that
+    /// already has a run — running, or ended and still remembered by its run join — starts
+    /// nothing, and `<workflow>.run.duplicate` says what state the existing run is in. Each
+    /// trigger then takes one more hop (through the run join, which admits it) before its
+    /// first step runs. With `false`, every trigger starts its steps at once, and triggering
+    /// a known run id again mixes two runs under one id.
+    #[must_use]
+    pub fn unique_runs(mut self, unique: bool) -> Self {
+        self.rules.unique_runs = unique;
         self
     }
 
@@ -224,7 +236,7 @@ impl WorkflowBuilder<NotStarted> {
         WorkflowBuilder {
             name: self.name,
             stages: self.stages,
-            fail_fast: self.fail_fast,
+            rules: self.rules,
             _tail: PhantomData,
         }
     }
@@ -245,7 +257,7 @@ impl<T> WorkflowBuilder<T> {
         WorkflowBuilder {
             name: self.name,
             stages: self.stages,
-            fail_fast: self.fail_fast,
+            rules: self.rules,
             _tail: PhantomData,
         }
     }
@@ -318,7 +330,7 @@ impl<T> WorkflowBuilder<T> {
                 steps[parent].children.push(names[index].clone());
             }
         }
-        Ok(Workflow::new(name, steps, self.fail_fast))
+        Ok(Workflow::new(name, steps, self.rules))
     }
 }
 

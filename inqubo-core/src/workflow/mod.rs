@@ -129,7 +129,25 @@ impl StepNode {
 struct WorkflowInner {
     name: WorkflowName,
     steps: Vec<StepNode>,
+    rules: RunRules,
+}
+
+/// How a workflow's runs behave beyond their steps (set on the builder).
+#[derive(Debug, Clone, Copy)]
+struct RunRules {
+    /// See [`WorkflowBuilder::fail_fast`].
     fail_fast: bool,
+    /// See [`WorkflowBuilder::unique_runs`].
+    unique_runs: bool,
+}
+
+impl Default for RunRules {
+    fn default() -> Self {
+        Self {
+            fail_fast: true,
+            unique_runs: true,
+        }
+    }
 }
 
 /// One first step, no fan-out, no join.
@@ -160,13 +178,9 @@ impl Workflow {
     }
 
     /// A workflow of `steps`, given parents before children with their edges filled in.
-    fn new(name: WorkflowName, steps: Vec<StepNode>, fail_fast: bool) -> Self {
+    fn new(name: WorkflowName, steps: Vec<StepNode>, rules: RunRules) -> Self {
         Self {
-            inner: Arc::new(WorkflowInner {
-                fail_fast,
-                name,
-                steps,
-            }),
+            inner: Arc::new(WorkflowInner { rules, name, steps }),
         }
     }
 
@@ -193,7 +207,32 @@ impl Workflow {
     /// Whether a step failing for good stops the rest of the run (see
     /// [`WorkflowBuilder::fail_fast`]).
     pub fn fails_fast(&self) -> bool {
-        self.inner.fail_fast
+        self.inner.rules.fail_fast
+    }
+
+    /// Whether a run id names one run only (see [`WorkflowBuilder::unique_runs`]).
+    pub fn unique_runs(&self) -> bool {
+        self.inner.rules.unique_runs
+    }
+
+    /// The first step that admits a run: the first step whose queue receives the trigger.
+    /// With [`unique_runs`](Self::unique_runs), it sends every new trigger to the run join,
+    /// which starts every first step once it knows the run is new.
+    pub fn gatekeeper(&self) -> Option<&StepNode> {
+        self.inner.steps.iter().find(|s| s.parents().is_empty())
+    }
+
+    /// Whether `step`'s queue is bound to the trigger: every first step's, or only the
+    /// [`gatekeeper`](Self::gatekeeper)'s when runs are unique (the run join sends the other
+    /// first steps their input when it admits a run).
+    pub fn takes_trigger(&self, step: &StepNode) -> bool {
+        step.parents().is_empty()
+            && (!self.unique_runs() || self.gatekeeper().map(StepNode::name) == Some(step.name()))
+    }
+
+    /// The steps without parents, which receive the run's input.
+    pub fn roots(&self) -> impl Iterator<Item = &StepNode> {
+        self.inner.steps.iter().filter(|s| s.parents().is_empty())
     }
 
     /// Whether the workflow is a single chain (one first step, no fan-out, no join).
