@@ -222,6 +222,35 @@ def main():
         break
     print(f"cancel checked: refused for {run_id}, accepted before the trigger of {early}")
 
+    # A second trigger of a run id starts nothing: run.duplicate says how the run ended.
+    for again, state in ((run_id, "succeeded"), (early, "cancelled")):
+        ch.basic_publish(
+            exchange=exchange,
+            routing_key="simple.run.triggered",
+            body=json.dumps({"fail_times": 0}),
+            properties=pika.BasicProperties(
+                headers={"run-id": again}, delivery_mode=2, content_type="application/json"),
+            mandatory=True,
+        )
+        for method, props, body in ch.consume(events, auto_ack=True,
+                                              inactivity_timeout=args.timeout):
+            if method is None:
+                fail(f"no run.duplicate for the second trigger of {again}")
+            if (props.headers or {}).get("run-id") != again:
+                continue
+            key = method.routing_key
+            if key == "simple.run.triggered":
+                continue
+            if key != "simple.run.duplicate":
+                fail(f"a second trigger of {again} published {key}: it started something")
+            if json.loads(body) != {"state": state}:
+                fail(f"run.duplicate body is {body!r}, expected state {state}")
+            if props.message_id != f"{again}:simple:run:duplicate":
+                fail(f"run.duplicate message_id is {props.message_id!r}")
+            ch.cancel()
+            break
+    print(f"duplicate triggers checked: {run_id} (succeeded) and {early} (cancelled) started nothing")
+
     conn.close()
     print(f"protocol check passed: {len(seen)} events for run {run_id}")
 

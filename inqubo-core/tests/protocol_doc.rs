@@ -84,7 +84,12 @@ fn golden_event_bodies_match_what_runners_publish() {
     })
     .unwrap();
     assert_eq!(samples["cancel_refused"], refused);
-    assert_eq!(samples.len(), 7, "every golden sample is checked");
+    let duplicate = serde_json::to_value(inqubo_core::RunDuplicateBody {
+        state: "running".into(),
+    })
+    .unwrap();
+    assert_eq!(samples["run_duplicate"], duplicate);
+    assert_eq!(samples.len(), 8, "every golden sample is checked");
 }
 
 #[test]
@@ -107,6 +112,9 @@ fn every_header_and_failure_reason_is_documented() {
         header::RUN_GENERATION,
         header::JOIN_CANCEL,
         header::REPLY_TO,
+        header::JOIN_BEGIN,
+        header::TRIGGER_REDELIVERED,
+        header::RUN_ADMITTED,
     ] {
         assert!(
             doc.contains(&format!("| `{name}` |")),
@@ -157,6 +165,8 @@ fn documented_routing_keys_are_the_ones_built() {
         EventKind::RunSucceeded,
         EventKind::RunFailed,
         EventKind::RunCancelled,
+        EventKind::RunResumed,
+        EventKind::RunDuplicate,
     ] {
         assert!(
             doc.contains(&format!("| `{kind}` |")),
