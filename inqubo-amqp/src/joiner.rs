@@ -8,25 +8,35 @@
 //! 1. take the pieces that have arrived (up to 256; no waiting for more),
 //! 2. add them to the book; publish what fires (a join step's input, `run.succeeded`,
 //!    `run.failed`) and wait for the confirms,
-//! 3. publish the book's snapshot to the shard's state queue (which keeps only the latest) and
-//!    wait for the confirm,
+//! 3. publish the batch's journal record — the pieces it added, nothing else — to the shard's
+//!    journal queue and wait for the confirm,
 //! 4. acknowledge the pieces.
 //!
-//! No delivery stays unacknowledged longer than a batch, so a join may wait days for its last
-//! parent. If the active runner dies, another runner's consumer becomes active, loads the
-//! latest snapshot and receives the unacknowledged pieces again; pieces already in the
-//! snapshot are recognised and ignored. See docs/joins.md for why this is correct.
+//! Now and then (see [`journal::SNAPSHOT_AFTER_PIECES`]) it also writes a snapshot of the book
+//! to the journal, in parts, and then deletes the records the snapshot covers, so that the
+//! journal stays about as large as the book. No delivery stays unacknowledged longer than a
+//! batch, so a join may wait days for its last parent. If the active runner dies, another
+//! runner's consumer becomes active, rebuilds the book from the newest complete snapshot and
+//! the batch records after it, and receives the unacknowledged pieces again; pieces already in
+//! the book are recognised and ignored. See docs/joins.md for why this is correct.
 
 use std::{sync::Arc, time::Duration};
 
 use futures_util::{FutureExt, StreamExt};
-use inqubo_core::{engine::Engine, join::JoinBook, trace::child_traceparent};
+use inqubo_core::{
+    RunId,
+    engine::Engine,
+    join::{JoinBook, Piece},
+    journal::{self, Record},
+    trace::child_traceparent,
+};
 use lapin::{
     Channel, Consumer,
+    message::Delivery,
     options::{BasicAckOptions, BasicCancelOptions, BasicGetOptions, BasicNackOptions},
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     error::{Error, Result},
@@ -50,40 +60,155 @@ pub(crate) struct JoinShard {
     pub(crate) join: String,
     pub(crate) shard: u32,
     pub(crate) publisher: Publisher,
+    /// Where the journal is read and trimmed (never the consumer's channel, whose batch
+    /// acknowledgements are `multiple`).
+    pub(crate) journal_channel: Channel,
+    /// Snapshot every this many batches instead of the default policy.
+    pub(crate) snapshot_every: Option<usize>,
+}
+
+/// Takes every message of `queue` without acknowledging it.
+async fn take_all(channel: &Channel, queue: &str) -> Result<Vec<Delivery>> {
+    let mut taken = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.into(), BasicGetOptions::default())
+        .await?
+    {
+        taken.push(message.delivery);
+    }
+    Ok(taken)
+}
+
+/// Gives `taken` back to their queue, one by one (`multiple` would also return the batch the
+/// channel is holding).
+async fn give_back(taken: &[Delivery]) -> Result<()> {
+    for delivery in taken {
+        delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await?;
+    }
+    Ok(())
 }
 
 impl JoinShard {
-    /// Reads the snapshots in the state queue, leaving them there, and starts from the newest
-    /// (see [`JoinBook::newest`]): the queue keeps the last few, so that a stale snapshot
-    /// arriving late cannot push the current one out.
-    async fn load(&self, channel: &Channel) -> Result<JoinBook> {
-        let queue =
-            self.topology
-                .join_state_queue(self.engine.workflow().name(), &self.join, self.shard);
-        let mut found = Vec::new();
-        while found.len() < inqubo_core::protocol::JOIN_STATE_SLOTS as usize {
-            match channel
-                .basic_get(queue.as_str().into(), BasicGetOptions::default())
-                .await?
-            {
-                Some(message) => found.push(message.delivery),
-                None => break,
+    /// Rebuilds the shard's book, leaving every record where it was: the newest snapshot of
+    /// the former state queue (runners before the journal wrote one per batch there), then
+    /// the journal's newest complete snapshot and the batch records after it.
+    async fn load(&self) -> Result<JoinBook> {
+        let channel = &self.journal_channel;
+        let workflow = self.engine.workflow().name();
+        let state = self
+            .topology
+            .join_state_queue(workflow, &self.join, self.shard);
+        let legacy = take_all(channel, state.as_str()).await?;
+        let (base, _, unreadable) =
+            JoinBook::newest_found(legacy.iter().map(|d| d.data.as_slice()));
+        give_back(&legacy).await?;
+        let queue = self
+            .topology
+            .join_journal_queue(workflow, &self.join, self.shard);
+        let taken = take_all(channel, queue.as_str()).await?;
+        let mut records = Vec::with_capacity(taken.len());
+        let mut unreadable_records = 0;
+        for delivery in &taken {
+            match Record::from_incoming(&wire::incoming(delivery)) {
+                Some(record) => records.push(record),
+                None => unreadable_records += 1,
             }
         }
-        let (book, unreadable) = JoinBook::newest(found.iter().map(|d| d.data.as_slice()));
-        if unreadable > 0 {
-            error!(join = %self.join, shard = self.shard, unreadable, "join snapshots unreadable; skipped");
+        give_back(&taken).await?;
+        let (book, found) =
+            journal::rebuild(base.unwrap_or_default(), records, |book, run, piece| {
+                self.engine.replay_join_piece(&self.join, book, run, piece);
+            });
+        let unreadable = unreadable + unreadable_records + found.unreadable;
+        if unreadable > 0 || found.incomplete > 0 {
+            error!(join = %self.join, shard = self.shard, unreadable, incomplete = found.incomplete, "join journal records skipped");
         }
-        // One by one: `multiple` would also return the batch this channel is holding.
-        for snapshot in &found {
-            snapshot
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await?;
-        }
+        info!(
+            join = %self.join,
+            shard = self.shard,
+            snapshot = ?found.snapshot,
+            batches = found.batches,
+            pieces = found.pieces,
+            pending = book.pending_runs(),
+            epoch = book.version().0,
+            "join shard taken over"
+        );
         Ok(book)
+    }
+
+    /// Writes a snapshot of `book` to the journal, then deletes the records before it (in
+    /// the background: the shard goes on meanwhile). Returns the snapshot's size in bytes.
+    async fn snapshot(&self, book: &JoinBook) -> Result<usize> {
+        let parts = self.engine.join_snapshot(&self.join, self.shard, book);
+        let bytes = parts.iter().map(|p| p.body.len()).sum();
+        let wires = Wire::all(self.topology.names(), parts, None);
+        self.publisher.send_all(wires).await?;
+        let queue =
+            self.topology
+                .join_journal_queue(self.engine.workflow().name(), &self.join, self.shard);
+        let covered = book.version();
+        let channel = self.journal_channel.clone();
+        let join = self.join.clone();
+        tokio::spawn(async move {
+            if let Err(error) = delete_before(&channel, queue.as_str(), covered).await {
+                // The records stay; the next snapshot deletes them.
+                debug!(%join, %error, "journal records before a snapshot not deleted yet");
+            }
+        });
+        Ok(bytes)
+    }
+}
+
+/// Deletes the journal records older than the snapshot of version `covered` (the batches it
+/// includes, and older snapshots), from the head of the queue, stopping at the first record
+/// that is not (the snapshot itself, or a later batch).
+async fn delete_before(channel: &Channel, queue: &str, covered: (u64, u64)) -> Result<()> {
+    while let Some(message) = channel
+        .basic_get(queue.into(), BasicGetOptions::default())
+        .await?
+    {
+        let delivery = message.delivery;
+        let record = Record::from_incoming(&wire::incoming(&delivery));
+        let older = record.is_none_or(|r| match r.kind {
+            journal::RecordKind::Batch => r.version <= covered,
+            journal::RecordKind::Snapshot { .. } => r.version < covered,
+        });
+        if older {
+            delivery.ack(BasicAckOptions::default()).await?;
+        } else {
+            give_back(std::slice::from_ref(&delivery)).await?;
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// What the journal holds since the last snapshot this consumer wrote.
+#[derive(Debug, Default)]
+struct Journaled {
+    pieces: usize,
+    records: usize,
+    bytes: usize,
+    last_snapshot_bytes: usize,
+}
+
+impl Journaled {
+    /// Whether a snapshot is due: every `every` batches if set, else once the journal holds
+    /// enough since the last one (see [`journal::SNAPSHOT_AFTER_PIECES`]).
+    fn due(&self, every: Option<usize>) -> bool {
+        match every {
+            Some(every) => self.records >= every,
+            None => {
+                (self.pieces >= journal::SNAPSHOT_AFTER_PIECES
+                    || self.records >= journal::SNAPSHOT_AFTER_RECORDS)
+                    && self.bytes.saturating_mul(2) >= self.last_snapshot_bytes
+            }
+        }
     }
 }
 
@@ -97,6 +222,7 @@ pub(crate) async fn consume_shard(
     let queue = consumer.queue().to_string();
     // Loaded when this consumer becomes active, that is on its first delivery.
     let mut book: Option<JoinBook> = None;
+    let mut journaled = Journaled::default();
     loop {
         let first = tokio::select! {
             biased;
@@ -120,26 +246,50 @@ pub(crate) async fn consume_shard(
         }
         let book = match &mut book {
             Some(book) => book,
-            None => book.insert(shard.load(&channel).await?),
+            None => book.insert(shard.load().await?),
         };
         let mut fired: Vec<Wire> = Vec::new();
+        let mut applied: Vec<(RunId, Piece)> = Vec::new();
         for delivery in &batch {
             let incoming = wire::incoming(delivery);
             let trace = child_traceparent(incoming.traceparent());
-            let effects = shard
-                .engine
-                .join_piece(&shard.join, book, &incoming, &trace);
+            let effects = match shard.engine.read_join_piece(&shard.join, &incoming) {
+                Ok((run_id, piece)) => {
+                    let effects = shard.engine.apply_join_piece(
+                        &shard.join,
+                        book,
+                        &run_id,
+                        piece.clone(),
+                        &incoming,
+                        &trace,
+                    );
+                    applied.push((run_id, piece));
+                    effects
+                }
+                Err(parked) => parked,
+            };
             if let Some(failure) = &effects.failure {
                 warn!(join = %shard.join, error = %failure.error, "join piece unreadable; parked");
             }
             let received = delivery.properties.headers().as_ref();
             fired.extend(Wire::all(shard.topology.names(), effects.publish, received));
         }
-        // What fired must be confirmed before the snapshot that forgets it.
+        // What fired must be confirmed before the record that says these pieces were added.
         shard.publisher.send_all(fired).await?;
-        let snapshot = shard.engine.join_snapshot(&shard.join, shard.shard, book);
-        let snapshot = Wire::new(shard.topology.names(), snapshot, None);
-        shard.publisher.send_all(vec![snapshot]).await?;
+        let record = shard
+            .engine
+            .join_record(&shard.join, shard.shard, book, &applied);
+        journaled.bytes += record.body.len();
+        journaled.pieces += applied.len();
+        let record = Wire::new(shard.topology.names(), record, None);
+        shard.publisher.send_all(vec![record]).await?;
+        journaled.records += 1;
+        if journaled.due(shard.snapshot_every) {
+            journaled.last_snapshot_bytes = shard.snapshot(book).await?;
+            journaled.pieces = 0;
+            journaled.records = 0;
+            journaled.bytes = 0;
+        }
         if let Some(last) = batch.last() {
             // Bounded: on a dying connection the ack may never be answered; the pieces are
             // then redelivered and recognised from the snapshot.

@@ -271,6 +271,8 @@ impl Topology {
                     .await?;
                 let state = self.join_state_queue(name, &join, shard);
                 declare_queue(channel, &state, self.join_state_args()).await?;
+                let journal = self.join_journal_queue(name, &join, shard);
+                declare_queue(channel, &journal, self.durable_queue_args()).await?;
             }
         }
         debug!("workflow topology declared");
@@ -288,6 +290,11 @@ impl Topology {
                 delete_queue(
                     channel,
                     &self.join_state_queue(workflow.name(), &join, shard),
+                )
+                .await?;
+                delete_queue(
+                    channel,
+                    &self.join_journal_queue(workflow.name(), &join, shard),
                 )
                 .await?;
             }

@@ -89,6 +89,11 @@ struct Cli {
     /// the processes it disturbs).
     #[arg(long)]
     seed: Option<u64>,
+    /// Make the runners snapshot each join shard's journal every N batches (default: their
+    /// own policy, which a short run never reaches), so that kills land during snapshots and
+    /// takeovers start from them.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    join_snapshot_every: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +106,8 @@ enum Mode {
         prefix: String,
         #[arg(long)]
         workflow: String,
+        #[arg(long)]
+        join_snapshot_every: Option<u64>,
     },
 }
 
@@ -118,7 +125,8 @@ async fn main() -> anyhow::Result<()> {
             url,
             prefix,
             workflow,
-        }) => run_runner(url, prefix, workflow).await,
+            join_snapshot_every,
+        }) => run_runner(url, prefix, workflow, *join_snapshot_every).await,
         None => {
             let private_node = cli.url.is_none().then(|| PrivateNode::at(cli.node_port));
             // Interrupted, the harness still stops its private node (its runners die with it).
@@ -142,17 +150,23 @@ async fn stop_interrupted(node: Option<PrivateNode>) -> anyhow::Result<()> {
 }
 
 /// One runner process: retries its first connection while the broker is away.
-async fn run_runner(url: &str, prefix: &str, workflow_name: &str) -> anyhow::Result<()> {
+async fn run_runner(
+    url: &str,
+    prefix: &str,
+    workflow_name: &str,
+    join_snapshot_every: Option<u64>,
+) -> anyhow::Result<()> {
     let flow = workflow::build(workflow_name)?;
     let runner = loop {
-        match Runner::builder(flow.clone())
+        let mut builder = Runner::builder(flow.clone())
             .url(url)
             .prefix(prefix)
             .prefetch(8)
-            .max_in_flight(16)
-            .connect()
-            .await
-        {
+            .max_in_flight(16);
+        if let Some(every) = join_snapshot_every {
+            builder = builder.join_snapshot_every(usize::try_from(every).unwrap_or(usize::MAX));
+        }
+        match builder.connect().await {
             Ok(runner) => break runner,
             Err(error) if error.is_transient() => {
                 tracing::warn!(%error, "broker not ready; retrying");
@@ -228,6 +242,7 @@ struct Runners {
     workflow: String,
     url: String,
     prefix: String,
+    join_snapshot_every: Option<u64>,
     children: Vec<Child>,
     log: PathBuf,
 }
@@ -238,9 +253,14 @@ impl Runners {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        Ok(Command::new(&self.exe)
+        let mut command = Command::new(&self.exe);
+        command
             .args(["runner", "--url", &self.url, "--prefix", &self.prefix])
-            .args(["--workflow", &self.workflow])
+            .args(["--workflow", &self.workflow]);
+        if let Some(every) = self.join_snapshot_every {
+            command.args(["--join-snapshot-every", &every.to_string()]);
+        }
+        Ok(command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -295,6 +315,7 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
         workflow: cli.workflow.clone(),
         url: url.clone(),
         prefix: prefix.clone(),
+        join_snapshot_every: cli.join_snapshot_every,
         children: Vec::new(),
         log: log.clone(),
     };

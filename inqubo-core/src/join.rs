@@ -411,7 +411,24 @@ impl JoinBook {
     /// The book as JSON, to persist before acknowledging the pieces it holds; each call
     /// numbers a newer snapshot.
     pub fn snapshot(&mut self) -> Vec<u8> {
+        self.next_batch();
+        self.snapshot_at_version()
+    }
+
+    /// Numbers the next batch: the version of its journal record.
+    pub fn next_batch(&mut self) {
         self.seq += 1;
+    }
+
+    /// Starts the epoch of a new owner, above `top_epoch` (the newest found) and its own.
+    pub fn take_over(&mut self, top_epoch: u64) {
+        self.epoch = top_epoch.max(self.epoch) + 1;
+        self.seq = 0;
+    }
+
+    /// The book as JSON at its current version (a journal snapshot: it includes every batch
+    /// up to this version).
+    pub fn snapshot_at_version(&self) -> Vec<u8> {
         // Written straight from the book, borrowing: no copy of what it holds.
         let snapshot = SnapshotOf {
             pending: &self.pending,
@@ -426,6 +443,18 @@ impl JoinBook {
     /// The snapshot's version: later snapshots compare greater.
     pub fn version(&self) -> (u64, u64) {
         (self.epoch, self.seq)
+    }
+
+    /// What the book holds, without its version (tests compare books with it).
+    #[cfg(test)]
+    pub(crate) fn content(&self) -> serde_json::Value {
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&self.snapshot_at_version()).unwrap_or_default();
+        if let Some(object) = value.as_object_mut() {
+            object.remove("epoch");
+            object.remove("seq");
+        }
+        value
     }
 
     /// A book from a snapshot.
@@ -457,6 +486,17 @@ impl JoinBook {
     /// The book a consumer taking over a shard starts from: the newest of the snapshots found
     /// (unreadable ones are skipped and counted), in a new epoch above all of them.
     pub fn newest<'a>(snapshots: impl IntoIterator<Item = &'a [u8]>) -> (Self, usize) {
+        let (newest, top_epoch, unreadable) = Self::newest_found(snapshots);
+        let mut book = newest.unwrap_or_default();
+        book.take_over(top_epoch);
+        (book, unreadable)
+    }
+
+    /// The newest of `snapshots` as it was written (its own version), the highest epoch among
+    /// them, and how many could not be read.
+    pub fn newest_found<'a>(
+        snapshots: impl IntoIterator<Item = &'a [u8]>,
+    ) -> (Option<Self>, u64, usize) {
         let mut newest: Option<Self> = None;
         let mut top_epoch = 0;
         let mut unreadable = 0;
@@ -471,10 +511,7 @@ impl JoinBook {
                 Err(_) => unreadable += 1,
             }
         }
-        let mut book = newest.unwrap_or_default();
-        book.epoch = top_epoch + 1;
-        book.seq = 0;
-        (book, unreadable)
+        (newest, top_epoch, unreadable)
     }
 }
 

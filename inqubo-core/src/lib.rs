@@ -31,6 +31,7 @@ mod attempt;
 pub mod engine;
 mod event;
 pub mod join;
+pub mod journal;
 mod name;
 pub mod protocol;
 mod retry;

@@ -58,6 +58,8 @@ struct Shared {
     topology: Topology,
     prefetch: u16,
     limits: Limits,
+    /// See [`RunnerBuilder::join_snapshot_every`].
+    join_snapshot_every: Option<usize>,
     in_flight: Arc<Semaphore>,
     tracker: TaskTracker,
     /// What this runner knows of runs that ended; kept across reconnections.
@@ -135,6 +137,9 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
             Arc::clone(&shared.in_flight),
         ));
     }
+    // Journals are read and trimmed with single acknowledgements on a channel of their own,
+    // away from the shard consumers' `multiple` acknowledgements.
+    let journal_channel = session.channel().await?;
     for join in Names::joins(&shared.workflow) {
         for shard in 0..JOIN_SHARDS {
             let queue = shared
@@ -147,6 +152,8 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
                 join: join.clone(),
                 shard,
                 publisher: session.publisher.clone(),
+                journal_channel: journal_channel.clone(),
+                snapshot_every: shared.join_snapshot_every,
             };
             consumers.spawn(consume_shard(shard, channel, consumer, cancel.clone()));
         }

@@ -6,7 +6,8 @@ use crate::{
         EventKind, FailedBody, FailureReason, RunCancelledBody, RunDuplicateBody, RunFailedBody,
     },
     join::{JoinBook, JoinDecision, JoinTarget, Piece},
-    name::StepName,
+    journal::{self, RecordKind},
+    name::{RunId, StepName},
     protocol::{self, CancelReply, Incoming, Outgoing, RUN_JOIN, header},
 };
 
@@ -27,11 +28,12 @@ impl Engine {
     /// publish: the join step's input when it fires; for the run join, the run's one terminal
     /// event (`run.succeeded`, `run.failed` or `run.cancelled`), the answer to a cancel
     /// request, and for a trigger either the first steps' inputs (a new run) or
-    /// `run.duplicate` (a known one); nothing while it waits or for a duplicate piece. A piece that cannot be read is
-    /// parked with its reason.
+    /// `run.duplicate` (a known one); nothing while it waits or for a duplicate piece. A
+    /// piece that cannot be read is parked with its reason.
     ///
-    /// The driver publishes the effects of a batch of pieces, then the book's
-    /// [`join_snapshot`](Engine::join_snapshot), and only then acknowledges the pieces.
+    /// This is [`read_join_piece`](Engine::read_join_piece) then
+    /// [`apply_join_piece`](Engine::apply_join_piece); a driver that journals its batches
+    /// calls the two, to record the pieces it applied.
     pub fn join_piece(
         &self,
         join: &str,
@@ -39,20 +41,64 @@ impl Engine {
         incoming: &Incoming<'_>,
         trace: &str,
     ) -> Effects {
+        match self.read_join_piece(join, incoming) {
+            Ok((run_id, piece)) => {
+                self.apply_join_piece(join, book, &run_id, piece, incoming, trace)
+            }
+            Err(effects) => effects,
+        }
+    }
+
+    /// Reads the piece `incoming` for `join`: its run and what it says. A piece that cannot be
+    /// read, or names no join of the workflow, gives the effects that park it instead.
+    pub fn read_join_piece(
+        &self,
+        join: &str,
+        incoming: &Incoming<'_>,
+    ) -> Result<(RunId, Piece), Effects> {
         let piece = match self.read_piece(join, incoming) {
             Ok(piece) => piece,
-            Err(error) => return self.park_piece(join, incoming, error),
+            Err(error) => return Err(self.park_piece(join, incoming, error)),
         };
-        let Some(target) = self.join_target(join) else {
-            return self.park_piece(
+        if self.join_target(join).is_none() {
+            return Err(self.park_piece(
                 join,
                 incoming,
                 format!("workflow `{}` has no join `{join}`", self.workflow.name()),
-            );
-        };
-        let Ok(run_id) = incoming.run_id() else {
+            ));
+        }
+        let run_id = incoming
+            .run_id()
+            .map_err(|error| self.park_piece(join, incoming, error.to_string()))?;
+        Ok((run_id, piece))
+    }
+
+    /// Replays a journaled piece into `book` (a new owner rebuilding a shard): the book
+    /// changes as it did when the piece first came; nothing is published.
+    pub fn replay_join_piece(&self, join: &str, book: &mut JoinBook, run_id: &RunId, piece: Piece) {
+        if let Some(target) = self.join_target(join) {
+            book.add(run_id, piece, target);
+        }
+    }
+
+    /// Adds `piece` of run `run_id`, read from `incoming`, to `book`, and says what to publish
+    /// (see [`join_piece`](Engine::join_piece)).
+    ///
+    /// The driver publishes the effects of a batch of pieces, then the batch's journal record
+    /// ([`join_record`](Engine::join_record)), and only then acknowledges the pieces.
+    pub fn apply_join_piece(
+        &self,
+        join: &str,
+        book: &mut JoinBook,
+        run_id: &RunId,
+        piece: Piece,
+        incoming: &Incoming<'_>,
+        trace: &str,
+    ) -> Effects {
+        let Some(target) = self.join_target(join) else {
             return Effects::default();
         };
+        let run_id = run_id.clone();
         let workflow = self.workflow.name();
         let reply_to = incoming.headers.text(header::REPLY_TO);
         let mut publish = Vec::new();
@@ -150,10 +196,49 @@ impl Engine {
         Effects::publish(traced.collect())
     }
 
-    /// The snapshot of `book`, the state of shard `shard` of `join`, to publish to the
-    /// shard's state queue before the pieces it holds are acknowledged.
-    pub fn join_snapshot(&self, join: &str, shard: u32, book: &mut JoinBook) -> Outgoing {
-        protocol::join_snapshot(self.workflow.name(), join, shard, book.snapshot())
+    /// The journal record of a batch: `pieces`, applied to `book` (the state of shard `shard`
+    /// of `join`) in this order. Numbers the batch in the book's version.
+    pub fn join_record(
+        &self,
+        join: &str,
+        shard: u32,
+        book: &mut JoinBook,
+        pieces: &[(RunId, Piece)],
+    ) -> Outgoing {
+        book.next_batch();
+        protocol::journal_record(
+            self.workflow.name(),
+            join,
+            shard,
+            RecordKind::Batch,
+            book.version(),
+            journal::batch_body(pieces),
+        )
+    }
+
+    /// A snapshot of `book` for the shard's journal, in parts; once all are confirmed, the
+    /// records before it can go.
+    pub fn join_snapshot(&self, join: &str, shard: u32, book: &JoinBook) -> Vec<Outgoing> {
+        let bytes = book.snapshot_at_version();
+        let parts = journal::snapshot_parts(&bytes);
+        let count = u32::try_from(parts.len()).unwrap_or(u32::MAX);
+        parts
+            .iter()
+            .zip(0..)
+            .map(|(part, index)| {
+                protocol::journal_record(
+                    self.workflow.name(),
+                    join,
+                    shard,
+                    RecordKind::Snapshot {
+                        part: index,
+                        parts: count,
+                    },
+                    book.version(),
+                    part.to_vec(),
+                )
+            })
+            .collect()
     }
 
     fn read_piece(&self, join: &str, incoming: &Incoming<'_>) -> Result<Piece, String> {

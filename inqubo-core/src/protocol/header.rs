@@ -53,6 +53,16 @@ pub const TRIGGER_REDELIVERED: &str = "trigger-redelivered";
 /// On a first step's input sent by the run join: the run was admitted as new (true), so the
 /// step runs it instead of asking the run join again.
 pub const RUN_ADMITTED: &str = "run-admitted";
+/// On a join shard's journal record: `batch` or `snapshot`.
+pub const JOURNAL_KIND: &str = "journal-kind";
+/// On a join shard's journal record: the owner's epoch (integer).
+pub const JOURNAL_EPOCH: &str = "journal-epoch";
+/// On a join shard's journal record: the batch number within the epoch (integer).
+pub const JOURNAL_SEQ: &str = "journal-seq";
+/// On a journal snapshot part: which part, from 0 (integer).
+pub const JOURNAL_PART: &str = "journal-part";
+/// On a journal snapshot part: how many parts the snapshot has (integer).
+pub const JOURNAL_PARTS: &str = "journal-parts";
 /// Set by quorum queues on a redelivered message: how many times it was returned.
 pub const X_DELIVERY_COUNT: &str = "x-delivery-count";
 
@@ -101,6 +111,12 @@ impl From<String> for HeaderValue {
 impl From<u32> for HeaderValue {
     fn from(n: u32) -> Self {
         HeaderValue::Int(i64::from(n))
+    }
+}
+
+impl From<i64> for HeaderValue {
+    fn from(value: i64) -> Self {
+        HeaderValue::Int(value)
     }
 }
 

@@ -228,6 +228,12 @@ impl Names {
         QueueName(format!("{}.{workflow}.{join}.state-{shard}", self.prefix))
     }
 
+    /// The journal queue of shard `shard` of join `join`: its batch records and snapshots
+    /// (see [`journal`](crate::journal)).
+    pub fn join_journal_queue(&self, workflow: &WorkflowName, join: &str, shard: u32) -> QueueName {
+        QueueName(format!("{}.{workflow}.{join}.journal-{shard}", self.prefix))
+    }
+
     /// The key binding a step's queue to the retry exchange.
     pub fn retry_binding(workflow: &WorkflowName, step: &StepName) -> String {
         format!("#.{workflow}.{step}")

@@ -53,6 +53,15 @@ pub enum Destination {
         /// The shard.
         shard: u32,
     },
+    /// The journal queue of one shard of a join.
+    JoinJournal {
+        /// The join's workflow.
+        workflow: WorkflowName,
+        /// The join step, or [`RUN_JOIN`](crate::protocol::RUN_JOIN).
+        join: String,
+        /// The shard.
+        shard: u32,
+    },
     /// A workflow's parked queue.
     Parked(WorkflowName),
     /// The registry of workflow definitions.
@@ -109,6 +118,17 @@ impl Names {
                 exchange: String::new(),
                 routing_key: self
                     .join_state_queue(workflow, join, *shard)
+                    .as_str()
+                    .to_owned(),
+            },
+            Destination::JoinJournal {
+                workflow,
+                join,
+                shard,
+            } => Address {
+                exchange: String::new(),
+                routing_key: self
+                    .join_journal_queue(workflow, join, *shard)
                     .as_str()
                     .to_owned(),
             },
@@ -418,6 +438,52 @@ pub fn join_snapshot(
         headers: Headers::new(),
         inherit_headers: false,
         message_id: format!("snapshot:{workflow}.{join}.{shard}"),
+        mandatory: true,
+    }
+}
+
+/// A record of the journal of shard `shard` of `join`: the pieces of one batch, or one part of
+/// a snapshot (see [`journal`](crate::journal)).
+pub fn journal_record(
+    workflow: &WorkflowName,
+    join: &str,
+    shard: u32,
+    kind: crate::journal::RecordKind,
+    version: (u64, u64),
+    body: Vec<u8>,
+) -> Outgoing {
+    let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let mut headers = Headers::new()
+        .with(header::JOURNAL_EPOCH, int(version.0))
+        .with(header::JOURNAL_SEQ, int(version.1));
+    let id = match kind {
+        crate::journal::RecordKind::Batch => {
+            headers.insert(header::JOURNAL_KIND, "batch");
+            format!(
+                "journal:{workflow}.{join}.{shard}:{}.{}",
+                version.0, version.1
+            )
+        }
+        crate::journal::RecordKind::Snapshot { part, parts } => {
+            headers.insert(header::JOURNAL_KIND, "snapshot");
+            headers.insert(header::JOURNAL_PART, part);
+            headers.insert(header::JOURNAL_PARTS, parts);
+            format!(
+                "journal:{workflow}.{join}.{shard}:{}.{}:snapshot:{part}",
+                version.0, version.1
+            )
+        }
+    };
+    Outgoing {
+        destination: Destination::JoinJournal {
+            workflow: workflow.clone(),
+            join: join.to_owned(),
+            shard,
+        },
+        body,
+        headers,
+        inherit_headers: false,
+        message_id: id,
         mandatory: true,
     }
 }
