@@ -16,8 +16,8 @@ mod raw;
 mod scenario;
 
 use scenario::{
-    chain_workflow, fanout_workflow, hop_workflow, live, one_at_a_time, payload, processes, queued,
-    queued_with,
+    chain_workflow, fanout_workflow, hop_workflow, hop_workflow_not_unique, live, one_at_a_time,
+    payload, processes, queued, queued_with,
 };
 
 use std::time::Duration;
@@ -189,6 +189,12 @@ async fn main() -> anyhow::Result<()> {
                 ours / theirs
             );
         }
+        let open_hop = queued(&cli, queue_type, hop_workflow_not_unique(), hop_runs).await?;
+        println!(
+            "{name:<8} {:<34} {:<34}",
+            "hop, unique_runs(false)",
+            open_hop.show()
+        );
         let chain = live(&cli, queue_type, chain_workflow(), chain_runs).await?;
         println!(
             "{name:<8} {:<34} {:<34}",

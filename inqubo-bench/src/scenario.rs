@@ -55,6 +55,16 @@ pub(crate) fn hop_workflow() -> Workflow {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The one-step workflow without unique runs: triggers go straight to the step, without
+/// the admission hop through the run join.
+pub(crate) fn hop_workflow_not_unique() -> Workflow {
+    Workflow::builder("hop")
+        .unique_runs(false)
+        .start(Step::new("s0", relay))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 pub(crate) fn chain_workflow() -> Workflow {
     let step = |i: usize| Step::new(format!("s{i}"), relay);
     Workflow::builder("chain")
