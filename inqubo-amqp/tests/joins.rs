@@ -349,3 +349,87 @@ async fn every_event_of_a_run_carries_one_trace_id() {
     let _ = connection.close(200, "done".into()).await;
     runner.shutdown().await.unwrap();
 }
+
+/// Polls `check` until it holds, for at most `limit`.
+async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    check()
+}
+
+#[tokio::test]
+async fn join_shards_spread_over_the_runners_and_move_when_one_stops() {
+    let broker = TestBroker::new();
+    let flow = diamond();
+    // Two joins (`d` and the run join) of 4 shards each: 8 shards for 4 runners.
+    let mut runners = Vec::new();
+    for _ in 0..4 {
+        runners.push(broker.start_runner(&flow).await);
+    }
+    let observer = broker.client().await;
+    let mut events = Events::subscribe(&observer).await;
+    let triggering = {
+        let client = observer.clone();
+        let name = flow.name().clone();
+        tokio::spawn(async move {
+            let mut sent = 0_u64;
+            // Runs keep every shard busy while the shards move.
+            while sent < 400 {
+                client
+                    .trigger(&name, run_id(format!("s{sent}")), &sent)
+                    .await
+                    .unwrap();
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            sent
+        })
+    };
+
+    let spread = eventually(Duration::from_secs(30), || {
+        runners.iter().filter(|r| r.join_shards_held() > 0).count() >= 3
+    })
+    .await;
+    let held: Vec<usize> = runners.iter().map(|r| r.join_shards_held()).collect();
+    assert!(spread, "join shards held per runner: {held:?}");
+
+    let busiest = (0..runners.len())
+        .max_by_key(|&i| runners[i].join_shards_held())
+        .unwrap();
+    runners.remove(busiest).shutdown().await.unwrap();
+    let taken_over = eventually(Duration::from_secs(20), || {
+        runners.iter().map(|r| r.join_shards_held()).sum::<usize>() == 8
+    })
+    .await;
+    let held: Vec<usize> = runners.iter().map(|r| r.join_shards_held()).collect();
+    assert!(taken_over, "after a runner stopped, shards held: {held:?}");
+
+    let sent = triggering.await.unwrap();
+    events
+        .until(|seen| {
+            seen.iter()
+                .filter(|e| e.kind == EventKind::RunSucceeded)
+                .count()
+                >= sent as usize
+        })
+        .await;
+    // Shards handed over between batches fire nothing twice.
+    for i in 0..sent {
+        let run = format!("s{i}");
+        assert_eq!(
+            count(&events, &run, "d.started"),
+            1,
+            "{run}: {:?}",
+            events.trail(&run)
+        );
+        assert_eq!(count(&events, &run, "run.succeeded"), 1, "{run}");
+    }
+    for runner in runners {
+        runner.shutdown().await.unwrap();
+    }
+}

@@ -193,6 +193,7 @@ impl RunnerBuilder {
             prefetch: self.prefetch,
             limits: self.limits,
             join_snapshot_every: self.join_snapshot_every,
+            held_shards: std::sync::Mutex::new(Arc::new(crate::joiner::HeldShards::new(0))),
             in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
             tracker: TaskTracker::new(),
             states: Arc::new(RunStates::new(self.workflow.fails_fast())),

@@ -33,7 +33,7 @@ use crate::{
     client::Client,
     consumer::{StepWorker, consume},
     error::{Error, Result},
-    joiner::{JoinShard, consume_shard},
+    joiner::{HeldShards, JoinShard, consume_shard},
     metric::StepMetrics,
     run_state::{self, RunStates},
     session,
@@ -60,6 +60,8 @@ struct Shared {
     limits: Limits,
     /// See [`RunnerBuilder::join_snapshot_every`].
     join_snapshot_every: Option<usize>,
+    /// The join shards the current session holds.
+    held_shards: std::sync::Mutex<Arc<HeldShards>>,
     in_flight: Arc<Semaphore>,
     tracker: TaskTracker,
     /// What this runner knows of runs that ended; kept across reconnections.
@@ -140,7 +142,13 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
     // Journals are read and trimmed with single acknowledgements on a channel of their own,
     // away from the shard consumers' `multiple` acknowledgements.
     let journal_channel = session.channel().await?;
-    for join in Names::joins(&shared.workflow) {
+    let joins = Names::joins(&shared.workflow);
+    let held = Arc::new(HeldShards::new(joins.len() * JOIN_SHARDS as usize));
+    *shared
+        .held_shards
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::clone(&held);
+    for join in joins {
         for shard in 0..JOIN_SHARDS {
             let queue = shared
                 .topology
@@ -154,6 +162,7 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
                 publisher: session.publisher.clone(),
                 journal_channel: journal_channel.clone(),
                 snapshot_every: shared.join_snapshot_every,
+                held: Arc::clone(&held),
             };
             consumers.spawn(consume_shard(shard, channel, consumer, cancel.clone()));
         }
@@ -306,6 +315,17 @@ impl Runner {
     /// The workflow this runner runs.
     pub fn workflow(&self) -> &Workflow {
         &self.shared.workflow
+    }
+
+    /// How many join shards this runner holds now: those it is the active consumer of, with
+    /// their book loaded. A runner holding more than its share of the runners consuming them
+    /// hands the extra ones over (checked every 2 s), so join work spreads over the fleet.
+    pub fn join_shards_held(&self) -> usize {
+        self.shared
+            .held_shards
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .held()
     }
 
     /// A client on this runner's connection, to trigger runs or follow events.
