@@ -138,6 +138,13 @@ impl Drop for Holding {
 /// How often a runner holding join shards checks that it holds no more than its share.
 const BALANCE_EVERY: Duration = Duration::from_secs(2);
 
+/// The time now, in milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Takes every message of `queue` without acknowledging it.
 async fn take_all(channel: &Channel, queue: &str) -> Result<Vec<Delivery>> {
     let mut taken = Vec::new();
@@ -191,10 +198,12 @@ impl JoinShard {
             }
         }
         give_back(&taken).await?;
-        let (book, found) =
-            journal::rebuild(base.unwrap_or_default(), records, |book, run, piece| {
-                self.engine.replay_join_piece(&self.join, book, run, piece);
-            });
+        let (book, found) = journal::rebuild(
+            base.unwrap_or_default(),
+            records,
+            |book, now_ms| self.engine.join_tick(book, now_ms),
+            |book, run, piece| self.engine.replay_join_piece(&self.join, book, run, piece),
+        );
         let unreadable = unreadable + unreadable_records + found.unreadable;
         if unreadable > 0 || found.incomplete > 0 {
             error!(join = %self.join, shard = self.shard, unreadable, incomplete = found.incomplete, "join journal records skipped");
@@ -400,6 +409,7 @@ pub(crate) async fn consume_shard(
                 &mut book.insert((loaded, shard.held.take())).0
             }
         };
+        shard.engine.join_tick(book, now_ms());
         let mut fired: Vec<Wire> = Vec::new();
         let mut applied: Vec<(RunId, Piece)> = Vec::new();
         for delivery in &batch {

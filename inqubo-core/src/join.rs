@@ -18,7 +18,10 @@
 //! resumed step's output joins its siblings' earlier ones. Pieces of an aborted generation
 //! are recorded (a resume may need them) but never fire.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -29,8 +32,30 @@ use crate::{
     workflow::JoinShape,
 };
 
-/// How many finished runs a book remembers, to drop late duplicate pieces.
-pub const REMEMBERED_FINISHED_RUNS: usize = 10_000;
+/// The most runs that ended a book remembers, whatever [`RunMemory`] says: a guard against
+/// running out of memory, far above what a day of runs at a million a day puts in one shard.
+pub const MAX_REMEMBERED_RUNS: usize = 2_000_000;
+
+/// How long a book remembers runs that ended: to know a late duplicate piece, or a second
+/// trigger of the run id, for what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunMemory {
+    /// Runs that succeeded or were cancelled (default 24 hours: far longer than a piece can be
+    /// held up by a consumer timeout, a confirm timeout or a broker restart).
+    pub ended: Duration,
+    /// Runs that failed (default 7 days, the run-state stream's retention): their outputs are
+    /// kept for a resume as long.
+    pub failed: Duration,
+}
+
+impl Default for RunMemory {
+    fn default() -> Self {
+        Self {
+            ended: Duration::from_secs(24 * 3600),
+            failed: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
 
 /// What a join is waiting to build.
 #[derive(Debug, Clone, Copy)]
@@ -163,6 +188,8 @@ pub enum JoinDecision {
 struct Ended {
     how: Ending,
     generation: u32,
+    /// When, on the book's clock (milliseconds since the Unix epoch; 0: not known yet).
+    at: u64,
 }
 
 /// The pending joins of one shard, and the runs it recently finished.
@@ -176,10 +203,16 @@ struct Ended {
 pub struct JoinBook {
     /// Outputs received per run that has not fired (waiting, or aborted and kept for a resume).
     pending: HashMap<RunId, HashMap<StepName, Box<RawValue>>>,
-    /// Runs that ended here, oldest first, forgotten past [`REMEMBERED_FINISHED_RUNS`].
+    /// Runs that succeeded or were cancelled here, oldest first, forgotten after
+    /// [`RunMemory::ended`].
     finished: VecDeque<RunId>,
-    /// How each run in `finished` ended.
+    /// Runs that failed here, oldest first, forgotten after [`RunMemory::failed`].
+    failed: VecDeque<RunId>,
+    /// How each run in `finished` and `failed` ended.
     ended: HashMap<RunId, Ended>,
+    /// The time of the batch being added (milliseconds since the Unix epoch), set by
+    /// [`JoinBook::tick`].
+    clock: u64,
     /// The generation of pending runs past their first (resumed runs).
     generations: HashMap<RunId, u32>,
     /// The consumer generation that wrote the snapshot.
@@ -188,14 +221,16 @@ pub struct JoinBook {
     seq: u64,
 }
 
-/// A finished run in a snapshot: just its id when it fired in its first generation (nearly
-/// every run, and all that snapshots held before runs could end otherwise), else
-/// `[id, how, generation]`.
+/// A finished run in a snapshot: `[id, at]` when it fired in its first generation (nearly
+/// every run), else `[id, how, generation, at]`. Snapshots written before the book kept
+/// times hold `id` and `[id, how, generation]`; their runs are stamped with the first tick.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum FinishedRun {
     Fired(RunId),
+    FiredAt(RunId, u64),
     Other(RunId, Ending, u32),
+    OtherAt(RunId, Ending, u32, u64),
 }
 
 /// A book as written to its state queue (see [`Snapshot`], which reads it back).
@@ -205,6 +240,7 @@ struct SnapshotOf<'a> {
     finished: FinishedOf<'a>,
     #[serde(skip_serializing_if = "HashMap::is_empty")]
     generations: &'a HashMap<RunId, u32>,
+    clock: u64,
     epoch: u64,
     seq: u64,
 }
@@ -217,13 +253,16 @@ impl Serialize for FinishedOf<'_> {
         use serde::ser::SerializeSeq;
         let book = self.0;
         let mut seq = serializer.serialize_seq(None)?;
-        for run in &book.finished {
+        for run in book.finished.iter().chain(&book.failed) {
             match book.ended.get(run) {
                 Some(Ended {
                     how: Ending::Fired,
                     generation: 1,
-                }) => seq.serialize_element(run)?,
-                Some(other) => seq.serialize_element(&(run, other.how, other.generation))?,
+                    at,
+                }) => seq.serialize_element(&(run, at))?,
+                Some(other) => {
+                    seq.serialize_element(&(run, other.how, other.generation, other.at))?;
+                }
                 None => {}
             }
         }
@@ -238,6 +277,8 @@ struct Snapshot {
     finished: Vec<FinishedRun>,
     #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     generations: HashMap<RunId, u32>,
+    #[serde(default)]
+    clock: u64,
     #[serde(default)]
     epoch: u64,
     #[serde(default)]
@@ -337,7 +378,7 @@ impl JoinBook {
                         // A later generation reopens an aborted run (rare: a resume), which
                         // leaves the finished list until it ends again.
                         if self.ended.remove(run).is_some() {
-                            self.finished.retain(|finished| finished != run);
+                            self.failed.retain(|failed| failed != run);
                         }
                         let current = self.generations.get(run).copied().unwrap_or(1);
                         let generation = generation.max(current);
@@ -389,21 +430,72 @@ impl JoinBook {
         JoinDecision::Fire { body, generation }
     }
 
-    /// Records that `run` ended `how` in `generation`, forgetting the oldest ended runs past
-    /// the limit.
+    /// Records that `run` ended `how` in `generation`, at the book's clock.
     fn end(&mut self, run: &RunId, how: Ending, generation: u32) {
         self.generations.remove(run);
-        if self
-            .ended
-            .insert(run.clone(), Ended { how, generation })
-            .is_none()
-        {
+        let ended = Ended {
+            how,
+            generation,
+            at: self.clock,
+        };
+        if let Some(before) = self.ended.insert(run.clone(), ended) {
+            // Ended before: it leaves the list it was in (a failed run ending again).
+            if before.how == Ending::Aborted {
+                self.failed.retain(|failed| failed != run);
+            } else {
+                self.finished.retain(|finished| finished != run);
+            }
+        }
+        if how == Ending::Aborted {
+            self.failed.push_back(run.clone());
+        } else {
             self.finished.push_back(run.clone());
         }
-        while self.finished.len() > REMEMBERED_FINISHED_RUNS {
-            if let Some(old) = self.finished.pop_front() {
-                self.ended.remove(&old);
-                self.pending.remove(&old);
+        while self.finished.len() + self.failed.len() > MAX_REMEMBERED_RUNS {
+            let oldest = match (self.finished.front(), self.failed.front()) {
+                (Some(_), None) => self.finished.pop_front(),
+                (None, Some(_)) => self.failed.pop_front(),
+                _ => self.finished.pop_front(),
+            };
+            if let Some(old) = oldest {
+                self.forget(&old);
+            }
+        }
+    }
+
+    fn forget(&mut self, run: &RunId) {
+        self.ended.remove(run);
+        self.pending.remove(run);
+        self.generations.remove(run);
+    }
+
+    /// Sets the book's clock to `now_ms` (the time of the batch about to be added, in
+    /// milliseconds since the Unix epoch) and forgets the runs that ended longer ago than
+    /// `memory` says. Runs that ended before the book had a clock are stamped with this one.
+    pub fn tick(&mut self, now_ms: u64, memory: RunMemory) {
+        if self.clock == 0 {
+            for ended in self.ended.values_mut().filter(|e| e.at == 0) {
+                ended.at = now_ms;
+            }
+        }
+        self.clock = now_ms;
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        for (failed, keep) in [(false, memory.ended), (true, memory.failed)] {
+            let cutoff = now_ms.saturating_sub(millis(keep));
+            loop {
+                let list = if failed {
+                    &mut self.failed
+                } else {
+                    &mut self.finished
+                };
+                let Some(front) = list.front() else { break };
+                let expired = self.ended.get(front).is_none_or(|e| e.at < cutoff);
+                if !expired {
+                    break;
+                }
+                if let Some(old) = list.pop_front() {
+                    self.forget(&old);
+                }
             }
         }
     }
@@ -413,6 +505,11 @@ impl JoinBook {
     pub fn snapshot(&mut self) -> Vec<u8> {
         self.next_batch();
         self.snapshot_at_version()
+    }
+
+    /// The book's clock: the time of the batch being added (see [`JoinBook::tick`]).
+    pub fn clock(&self) -> u64 {
+        self.clock
     }
 
     /// Numbers the next batch: the version of its journal record.
@@ -434,6 +531,7 @@ impl JoinBook {
             pending: &self.pending,
             finished: FinishedOf(self),
             generations: &self.generations,
+            clock: self.clock,
             epoch: self.epoch,
             seq: self.seq,
         };
@@ -463,21 +561,29 @@ impl JoinBook {
         let mut book = Self {
             pending: snapshot.pending,
             generations: snapshot.generations,
+            clock: snapshot.clock,
             epoch: snapshot.epoch,
             seq: snapshot.seq,
             ..Self::default()
         };
         for entry in snapshot.finished {
-            let (run, how, generation) = match entry {
-                FinishedRun::Fired(run) => (run, Ending::Fired, 1),
-                FinishedRun::Other(run, how, generation) => (run, how, generation),
+            let (run, how, generation, at) = match entry {
+                FinishedRun::Fired(run) => (run, Ending::Fired, 1, 0),
+                FinishedRun::FiredAt(run, at) => (run, Ending::Fired, 1, at),
+                FinishedRun::Other(run, how, generation) => (run, how, generation, 0),
+                FinishedRun::OtherAt(run, how, generation, at) => (run, how, generation, at),
             };
-            if book
-                .ended
-                .insert(run.clone(), Ended { how, generation })
-                .is_none()
-            {
-                book.finished.push_back(run);
+            let ended = Ended {
+                how,
+                generation,
+                at,
+            };
+            if book.ended.insert(run.clone(), ended).is_none() {
+                if how == Ending::Aborted {
+                    book.failed.push_back(run);
+                } else {
+                    book.finished.push_back(run);
+                }
             }
         }
         Ok(book)
@@ -788,7 +894,8 @@ mod tests {
             again.ended.get(&run("r")),
             Some(&Ended {
                 how: Ending::Fired,
-                generation: 2
+                generation: 2,
+                at: 0,
             })
         );
     }
@@ -837,7 +944,7 @@ mod tests {
         let snapshot: serde_json::Value = serde_json::from_slice(&book.snapshot()).unwrap();
         assert_eq!(
             snapshot["finished"],
-            serde_json::json!(["a", ["b", "cancelled", 1]])
+            serde_json::json!([["a", 0], ["b", "cancelled", 1, 0]])
         );
     }
 
@@ -853,16 +960,68 @@ mod tests {
     }
 
     #[test]
-    fn the_finished_memory_is_bounded() {
+    fn a_late_duplicate_is_known_for_as_long_as_the_memory_lasts() {
+        const HOUR: u64 = 3_600_000;
         let shape = shape();
+        let target = JoinTarget::Step(&shape);
+        let memory = RunMemory::default();
+        let t0 = 1_800_000_000_000;
         let mut book = JoinBook::new();
-        for i in 0..REMEMBERED_FINISHED_RUNS + 10 {
-            let r = run(&format!("r{i}"));
-            book.add(&r, output("b", "1"), JoinTarget::Step(&shape));
-            book.add(&r, output("c", "1"), JoinTarget::Step(&shape));
+        book.tick(t0, memory);
+        book.add(&run("r"), output("b", "1"), target);
+        assert!(matches!(
+            book.add(&run("r"), output("c", "2"), target),
+            JoinDecision::Fire { .. }
+        ));
+        let failure = RunFailedBody {
+            step: name("c"),
+            error: "boom".into(),
+            attempt: 1,
+            reason: FailureReason::Fatal,
+        };
+        book.add(&run("f"), output("b", "1"), target);
+        book.add(
+            &run("f"),
+            Piece::Failed {
+                failure,
+                generation: 1,
+            },
+            target,
+        );
+
+        // An hour later — a piece held up by a consumer timeout — and a day later, less a
+        // minute: still known, whatever happened in between.
+        for later in [HOUR, 24 * HOUR - 60_000] {
+            book.tick(t0 + later, memory);
+            assert_eq!(
+                book.add(&run("r"), output("c", "2"), target),
+                JoinDecision::Ignore
+            );
         }
-        assert_eq!(book.finished.len(), REMEMBERED_FINISHED_RUNS);
-        assert_eq!(book.ended.len(), REMEMBERED_FINISHED_RUNS);
+        // Past the memory, the run is forgotten; a failed run's outputs are kept for a resume
+        // for a week.
+        book.tick(t0 + 24 * HOUR + 60_000, memory);
+        assert_eq!(book.finished.len(), 0);
+        assert_eq!(book.failed.len(), 1);
+        assert!(matches!(
+            book.add(&run("f"), output_of("c", "3", 2), target),
+            JoinDecision::Fire { .. }
+        ));
+        // The times survive a snapshot.
+        let restored = JoinBook::restore(&book.snapshot_at_version()).unwrap();
+        assert_eq!(
+            restored.ended.get(&run("f")).map(|e| e.at),
+            Some(t0 + 24 * HOUR + 60_000)
+        );
+    }
+
+    #[test]
+    fn runs_that_ended_before_the_book_had_a_clock_are_stamped_with_its_first_tick() {
+        let old = br#"{"pending":{},"finished":["r", ["f", "aborted", 1]],"epoch":3,"seq":9}"#;
+        let mut book = JoinBook::restore(old).unwrap();
+        book.tick(5_000, RunMemory::default());
+        assert!(book.ended.values().all(|e| e.at == 5_000));
+        assert_eq!((book.finished.len(), book.failed.len()), (1, 1));
     }
 
     #[test]

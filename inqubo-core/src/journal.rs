@@ -61,6 +61,8 @@ pub struct Record {
     pub kind: RecordKind,
     /// The version `(epoch, seq)`.
     pub version: (u64, u64),
+    /// A batch's time (milliseconds since the Unix epoch; 0 if not written).
+    pub time_ms: u64,
     /// The body: a batch's pieces as JSON, or a slice of the snapshot's bytes.
     pub body: Vec<u8>,
 }
@@ -84,6 +86,7 @@ impl Record {
         Some(Self {
             kind,
             version,
+            time_ms: number(header::JOURNAL_TIME).unwrap_or(0),
             body: incoming.body.to_vec(),
         })
     }
@@ -214,12 +217,14 @@ pub struct Rebuilt {
 }
 
 /// Rebuilds a shard's book from `base` (the newest snapshot of the shard's former state queue,
-/// or an empty book) and the journal's `records`, in any order. `apply` adds one replayed piece
-/// to the book (through the engine, which knows the join's target). The result is in a new
-/// epoch above every version found, ready for its new owner.
+/// or an empty book) and the journal's `records`, in any order. `tick` starts each replayed
+/// batch at its time, and `apply` adds one replayed piece to the book (both through the
+/// engine, which knows the join's target and how long runs are remembered). The result is in
+/// a new epoch above every version found, ready for its new owner.
 pub fn rebuild(
     base: JoinBook,
     records: Vec<Record>,
+    mut tick: impl FnMut(&mut JoinBook, u64),
     mut apply: impl FnMut(&mut JoinBook, &RunId, Piece),
 ) -> (JoinBook, Rebuilt) {
     let mut found = Rebuilt::default();
@@ -269,6 +274,9 @@ pub fn rebuild(
             Ok(pieces) => {
                 found.batches += 1;
                 found.pieces += pieces.len();
+                if record.time_ms > 0 {
+                    tick(&mut book, record.time_ms);
+                }
                 for (run, piece) in pieces {
                     apply(&mut book, &run, piece);
                 }
@@ -311,6 +319,7 @@ mod tests {
         Record {
             kind: RecordKind::Batch,
             version,
+            time_ms: 0,
             body: batch_body(pieces),
         }
     }
@@ -329,6 +338,7 @@ mod tests {
                     parts: count,
                 },
                 version,
+                time_ms: 0,
                 body: part.to_vec(),
             })
             .collect()
@@ -393,7 +403,7 @@ mod tests {
         records.extend(torn);
         records.reverse(); // any order
 
-        let (mut rebuilt, found) = rebuild(JoinBook::new(), records, apply);
+        let (mut rebuilt, found) = rebuild(JoinBook::new(), records, |_, _| {}, apply);
 
         assert_eq!(found.snapshot, Some((0, 2)));
         assert_eq!((found.batches, found.pieces), (2, 4));

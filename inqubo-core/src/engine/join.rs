@@ -196,6 +196,13 @@ impl Engine {
         Effects::publish(traced.collect())
     }
 
+    /// Starts a batch at `now_ms` (milliseconds since the Unix epoch): the book forgets the
+    /// runs that ended longer ago than [`Limits::run_memory`](crate::engine::Limits) says.
+    /// A driver calls it before the batch's pieces, and a replay before each record's.
+    pub fn join_tick(&self, book: &mut JoinBook, now_ms: u64) {
+        book.tick(now_ms, self.limits.run_memory);
+    }
+
     /// The journal record of a batch: `pieces`, applied to `book` (the state of shard `shard`
     /// of `join`) in this order. Numbers the batch in the book's version.
     pub fn join_record(
@@ -214,6 +221,7 @@ impl Engine {
             book.version(),
             journal::batch_body(pieces),
         )
+        .with_time(book.clock())
     }
 
     /// A snapshot of `book` for the shard's journal, in parts; once all are confirmed, the

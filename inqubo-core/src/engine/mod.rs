@@ -135,6 +135,8 @@ pub struct Limits {
     pub max_input_bytes: usize,
     /// Whether attempts announce themselves with `started` (default true).
     pub publish_started: bool,
+    /// How long joins remember runs that ended (default: a day, a week for failed runs).
+    pub run_memory: crate::join::RunMemory,
 }
 
 impl Default for Limits {
@@ -143,6 +145,7 @@ impl Default for Limits {
             max_redeliveries: 5,
             max_input_bytes: 16 * 1024 * 1024,
             publish_started: true,
+            run_memory: crate::join::RunMemory::default(),
         }
     }
 }

@@ -59,6 +59,8 @@ pub const JOURNAL_KIND: &str = "journal-kind";
 pub const JOURNAL_EPOCH: &str = "journal-epoch";
 /// On a join shard's journal record: the batch number within the epoch (integer).
 pub const JOURNAL_SEQ: &str = "journal-seq";
+/// On a join shard's batch record: the batch's time (milliseconds since the Unix epoch).
+pub const JOURNAL_TIME: &str = "journal-time";
 /// On a journal snapshot part: which part, from 0 (integer).
 pub const JOURNAL_PART: &str = "journal-part";
 /// On a journal snapshot part: how many parts the snapshot has (integer).

@@ -170,6 +170,16 @@ impl Outgoing {
         self
     }
 
+    /// Sets a journal record's time (`journal-time`, milliseconds since the Unix epoch).
+    #[must_use]
+    pub fn with_time(mut self, time_ms: u64) -> Self {
+        self.headers.insert(
+            header::JOURNAL_TIME,
+            i64::try_from(time_ms).unwrap_or(i64::MAX),
+        );
+        self
+    }
+
     /// The routing key, for messages on the events exchange.
     pub fn event_key(&self) -> Option<&RoutingKey> {
         match &self.destination {
