@@ -12,6 +12,7 @@
 
 #![allow(clippy::print_stdout)]
 
+mod joins;
 mod raw;
 mod scenario;
 
@@ -27,7 +28,7 @@ use inqubo::{QueueType, Runner};
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark Inqubo against a raw lapin relay on the same broker")]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     mode: Option<Mode>,
     /// A smaller run that finishes in under a minute.
@@ -35,13 +36,14 @@ struct Cli {
     quick: bool,
     /// The broker.
     #[arg(long, env = "AMQP_URL", default_value = inqubo::DEFAULT_AMQP_URL)]
-    url: String,
-    /// Only this scenario (hop, chain, fanout, latency, scale).
+    pub(crate) url: String,
+    /// Only this scenario (hop, chain, fanout, latency, scale), or `joins`: the seed workflow
+    /// through 100,000 runs (10,000 with --quick), which no other run includes.
     #[arg(long)]
     only: Option<String>,
     /// Prefetch of runners and of the raw relay.
     #[arg(long, default_value_t = 100)]
-    prefetch: u16,
+    pub(crate) prefetch: u16,
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,7 +87,7 @@ impl Measure {
         }
     }
 
-    fn show(&self) -> String {
+    pub(crate) fn show(&self) -> String {
         let mut parts = Vec::new();
         if let Some(rate) = self.rate {
             parts.push(format!("{rate:>8.0}/s"));
@@ -97,7 +99,7 @@ impl Measure {
     }
 }
 
-fn ms(duration: Duration) -> f64 {
+pub(crate) fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
@@ -136,6 +138,17 @@ async fn main() -> anyhow::Result<()> {
             .connect()
             .await?;
         runner.run(std::future::pending()).await?;
+        return Ok(());
+    }
+    if cli.only.as_deref() == Some("joins") {
+        let total = if cli.quick { 10_000 } else { 100_000 };
+        println!(
+            "inqubo-bench joins: the seed workflow through {total} runs on one runner, prefetch {}",
+            cli.prefetch
+        );
+        for queue_type in [QueueType::Quorum, QueueType::Classic] {
+            joins::joins(&cli, queue_type, total).await?;
+        }
         return Ok(());
     }
     let (hop_runs, chain_runs, fanout_runs, latency_runs, scale_runs, repeat) = if cli.quick {

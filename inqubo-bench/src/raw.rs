@@ -92,6 +92,19 @@ async fn relay(
     to: String,
     prefetch: u16,
 ) -> anyhow::Result<()> {
+    relay_with(connection, from, to, prefetch, None).await
+}
+
+/// A relay that also publishes, for every message, `extra.1` more messages to queue `extra.0`
+/// (confirmed with the forward one, before the ack): a relay that writes as many messages per
+/// hop as a runner does.
+async fn relay_with(
+    connection: &Connection,
+    from: String,
+    to: String,
+    prefetch: u16,
+    extra: Option<(String, usize)>,
+) -> anyhow::Result<()> {
     let consume = connection.create_channel().await?;
     consume
         .basic_qos(prefetch, BasicQosOptions::default())
@@ -112,24 +125,35 @@ async fn relay(
         while let Some(Ok(delivery)) = consumer.next().await {
             let publish = publish.clone();
             let to = to.clone();
+            let extra = extra.clone();
             tokio::spawn(async move {
-                let sent = publish
-                    .basic_publish(
-                        "".into(),
-                        to.as_str().into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..Default::default()
-                        },
-                        &delivery.data,
-                        persistent(),
-                    )
-                    .await;
-                if let Ok(confirm) = sent
-                    && confirm.await.is_ok()
+                let (sink, copies) = extra.unwrap_or_default();
+                let mut confirms = Vec::with_capacity(copies + 1);
+                for (queue, _) in std::iter::once((&to, ())).chain((0..copies).map(|_| (&sink, ())))
                 {
-                    let _ = delivery.ack(BasicAckOptions::default()).await;
+                    let sent = publish
+                        .basic_publish(
+                            "".into(),
+                            queue.as_str().into(),
+                            BasicPublishOptions {
+                                mandatory: true,
+                                ..Default::default()
+                            },
+                            &delivery.data,
+                            persistent(),
+                        )
+                        .await;
+                    match sent {
+                        Ok(confirm) => confirms.push(confirm),
+                        Err(_) => return,
+                    }
                 }
+                for confirm in confirms {
+                    if confirm.await.is_err() {
+                        return;
+                    }
+                }
+                let _ = delivery.ack(BasicAckOptions::default()).await;
             });
         }
     });
@@ -258,4 +282,59 @@ pub(crate) async fn latency(
     }
     let _ = connection.close(200, "done".into()).await;
     Ok(Measure::latency(per_hop))
+}
+
+/// The protocol-equal baseline of a workflow of `hops` steps in a chain: `count` messages
+/// relayed through `hops` queues, each hop publishing `per_hop` messages in all (the forward
+/// one and `per_hop - 1` copies to a sink a consumer drains) with confirms before its ack.
+/// Hops per second.
+pub(crate) async fn chain_writing(
+    url: &str,
+    queue_type: QueueType,
+    prefetch: u16,
+    payload: &[u8],
+    count: usize,
+    hops: usize,
+    per_hop: usize,
+) -> anyhow::Result<Measure> {
+    let connection = Connection::connect(url, Default::default()).await?;
+    let setup = connection.create_channel().await?;
+    let tag = format!("bench-raw-{:08x}", rand::random::<u32>());
+    let queues: Vec<String> = (0..=hops).map(|i| format!("{tag}.q{i}")).collect();
+    let sink = format!("{tag}.sink");
+    for queue in queues.iter().chain(std::iter::once(&sink)) {
+        declare(&setup, queue, queue_type).await?;
+    }
+    fill(&setup, &queues[0], payload, count).await?;
+    let done = Arc::new(Notify::new());
+    count_into(&connection, &queues[hops], count, Arc::clone(&done), None).await?;
+    count_into(
+        &connection,
+        &sink,
+        usize::MAX,
+        Arc::new(Notify::new()),
+        None,
+    )
+    .await?;
+    let start = Instant::now();
+    for pair in queues.windows(2) {
+        let extra = Some((sink.clone(), per_hop.saturating_sub(1)));
+        relay_with(
+            &connection,
+            pair[0].clone(),
+            pair[1].clone(),
+            prefetch,
+            extra,
+        )
+        .await?;
+    }
+    done.notified().await;
+    let elapsed = start.elapsed();
+    for queue in queues.iter().chain(std::iter::once(&sink)) {
+        setup
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    let _ = connection.close(200, "done".into()).await;
+    Ok(Measure::throughput(count * hops, elapsed))
 }

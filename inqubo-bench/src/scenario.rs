@@ -110,7 +110,11 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
-    async fn new(url: &str, queue_type: QueueType, workflow: Workflow) -> anyhow::Result<Self> {
+    pub(crate) async fn new(
+        url: &str,
+        queue_type: QueueType,
+        workflow: Workflow,
+    ) -> anyhow::Result<Self> {
         let prefix = format!("bench-{:08x}", rand::random::<u32>());
         let topology = Topology::new(prefix, queue_type)?;
         let connection = Connection::connect(url, Default::default()).await?;
@@ -174,7 +178,7 @@ impl Prepared {
     }
 
     /// Publishes `count` triggers, returning when confirmed, with each run's trigger time.
-    async fn trigger(
+    pub(crate) async fn trigger(
         &self,
         count: usize,
         first: usize,
@@ -214,7 +218,10 @@ impl Prepared {
     }
 
     /// Waits for `count` runs to end; returns when the last ended, and every run's end.
-    async fn wait(&mut self, count: usize) -> anyhow::Result<(Instant, HashMap<String, Instant>)> {
+    pub(crate) async fn wait(
+        &mut self,
+        count: usize,
+    ) -> anyhow::Result<(Instant, HashMap<String, Instant>)> {
         let mut ends = HashMap::with_capacity(count);
         let mut last = Instant::now();
         while ends.len() < count {
@@ -229,7 +236,7 @@ impl Prepared {
         Ok((last, ends))
     }
 
-    fn runner(&self, prefetch: u16) -> inqubo::RunnerBuilder {
+    pub(crate) fn runner(&self, prefetch: u16) -> inqubo::RunnerBuilder {
         Runner::builder(self.workflow.clone())
             .prefix(self.topology.prefix())
             .queue_type(self.topology.queue_type())
@@ -237,7 +244,7 @@ impl Prepared {
             .max_in_flight(usize::from(prefetch) * 2)
     }
 
-    async fn cleanup(self) {
+    pub(crate) async fn cleanup(self) {
         let _ = self
             .topology
             .delete_workflow(&self.channel, &self.workflow)
