@@ -454,7 +454,7 @@ pub(crate) async fn consume_shard(
         }
         if let Some(last) = batch.last() {
             // Bounded: on a dying connection the ack may never be answered; the pieces are
-            // then redelivered and recognised from the snapshot.
+            // then redelivered and recognised from the journal.
             tokio::time::timeout(
                 BATCH_ACK_TIMEOUT,
                 last.ack(BasicAckOptions { multiple: true }),

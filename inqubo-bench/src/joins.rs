@@ -165,3 +165,51 @@ pub(crate) async fn joins(cli: &Cli, queue_type: QueueType, total: usize) -> any
     }
     Ok(())
 }
+
+/// The resident memory of this process, in kB.
+fn resident_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// What `open` open joins cost a runner: the run join of the seed workflow holding one
+/// 200-byte output for each of `open` runs (the other leaf parked or still to come), its
+/// resident memory, its snapshot's size and how long writing the snapshot takes.
+pub(crate) fn book_memory(open: usize) -> anyhow::Result<()> {
+    use inqubo::join::{JoinBook, JoinTarget, Piece};
+    let leaves = [
+        inqubo::StepName::new("load_data_to_external_system")?,
+        inqubo::StepName::new("load_data_to_internal_system")?,
+    ];
+    let output = serde_json::to_vec(&serde_json::json!({"n": 1, "pad": "x".repeat(180)}))?;
+    let before = resident_kb().unwrap_or(0);
+    let mut book = JoinBook::new();
+    for i in 0..open {
+        let run = inqubo::RunId::new(format!("{:08x}-run-{i}", i.wrapping_mul(2_654_435_761)))?;
+        let piece = Piece::Output {
+            parent: leaves[0].clone(),
+            output: output.clone(),
+            generation: 1,
+        };
+        book.add(&run, piece, JoinTarget::Run(&leaves));
+    }
+    let after = resident_kb().unwrap_or(0);
+    let start = Instant::now();
+    let snapshot = book.snapshot_at_version();
+    let took = start.elapsed();
+    let parts = inqubo::journal::snapshot_parts(&snapshot).len();
+    println!(
+        "book of {open} open joins: {:.1} MB resident ({:.0} bytes per join), snapshot {:.1} MB in {parts} parts, written in {:.0} ms",
+        (after.saturating_sub(before)) as f64 / 1024.0,
+        (after.saturating_sub(before) * 1024) as f64 / open as f64,
+        snapshot.len() as f64 / (1024.0 * 1024.0),
+        ms(took)
+    );
+    Ok(())
+}

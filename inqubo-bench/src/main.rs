@@ -146,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
             "inqubo-bench joins: the seed workflow through {total} runs on one runner, prefetch {}",
             cli.prefetch
         );
+        joins::book_memory(100_000)?;
         for queue_type in [QueueType::Quorum, QueueType::Classic] {
             joins::joins(&cli, queue_type, total).await?;
         }

@@ -115,6 +115,12 @@ fn every_header_and_failure_reason_is_documented() {
         header::JOIN_BEGIN,
         header::TRIGGER_REDELIVERED,
         header::RUN_ADMITTED,
+        header::JOURNAL_KIND,
+        header::JOURNAL_EPOCH,
+        header::JOURNAL_SEQ,
+        header::JOURNAL_TIME,
+        header::JOURNAL_PART,
+        header::JOURNAL_PARTS,
     ] {
         assert!(
             doc.contains(&format!("| `{name}` |")),

@@ -54,6 +54,8 @@ pub mod protocol {
 /// The rules of a run, as a state machine without I/O: what the runtime and the test
 /// harness both obey.
 pub use inqubo_core::engine;
+/// The state of join shards and its journal (what a runner keeps, and how it survives it).
+pub use inqubo_core::{join, journal};
 
 /// OpenTelemetry: step spans join their run's trace; `otel::init_otlp` exports them.
 #[cfg(feature = "otel")]
