@@ -83,7 +83,8 @@ pub(crate) struct Tally {
     successes: HashMap<(String, String), u32>,
     /// The terminal events per (run, generation).
     endings: HashMap<(String, u32), Ending>,
-    /// The highest generation seen per run, in any of its events.
+    /// The highest generation seen per run, in its events (but `run.resumed` and
+    /// `run.duplicate`).
     generations: HashMap<String, u32>,
     /// The last event seen per run, as `step.kind` (or `run.kind`) and generation.
     last_event: HashMap<String, (String, u32)>,
@@ -116,8 +117,12 @@ impl Tally {
             event.short_name(),
             event.generation
         ));
-        let generation = self.generations.entry(run.clone()).or_insert(0);
-        *generation = (*generation).max(event.generation);
+        // `run.resumed` announces a generation before its inputs go back: a resume that
+        // failed after announcing has not started it (the harness tries it again).
+        if !matches!(event.kind, EventKind::RunResumed | EventKind::RunDuplicate) {
+            let generation = self.generations.entry(run.clone()).or_insert(0);
+            *generation = (*generation).max(event.generation);
+        }
         if event.kind.ends_run() {
             self.endings
                 .entry((run.clone(), event.generation))
