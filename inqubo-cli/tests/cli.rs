@@ -137,6 +137,38 @@ async fn trigger_prints_the_run_id_and_waits_for_the_outcome() {
     );
     assert!(String::from_utf8_lossy(&wrong_type.stdout).contains("undecodable"));
     events.wait_for("p1", "again", EventKind::Succeeded).await;
+
+    // A run id names one run: waiting on it again reports how it ended, and starts nothing.
+    let again = inqubo(
+        &broker,
+        &[
+            "--json",
+            "trigger",
+            "doubling",
+            "--run-id",
+            "w1",
+            "--input",
+            "9",
+            "--wait",
+            "--timeout",
+            "30",
+        ],
+    );
+    assert_eq!(again.status.code(), Some(3), "a duplicate changes nothing");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&again.stdout).unwrap(),
+        json!({"run_id": "w1", "status": "duplicate", "existing": "succeeded", "generation": 1})
+    );
+    assert_eq!(
+        events
+            .trail("w1")
+            .iter()
+            .filter(|e| *e == "again.started")
+            .count(),
+        1,
+        "{:?}",
+        events.trail("w1")
+    );
     assert!(
         events.trail("bad").is_empty(),
         "nothing was published for invalid JSON"
