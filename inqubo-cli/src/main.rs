@@ -96,8 +96,8 @@ enum Command {
         #[arg(long, default_value = "30d")]
         retention: String,
         /// Serve the dashboard, its JSON API and Prometheus `/metrics` on this address
-        /// (e.g. 127.0.0.1:8080; port 0 picks a free one). Bind another interface only with
-        /// a token.
+        /// (e.g. 127.0.0.1:8080; port 0 picks a free one). Another interface needs --token;
+        /// without one, only this machine is served.
         #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:8080")]
         listen: Option<std::net::SocketAddr>,
         /// Require `Authorization: Bearer <token>` on the API (and so on the dashboard's
@@ -109,6 +109,11 @@ enum Command {
             requires = "listen"
         )]
         token: Option<String>,
+        /// Serve the dashboard to other machines without a token: anyone who can reach it
+        /// reads every run's data and may replay or purge parked messages. For a network
+        /// that is yours alone.
+        #[arg(long, requires = "listen")]
+        allow_network_without_token: bool,
     },
     /// Runs from the history, newest first.
     Runs {
@@ -282,12 +287,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             retention,
             listen,
             token,
+            allow_network_without_token,
         } => {
             let options = history::MonitorOptions {
                 store,
                 retention: history::parse_age(&retention)?,
                 listen,
                 token: token.filter(|t| !t.is_empty()),
+                open_to_network: allow_network_without_token,
             };
             history::monitor(&context, options).await.map(|()| 0)
         }

@@ -751,3 +751,17 @@ async fn replays_by_identity_keep_the_others_in_order_in_a_classic_queue() {
     ))
     .await;
 }
+
+#[test]
+fn the_dashboard_refuses_a_network_address_without_a_token() {
+    let broker = TestBroker::new();
+    // Nothing is bound: the refusal comes first (port 0 would pick a free one).
+    let refused = inqubo(&broker, &["monitor", "--listen", "0.0.0.0:0"]);
+    assert!(!refused.status.success());
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        error.contains("refusing to serve the dashboard on 0.0.0.0:0 without a token"),
+        "{error}"
+    );
+    assert!(error.contains("--allow-network-without-token"), "{error}");
+}

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use axum::{
     Router,
-    extract::{Request, State as Extract},
+    extract::{ConnectInfo, Request, State as Extract},
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -39,6 +39,8 @@ pub(crate) struct State {
     live: broadcast::Sender<Arc<str>>,
     metrics: PrometheusHandle,
     token: Option<Arc<str>>,
+    /// `--allow-network-without-token`: serve peers on other machines without a token.
+    open_to_network: bool,
 }
 
 impl std::fmt::Debug for State {
@@ -57,6 +59,7 @@ impl State {
         live: broadcast::Sender<Arc<str>>,
         metrics: PrometheusHandle,
         token: Option<String>,
+        open_to_network: bool,
     ) -> Self {
         Self {
             context,
@@ -64,6 +67,7 @@ impl State {
             live,
             metrics,
             token: token.map(Into::into),
+            open_to_network,
         }
     }
 }
@@ -82,8 +86,28 @@ pub(crate) fn event_json(event: &LifecycleEvent) -> String {
 
 /// Serves the dashboard on `listener` until the process ends.
 pub(crate) async fn serve(listener: tokio::net::TcpListener, state: State) -> anyhow::Result<()> {
-    axum::serve(listener, router(state)).await?;
+    // Each request knows its peer's address, for `local_only`.
+    let service = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service).await?;
     Ok(())
+}
+
+/// Whether the monitor may serve on `address`: a loopback address always; another only with a
+/// token, or when the operator opted out by name. The error says why and what to do.
+pub(crate) fn check_listen(
+    address: std::net::SocketAddr,
+    token: bool,
+    open_to_network: bool,
+) -> Result<(), String> {
+    if address.ip().is_loopback() || token || open_to_network {
+        return Ok(());
+    }
+    Err(format!(
+        "refusing to serve the dashboard on {address} without a token: anyone who can reach it \
+         could read every run's inputs and outputs and replay or purge parked messages. Pass \
+         --token (or INQUBO_TOKEN), listen on 127.0.0.1, or, if the network is yours alone, \
+         --allow-network-without-token"
+    ))
 }
 
 fn router(state: State) -> Router {
@@ -107,10 +131,7 @@ fn router(state: State) -> Router {
         .route("/assets/app.css", get(style))
         .route("/metrics", get(metrics))
         .nest("/api", api)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            local_host_only,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), local_only))
         .with_state(state)
 }
 
@@ -146,17 +167,44 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Without a token, only requests addressed to a local host name are served.
-async fn local_host_only(Extract(state): Extract<State>, request: Request, next: Next) -> Response {
-    if state.token.is_some() || is_local(request.headers()) {
+/// Without a token, only this machine is served: requests from a loopback peer, addressed to
+/// a local host name (which keeps another web site out through DNS rebinding).
+async fn local_only(Extract(state): Extract<State>, request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    if admits(
+        state.token.is_some(),
+        state.open_to_network,
+        peer,
+        request.headers(),
+    ) {
         next.run(request).await
     } else {
         (
             StatusCode::FORBIDDEN,
-            "this dashboard answers local host names only; start the monitor with --token to serve others\n",
+            axum::Json(serde_json::json!({
+                "error": "this dashboard serves this machine only; start the monitor with --token to serve others"
+            })),
         )
             .into_response()
     }
+}
+
+/// The access decision of [`local_only`]: with a token, everyone reaches the token check; with
+/// the opt-out, everyone is served; otherwise only a loopback peer (a request whose peer is not
+/// known is refused) that names a local host.
+fn admits(
+    token: bool,
+    open_to_network: bool,
+    peer: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+) -> bool {
+    if token || open_to_network {
+        return true;
+    }
+    peer.is_some_and(|ip| ip.is_loopback()) && is_local(headers)
 }
 
 fn is_local(headers: &HeaderMap) -> bool {
@@ -222,6 +270,65 @@ mod tests {
         assert!(is_local(&host("10.1.2.3")));
         assert!(!is_local(&host("evil.example:8080")));
         assert!(!is_local(&host("localhost.evil.example")));
+    }
+
+    #[test]
+    fn without_a_token_only_this_machine_is_served() {
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        let local = host("127.0.0.1:8080");
+        assert!(admits(false, false, ip("127.0.0.1"), &local));
+        assert!(admits(false, false, ip("::1"), &host("localhost:8080")));
+        // A peer on the network, whatever host it names.
+        for peer in [
+            "192.168.1.20",
+            "10.0.0.7",
+            "172.17.0.1",
+            "fe80::1",
+            "2001:db8::5",
+        ] {
+            assert!(!admits(false, false, ip(peer), &local), "{peer}");
+            assert!(
+                !admits(false, false, ip(peer), &host("10.0.0.1:8080")),
+                "{peer}"
+            );
+        }
+        // A loopback peer naming another site (DNS rebinding), or an unknown peer.
+        assert!(!admits(
+            false,
+            false,
+            ip("127.0.0.1"),
+            &host("evil.example")
+        ));
+        assert!(!admits(false, false, None, &local));
+        // With a token every peer reaches the token check; with the opt-out, everyone.
+        assert!(admits(
+            true,
+            false,
+            ip("192.168.1.20"),
+            &host("dash.example")
+        ));
+        assert!(admits(
+            false,
+            true,
+            ip("192.168.1.20"),
+            &host("dash.example")
+        ));
+    }
+
+    #[test]
+    fn a_network_address_needs_a_token_or_the_named_opt_out() {
+        let any = "0.0.0.0:8080".parse().unwrap();
+        let refusal = check_listen(any, false, false).unwrap_err();
+        assert!(refusal.contains("--token"), "{refusal}");
+        assert!(
+            refusal.contains("--allow-network-without-token"),
+            "{refusal}"
+        );
+        assert!(check_listen("192.168.1.4:80".parse().unwrap(), false, false).is_err());
+        assert!(check_listen(any, true, false).is_ok());
+        assert!(check_listen(any, false, true).is_ok());
+        assert!(check_listen("127.0.0.1:0".parse().unwrap(), false, false).is_ok());
+        assert!(check_listen("[::1]:0".parse().unwrap(), false, false).is_ok());
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub(crate) struct MonitorOptions {
     pub(crate) listen: Option<std::net::SocketAddr>,
     /// The bearer token the API asks for, if any.
     pub(crate) token: Option<String>,
+    /// Serve peers on other machines without a token (`--allow-network-without-token`).
+    pub(crate) open_to_network: bool,
 }
 
 /// `inqubo monitor`: consumes events into the store until Ctrl-C, and serves the dashboard
@@ -77,7 +79,13 @@ pub(crate) async fn monitor(context: &Context, options: MonitorOptions) -> anyho
         retention,
         listen,
         token,
+        open_to_network,
     } = options;
+    // Refused before anything is opened or bound.
+    if let Some(address) = listen {
+        crate::dashboard::check_listen(address, token.is_some(), open_to_network)
+            .map_err(|refusal| anyhow::anyhow!(refusal))?;
+    }
     let store = store.as_str();
     let pool = open(store).await?;
     let (live, _) = tokio::sync::broadcast::channel::<std::sync::Arc<str>>(1024);
@@ -149,6 +157,7 @@ pub(crate) async fn monitor(context: &Context, options: MonitorOptions) -> anyho
             live.clone(),
             metrics,
             token,
+            open_to_network,
         );
         tokio::spawn(async move {
             if let Err(error) = crate::dashboard::serve(listener, state).await {
