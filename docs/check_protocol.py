@@ -108,7 +108,10 @@ def main():
 
     # Exclusive: deleted with the connection (not auto-delete: the check consumes it twice).
     events = ch.queue_declare(queue="", exclusive=True).method.queue
-    ch.queue_bind(events, exchange, routing_key="simple.#")
+    # As docs/protocol.md's example: keys that leave the trigger out.
+    for key in ["simple.step.#", "simple.run.succeeded", "simple.run.failed",
+                "simple.run.cancelled", "simple.run.duplicate"]:
+        ch.queue_bind(events, exchange, routing_key=key)
 
     # An unknown workflow is returned to a mandatory publisher.
     try:

@@ -163,8 +163,14 @@ impl Client {
         input: &impl Serialize,
         timeout: std::time::Duration,
     ) -> Result<RunOutcome> {
+        // The outcomes only: a binding that matched the trigger would make a trigger of an
+        // unknown workflow routable, and this would wait for nothing.
         let mut events = self
-            .subscribe_to(RoutingKey::run_events(workflow).as_str())
+            .subscribe_to_all(
+                RoutingKey::run_outcomes(workflow)
+                    .iter()
+                    .map(RoutingKey::as_str),
+            )
             .await?;
         let run_id = self.trigger(workflow, run_id, input).await?;
         let wait = async {

@@ -354,3 +354,24 @@ async fn a_trigger_of_a_run_that_succeeded_starts_nothing_and_says_how_it_ended(
     assert_eq!(events.trail("a1"), ["run.triggered", "run.duplicate"]);
     runner.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn waiting_on_a_workflow_no_runner_declared_fails_at_once() {
+    let broker = TestBroker::new();
+    // The exchange exists (a runner of another workflow declared it); this workflow does not.
+    let runner = broker.start_runner(&chain("known")).await;
+    let started = std::time::Instant::now();
+
+    let error = runner
+        .client()
+        .trigger_and_wait(&"unknown".parse().unwrap(), run_id("u1"), &1_u64, ANSWER)
+        .await
+        .unwrap_err();
+
+    assert!(matches!(error, Error::Unroutable { .. }), "{error:?}");
+    assert!(
+        started.elapsed() < ANSWER,
+        "it did not wait for the timeout"
+    );
+    runner.shutdown().await.unwrap();
+}

@@ -51,6 +51,19 @@ impl RoutingKey {
         Self(format!("{workflow}.run.*"))
     }
 
+    /// The keys that tell a run's outcome: `run.succeeded`, `run.failed`, `run.cancelled` and
+    /// `run.duplicate` (the trigger named a run that exists). What a client waiting for a run
+    /// binds to: unlike `<workflow>.run.*`, it does not match the trigger, so a trigger of a
+    /// workflow no runner declared stays unroutable.
+    pub fn run_outcomes(workflow: &WorkflowName) -> [Self; 4] {
+        [
+            Self::run_event(workflow, EventKind::RunSucceeded),
+            Self::run_event(workflow, EventKind::RunFailed),
+            Self::run_event(workflow, EventKind::RunCancelled),
+            Self::run_event(workflow, EventKind::RunDuplicate),
+        ]
+    }
+
     /// The keys of `workflow`'s events that change a run for its remaining steps:
     /// `run.failed`, `run.cancelled` and `run.resumed` (what the run-state stream is bound
     /// to).
