@@ -191,6 +191,49 @@ async fn fatal_error_fails_at_once_and_parks_the_input() {
 }
 
 #[tokio::test]
+async fn an_error_past_the_header_limit_is_parked_cut_and_the_runner_keeps_serving() {
+    async fn verbose(n: u32, _: StepContext) -> Result<u32, StepError> {
+        if n == 0 {
+            // Past the broker's frame size (128 KiB): whole, it could not travel as a header.
+            return Err(StepError::fatal("x".repeat(300_000)));
+        }
+        Ok(n)
+    }
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("verbose")
+        .start(Step::new("verbose", verbose))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe(runner.client()).await;
+
+    runner.trigger(run_id("long"), &0_u32).await.unwrap();
+    let failed = events.wait_for("long", "verbose", EventKind::Failed).await;
+    let body: FailedBody = serde_json::from_value(failed.body).unwrap();
+    assert_eq!(
+        body.error.len(),
+        300_000,
+        "the event's body has the whole text"
+    );
+    let parked = broker
+        .drain(&format!("{}.verbose.parked", broker.prefix()), 1)
+        .await;
+    let error = text_header(&parked[0], "parked-error");
+    assert!(error.len() <= 4096, "{}", error.len());
+    assert!(error.ends_with("[cut: 300000 bytes in all]"), "{error}");
+    // The connection survived: the next run goes through.
+    let outcome = runner
+        .trigger_and_wait(run_id("next"), &5_u32, std::time::Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        inqubo_amqp::RunOutcome::Succeeded(json!({"verbose": 5}))
+    );
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn exhausted_retries_park_message_with_reason() {
     let broker = TestBroker::new();
     let flow = Workflow::builder("exhaust")

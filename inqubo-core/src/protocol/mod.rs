@@ -33,9 +33,9 @@ pub use names::{
     RUN_JOIN,
 };
 pub use outgoing::{
-    Address, AttemptId, Destination, MAX_MESSAGE_ID_LEN, Outgoing, admitted, announcement,
-    counted_redelivery, fit_message_id, join_piece, join_snapshot, joined_input, journal_record,
-    json, parked, run_begin, run_event, run_failed, trigger,
+    Address, AttemptId, Destination, MAX_ERROR_HEADER_LEN, MAX_MESSAGE_ID_LEN, Outgoing, admitted,
+    announcement, counted_redelivery, cut_error, fit_message_id, join_piece, join_snapshot,
+    joined_input, journal_record, json, parked, run_begin, run_event, run_failed, trigger,
 };
 
 /// The default prefix: the name of the topic exchange and the first word of every queue name.

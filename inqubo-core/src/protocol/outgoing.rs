@@ -520,7 +520,7 @@ pub fn parked(
 ) -> Outgoing {
     let headers = Headers::new()
         .with(header::PARKED_REASON, failure.reason.as_str())
-        .with(header::PARKED_ERROR, failure.error.as_str())
+        .with(header::PARKED_ERROR, cut_error(&failure.error))
         .with(header::PARKED_STEP, step)
         .with(header::PARKED_ROUTING_KEY, received.routing_key)
         .with(header::PARKED_ATTEMPT, failure.attempt);
@@ -582,6 +582,24 @@ pub fn fit_message_id(id: String) -> String {
     format!("{}{suffix}", &id[..keep])
 }
 
+/// `error` if it fits in [`MAX_ERROR_HEADER_LEN`] bytes; otherwise its first bytes and a
+/// marker saying how much was cut. Headers travel in one frame whose size the broker limits
+/// (128 KiB by default), so an error text of any length must not go into one whole.
+pub fn cut_error(error: &str) -> String {
+    if error.len() <= MAX_ERROR_HEADER_LEN {
+        return error.to_owned();
+    }
+    let marker = format!(" [cut: {} bytes in all]", error.len());
+    let mut keep = MAX_ERROR_HEADER_LEN - marker.len();
+    while !error.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}{marker}", &error[..keep])
+}
+
+/// The longest `parked-error` header, in bytes; the `failed` event's body has the whole text.
+pub const MAX_ERROR_HEADER_LEN: usize = 4096;
+
 /// What [`parked`] puts before the `message_id` of the input it parks.
 pub(super) const PARKED_ID: &str = "parked:";
 
@@ -606,6 +624,18 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_long_error_is_cut_in_the_parked_header_at_a_character_boundary() {
+        let error = format!("{}{}", "é".repeat(3000), "x".repeat(100_000));
+        let cut = cut_error(&error);
+        assert!(cut.len() <= MAX_ERROR_HEADER_LEN, "{}", cut.len());
+        assert!(cut.ends_with(&format!(" [cut: {} bytes in all]", error.len())));
+        assert!(cut.starts_with("ééé"));
+        assert_eq!(cut_error("short"), "short");
+        let exact = "y".repeat(MAX_ERROR_HEADER_LEN);
+        assert_eq!(cut_error(&exact), exact);
+    }
     use crate::{FailureReason, protocol::Incoming};
 
     #[test]
