@@ -33,7 +33,10 @@ pub enum QueueType {
     /// of the two on RabbitMQ 3.10).
     #[default]
     Quorum,
-    /// Classic mirrored-or-not queues; dead-lettering is at-most-once.
+    /// Classic queues. Their dead-lettering is at-most-once: a retry waiting in a delay tier
+    /// when the broker crashes mid-forward can be lost (its run then never ends, and no
+    /// event says why). Choose them only where losing a retry in a broker crash is
+    /// acceptable; runs without retries are not affected.
     Classic,
 }
 

@@ -73,7 +73,9 @@ impl RunnerBuilder {
         self
     }
 
-    /// The queue type (default quorum). Every runner under one prefix must agree on it.
+    /// The queue type (default quorum). Every runner under one prefix must agree on it. With
+    /// [`QueueType::Classic`], a retry waiting in a delay tier can be lost if the broker
+    /// crashes while forwarding it (classic dead-lettering is at-most-once).
     #[must_use]
     pub fn queue_type(mut self, queue_type: QueueType) -> Self {
         self.queue_type = queue_type;
