@@ -76,8 +76,31 @@ impl Publisher {
         self.current.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn channel(&self) -> Channel {
-        self.lock().channel.clone()
+    /// The channel to publish on. One the broker closed (a publish to an exchange that was
+    /// deleted, a message over its size limit) is replaced at once while the connection
+    /// lives: otherwise every later publish of the runner would fail on it.
+    async fn channel(&self) -> Result<Channel> {
+        let channel = self.lock().channel.clone();
+        if channel.status().connected() || !self.connection.status().connected() {
+            return Ok(channel);
+        }
+        let fresh = confirming_channel(&self.connection).await?;
+        let mut current = self.lock();
+        if !current.channel.status().connected() {
+            warn!("the broker closed the publishing channel; publishing on a new one");
+            crate::metric::channel_renewed();
+            current.channel = fresh.clone();
+            current.opened = Instant::now();
+            Ok(fresh)
+        } else {
+            // Another task replaced it meanwhile: this one is not needed.
+            let replaced = current.channel.clone();
+            drop(current);
+            tokio::spawn(async move {
+                let _ = fresh.close(200, "not needed".into()).await;
+            });
+            Ok(replaced)
+        }
     }
 
     /// Replaces the channel that refused messages by a new one, unless it was opened lately
@@ -112,6 +135,7 @@ impl Publisher {
         let sent = std::time::Instant::now();
         let confirm = self
             .channel()
+            .await?
             .basic_publish(
                 message.exchange.as_str().into(),
                 message.routing_key.as_str().into(),
@@ -131,9 +155,9 @@ impl Publisher {
         })
     }
 
-    /// Whether the channel (and so its connection) is still open.
+    /// Whether the connection is still open (a closed channel is replaced on the next send).
     pub(crate) fn is_alive(&self) -> bool {
-        self.channel().status().connected()
+        self.connection.status().connected()
     }
 
     /// Sends every message, then waits for all their confirms, pipelined.
