@@ -54,7 +54,9 @@ pub use protocol::RoutingKey;
 pub use retry::{
     ExponentialBackoff, LimitedRetries, NoRetries, RetryPolicy, RetrySpec, RetryStrategy,
 };
-pub use step::{DEFAULT_STEP_TIMEOUT, DecodeError, Step, StepContext, StepError, StepFn};
+pub use step::{
+    DEFAULT_STEP_TIMEOUT, DecodeError, MAX_STEP_TIMEOUT, Step, StepContext, StepError, StepFn,
+};
 pub use workflow::{
     Chain, Edge, JoinShape, NotStarted, Stage, StageSpec, StepDefinition, StepNode, Workflow,
     WorkflowBuilder, WorkflowDefinition, WorkflowError,

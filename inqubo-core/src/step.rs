@@ -24,6 +24,12 @@ use crate::{
 /// close the channel holding the unacknowledged input.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
+/// The longest timeout a step may set: below RabbitMQ's default consumer timeout of 30
+/// minutes, with room for publishing the outcome, so that an attempt always gives up before
+/// the broker takes its input back. [`WorkflowBuilder::build`](crate::WorkflowBuilder::build)
+/// refuses a longer one ([`WorkflowError::TimeoutTooLong`](crate::WorkflowError::TimeoutTooLong)).
+pub const MAX_STEP_TIMEOUT: Duration = Duration::from_secs(25 * 60);
+
 /// The error a step returns.
 ///
 /// `?` on any error makes a *retryable* error, which goes through the step's retry policy.

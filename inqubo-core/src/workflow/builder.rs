@@ -300,6 +300,13 @@ impl<T> WorkflowBuilder<T> {
             if index_of.insert(step.clone(), index).is_some() {
                 return Err(WorkflowError::DuplicateStep(step.to_string()));
             }
+            if draft.spec.timeout > crate::step::MAX_STEP_TIMEOUT {
+                return Err(WorkflowError::TimeoutTooLong {
+                    step: step.to_string(),
+                    timeout: draft.spec.timeout,
+                    max: crate::step::MAX_STEP_TIMEOUT,
+                });
+            }
             names.push(step);
         }
         let mut steps: Vec<StepNode> = drafts

@@ -63,6 +63,20 @@ pub enum WorkflowError {
     /// Two steps share a name.
     #[error("step `{0}` appears more than once")]
     DuplicateStep(String),
+    /// A step's timeout is longer than [`MAX_STEP_TIMEOUT`](crate::MAX_STEP_TIMEOUT): the
+    /// broker would take its input back (consumer timeout) before the attempt gives up, and
+    /// another runner would run it again while it still runs.
+    #[error(
+        "step `{step}` has a timeout of {timeout:?}, more than the {max:?} an attempt may hold its input (RabbitMQ's consumer timeout is 30 minutes by default)"
+    )]
+    TimeoutTooLong {
+        /// The step.
+        step: String,
+        /// Its timeout.
+        timeout: std::time::Duration,
+        /// The longest allowed.
+        max: std::time::Duration,
+    },
 }
 
 /// One step of a built workflow, with its place in the graph.

@@ -67,6 +67,30 @@ fn duplicate_step_names_are_refused() {
 }
 
 #[test]
+fn a_timeout_past_the_consumer_timeout_is_refused() {
+    use std::time::Duration;
+    let err = Workflow::builder("slow")
+        .start(Step::new("a", unit).timeout(Duration::from_secs(45 * 60)))
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err,
+        WorkflowError::TimeoutTooLong {
+            step: "a".into(),
+            timeout: Duration::from_secs(45 * 60),
+            max: crate::MAX_STEP_TIMEOUT,
+        }
+    );
+    assert!(err.to_string().contains("consumer timeout"), "{err}");
+    assert!(
+        Workflow::builder("slow")
+            .start(Step::new("a", unit).timeout(crate::MAX_STEP_TIMEOUT))
+            .build()
+            .is_ok()
+    );
+}
+
+#[test]
 fn invalid_names_are_refused_with_the_reason() {
     let err = Workflow::builder("bad.name")
         .start(Step::new("a", unit))
