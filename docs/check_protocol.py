@@ -63,6 +63,7 @@ def cleanup(ch, prefix):
     for shard in range(4):
         ch.queue_delete(f"{prefix}.simple._run.shard-{shard}")
         ch.queue_delete(f"{prefix}.simple._run.state-{shard}")
+        ch.queue_delete(f"{prefix}.simple._run.journal-{shard}")
     ch.queue_delete(f"{prefix}.simple.run-states")
     ch.exchange_delete(f"{prefix}.join")
     ch.queue_delete(f"{prefix}.registry")
