@@ -124,6 +124,12 @@ pub enum Error {
         /// The generation that ended.
         generation: u32,
     },
+    /// The broker did not open a channel in time (to replace one it had closed).
+    #[error("the broker did not open a channel within {timeout:?}")]
+    ChannelTimeout {
+        /// How long it was given.
+        timeout: std::time::Duration,
+    },
     /// A run could not be cancelled: it had already ended.
     #[error("run `{run_id}` was not cancelled: it had already {ended}")]
     CancelRefused {
@@ -216,6 +222,7 @@ impl Error {
             | Error::CancelUnanswered { .. }
             | Error::ResumeTimeout { .. }
             | Error::ConfirmTimeout { .. }
+            | Error::ChannelTimeout { .. }
             | Error::SessionStartTimeout { .. }
             | Error::Nacked { .. }
             | Error::ConnectTimeout { .. } => true,

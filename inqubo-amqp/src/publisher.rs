@@ -81,10 +81,16 @@ impl Publisher {
     /// lives: otherwise every later publish of the runner would fail on it.
     async fn channel(&self) -> Result<Channel> {
         let channel = self.lock().channel.clone();
-        if channel.status().connected() || !self.connection.status().connected() {
+        let connection = self.connection.status();
+        if channel.status().connected() || !connection.connected() || connection.closing() {
             return Ok(channel);
         }
-        let fresh = confirming_channel(&self.connection).await?;
+        // Bounded: on a connection that is going away, the broker may never answer.
+        let fresh = tokio::time::timeout(CONFIRM_TIMEOUT, confirming_channel(&self.connection))
+            .await
+            .map_err(|_| Error::ChannelTimeout {
+                timeout: CONFIRM_TIMEOUT,
+            })??;
         let mut current = self.lock();
         if !current.channel.status().connected() {
             warn!("the broker closed the publishing channel; publishing on a new one");
