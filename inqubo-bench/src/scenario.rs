@@ -49,17 +49,18 @@ pub(crate) async fn relay(p: Payload, _ctx: StepContext) -> Result<Payload, Step
 }
 
 pub(crate) fn hop_workflow() -> Workflow {
-    Workflow::builder("hop")
-        .start(Step::new("s0", relay))
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"))
+    hop_workflow_with(true)
 }
 
 /// The one-step workflow without unique runs: triggers go straight to the step, without
 /// the admission hop through the run join.
 pub(crate) fn hop_workflow_not_unique() -> Workflow {
+    hop_workflow_with(false)
+}
+
+fn hop_workflow_with(unique_runs: bool) -> Workflow {
     Workflow::builder("hop")
-        .unique_runs(false)
+        .unique_runs(unique_runs)
         .start(Step::new("s0", relay))
         .build()
         .unwrap_or_else(|e| panic!("{e}"))

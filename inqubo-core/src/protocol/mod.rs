@@ -34,8 +34,8 @@ pub use names::{
 };
 pub use outgoing::{
     Address, AttemptId, Destination, MAX_ERROR_HEADER_LEN, MAX_MESSAGE_ID_LEN, Outgoing, admitted,
-    announcement, counted_redelivery, cut_error, fit_message_id, join_piece, join_snapshot,
-    joined_input, journal_record, json, parked, run_begin, run_event, run_failed, trigger,
+    announcement, counted_redelivery, cut_error, fit_message_id, join_piece, joined_input,
+    journal_record, json, parked, run_begin, run_event, run_failed, trigger,
 };
 
 /// The default prefix: the name of the topic exchange and the first word of every queue name.

@@ -44,15 +44,6 @@ pub enum Destination {
         /// The shard owning the run.
         shard: u32,
     },
-    /// The state queue of one shard of a join, which keeps its latest snapshots.
-    JoinState {
-        /// The join's workflow.
-        workflow: WorkflowName,
-        /// The join step, or [`RUN_JOIN`](crate::protocol::RUN_JOIN).
-        join: String,
-        /// The shard.
-        shard: u32,
-    },
     /// The journal queue of one shard of a join.
     JoinJournal {
         /// The join's workflow.
@@ -109,17 +100,6 @@ impl Names {
             Destination::Parked(workflow) => Address {
                 exchange: String::new(),
                 routing_key: self.parked_queue(workflow).as_str().to_owned(),
-            },
-            Destination::JoinState {
-                workflow,
-                join,
-                shard,
-            } => Address {
-                exchange: String::new(),
-                routing_key: self
-                    .join_state_queue(workflow, join, *shard)
-                    .as_str()
-                    .to_owned(),
             },
             Destination::JoinJournal {
                 workflow,
@@ -429,27 +409,6 @@ pub fn run_failed(
         EventKind::RunFailed,
         json(failure),
     )
-}
-
-/// The latest state of a join shard, kept in its state queue.
-pub fn join_snapshot(
-    workflow: &WorkflowName,
-    join: &str,
-    shard: u32,
-    snapshot: Vec<u8>,
-) -> Outgoing {
-    Outgoing {
-        destination: Destination::JoinState {
-            workflow: workflow.clone(),
-            join: join.to_owned(),
-            shard,
-        },
-        body: snapshot,
-        headers: Headers::new(),
-        inherit_headers: false,
-        message_id: format!("snapshot:{workflow}.{join}.{shard}"),
-        mandatory: true,
-    }
 }
 
 /// A record of the journal of shard `shard` of `join`: the pieces of one batch, or one part of

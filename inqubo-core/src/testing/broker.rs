@@ -161,10 +161,7 @@ impl<'a> Broker<'a> {
                 return Ok(());
             }
             // The books live in memory here; nothing reads announcements or replies.
-            Destination::JoinState { .. }
-            | Destination::JoinJournal { .. }
-            | Destination::Registry
-            | Destination::Reply(_) => {
+            Destination::JoinJournal { .. } | Destination::Registry | Destination::Reply(_) => {
                 return Ok(());
             }
         }
