@@ -14,6 +14,7 @@
 //! | [`Incoming`] | a delivery, and what its headers say |
 
 mod incoming;
+mod join_shard;
 mod key;
 mod lifecycle;
 mod names;
@@ -24,6 +25,7 @@ pub mod header;
 
 pub use header::{HeaderValue, Headers};
 pub use incoming::{HeaderError, Incoming};
+pub use join_shard::{admitted, join_piece, joined_input, journal_record, run_begin};
 pub use key::RoutingKey;
 pub use lifecycle::{
     CancelReply, cancel_reply, cancel_request, next_generation, resume, resume_run, run_resumed,
@@ -33,9 +35,9 @@ pub use names::{
     RUN_JOIN,
 };
 pub use outgoing::{
-    Address, AttemptId, Destination, MAX_ERROR_HEADER_LEN, MAX_MESSAGE_ID_LEN, Outgoing, admitted,
-    announcement, counted_redelivery, cut_error, fit_message_id, join_piece, joined_input,
-    journal_record, json, parked, run_begin, run_event, run_failed, trigger,
+    Address, AttemptId, Destination, MAX_ERROR_HEADER_LEN, MAX_MESSAGE_ID_LEN, Outgoing,
+    announcement, counted_redelivery, cut_error, fit_message_id, json, parked, run_event,
+    run_failed, trigger,
 };
 
 /// The default prefix: the name of the topic exchange and the first word of every queue name.
