@@ -221,8 +221,8 @@ impl JoinShard {
         Ok(book)
     }
 
-    /// Writes a snapshot of `book` to the journal, then deletes the records before it (in
-    /// the background: the shard goes on meanwhile). Returns the snapshot's size in bytes.
+    /// Writes a snapshot of `book` to the journal, then deletes the records before it.
+    /// Returns the snapshot's size in bytes.
     async fn snapshot(&self, book: &JoinBook) -> Result<usize> {
         let parts = self.engine.join_snapshot(&self.join, self.shard, book);
         let bytes = parts.iter().map(|p| p.body.len()).sum();
@@ -232,14 +232,10 @@ impl JoinShard {
             self.topology
                 .join_journal_queue(self.engine.workflow().name(), &self.join, self.shard);
         let covered = book.version();
-        let channel = self.journal_channel.clone();
-        let join = self.join.clone();
-        tokio::spawn(async move {
-            if let Err(error) = delete_before(&channel, queue.as_str(), covered).await {
-                // The records stay; the next snapshot deletes them.
-                debug!(%join, %error, "journal records before a snapshot not deleted yet");
-            }
-        });
+        if let Err(error) = delete_before(&self.journal_channel, queue.as_str(), covered).await {
+            // The records stay; the next snapshot deletes them.
+            debug!(join = %self.join, %error, "journal records before a snapshot not deleted yet");
+        }
         Ok(bytes)
     }
 }
@@ -376,7 +372,8 @@ pub(crate) async fn consume_shard(
             () = cancel.cancelled() => break,
             // Before the next delivery, which is always ready under load.
             _ = balance.tick(), if book.is_some() => {
-                if let Some(runners) = shard.more_than_share().await {
+                let over = tokio::time::timeout(BALANCE_EVERY, shard.more_than_share()).await;
+                if let Ok(Some(runners)) = over {
                     if let Some((_, holding)) = book.take() {
                         holding.counted_down();
                     }

@@ -139,9 +139,6 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
             Arc::clone(&shared.in_flight),
         ));
     }
-    // Journals are read and trimmed with single acknowledgements on a channel of their own,
-    // away from the shard consumers' `multiple` acknowledgements.
-    let journal_channel = session.channel().await?;
     let joins = Names::joins(&shared.workflow);
     let held = Arc::new(HeldShards::new(joins.len() * JOIN_SHARDS as usize));
     *shared
@@ -160,7 +157,10 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
                 join: join.clone(),
                 shard,
                 publisher: session.publisher.clone(),
-                journal_channel: journal_channel.clone(),
+                // Each shard reads and trims its journal with single acknowledgements on a
+                // channel of its own: away from its consumer's `multiple` acknowledgements, and
+                // from the other shards' requests.
+                journal_channel: session.channel().await?,
                 snapshot_every: shared.join_snapshot_every,
                 held: Arc::clone(&held),
             };
