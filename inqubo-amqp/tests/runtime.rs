@@ -234,6 +234,54 @@ async fn an_error_past_the_header_limit_is_parked_cut_and_the_runner_keeps_servi
 }
 
 #[tokio::test]
+async fn an_output_too_large_to_pass_on_is_parked_and_its_child_never_runs() {
+    async fn swell(n: u32, _: StepContext) -> Result<String, StepError> {
+        Ok("x".repeat(n as usize))
+    }
+    async fn measure(text: String, _: StepContext) -> Result<usize, StepError> {
+        Ok(text.len())
+    }
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("swell")
+        .start(Step::new("swell", swell))
+        .then(Step::new("measure", measure))
+        .build()
+        .unwrap();
+    let runner = broker
+        .runner(&flow)
+        .max_input_bytes(64 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let mut events = Events::subscribe(runner.client()).await;
+
+    runner.trigger(run_id("big"), &100_000_u32).await.unwrap();
+    let failed = events.wait_for("big", "swell", EventKind::Failed).await;
+    let body: FailedBody = serde_json::from_value(failed.body).unwrap();
+    assert_eq!(body.reason, FailureReason::TooLarge);
+    assert!(body.error.contains("output is 100002 bytes"), "{}", body.error);
+    let parked = broker
+        .drain(&format!("{}.swell.parked", broker.prefix()), 1)
+        .await;
+    assert_eq!(text_header(&parked[0], "parked-reason"), "too_large");
+    assert!(
+        !events.trail("big").iter().any(|e| e.contains("succeeded")),
+        "{:?}",
+        events.trail("big")
+    );
+    // The same step with a smaller output passes it on.
+    let outcome = runner
+        .trigger_and_wait(run_id("small"), &10_u32, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        inqubo_amqp::RunOutcome::Succeeded(json!({"measure": 10}))
+    );
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn exhausted_retries_park_message_with_reason() {
     let broker = TestBroker::new();
     let flow = Workflow::builder("exhaust")

@@ -217,7 +217,7 @@ pub enum FailureReason {
     /// The message was delivered too many times without being acknowledged: its attempts
     /// keep killing or disconnecting their runner.
     RedeliveryLimit,
-    /// The input is larger than the runner accepts.
+    /// The input, or the output the step returned for it, is larger than the runner accepts.
     TooLarge,
     /// Not run: another step of the run had failed for good, and the workflow fails fast.
     /// Resuming the run runs it.

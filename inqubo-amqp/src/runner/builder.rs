@@ -113,8 +113,10 @@ impl RunnerBuilder {
         self
     }
 
-    /// The largest input a step accepts, in bytes (default 16 MiB); larger ones are parked
-    /// with reason `too_large` without being decoded.
+    /// The largest input a step accepts, and the largest output it may return, in bytes
+    /// (default 16 MiB). Larger inputs are parked with reason `too_large` without being
+    /// decoded; a larger output fails its attempt for good with the same reason, before
+    /// anything is published. Keep it well under the broker's `max_message_size` (128 MiB).
     #[must_use]
     pub fn max_input_bytes(mut self, max_input_bytes: usize) -> Self {
         self.limits.max_input_bytes = max_input_bytes;

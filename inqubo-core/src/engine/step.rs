@@ -242,6 +242,20 @@ impl Engine {
     ) -> Effects {
         let number = attempt.id.attempt;
         match outcome {
+            AttemptOutcome::Succeeded { output } if output.len() > self.limits.max_input_bytes => {
+                // The output is the children's input: one they would refuse, or the broker
+                // would refuse to carry, fails the step here, before anything is published.
+                let failure = FailedBody {
+                    error: format!(
+                        "output is {} bytes, more than the {} a step may pass on",
+                        output.len(),
+                        self.limits.max_input_bytes
+                    ),
+                    attempt: number,
+                    reason: FailureReason::TooLarge,
+                };
+                self.park(&attempt.id.step, incoming, failure, &attempt.id.trace)
+            }
             AttemptOutcome::Succeeded { output } => {
                 Effects::publish(self.success_messages(attempt, output))
             }

@@ -221,6 +221,36 @@ fn too_large_inputs_are_parked_without_running() {
 }
 
 #[test]
+fn an_output_too_large_to_pass_on_fails_the_step_and_publishes_no_success() {
+    let limits = Limits {
+        max_input_bytes: 4,
+        ..Limits::default()
+    };
+    let engine = Engine::new(chain().workflow().clone(), limits);
+    let input = delivery(run("r"), b"1");
+    let attempt = admitted(&engine, "a", &input);
+    let effects = engine.finished(
+        &attempt,
+        &input,
+        AttemptOutcome::Succeeded {
+            output: b"12345".to_vec(),
+        },
+    );
+    assert_eq!(keys(&effects), ["parked", "wf.step.a.failed", "join _run"]);
+    let failure = effects.failure.unwrap();
+    assert_eq!(failure.reason, FailureReason::TooLarge);
+    assert!(failure.error.contains("output is 5 bytes"), "{}", failure.error);
+    let at_limit = engine.finished(
+        &attempt,
+        &input,
+        AttemptOutcome::Succeeded {
+            output: b"1234".to_vec(),
+        },
+    );
+    assert_eq!(keys(&at_limit), ["wf.step.a.succeeded"]);
+}
+
+#[test]
 fn inputs_past_the_redelivery_limit_are_parked_and_classic_redeliveries_counted() {
     let engine = chain();
     let over = delivery(run("r").with(header::X_DELIVERY_COUNT, 6_u32), b"1");
