@@ -230,9 +230,18 @@ impl Client {
     /// The subscription is a server-named, exclusive queue that the broker deletes when the
     /// stream is dropped; it is bound before this returns, so a run triggered afterwards is
     /// seen from its first event.
+    ///
+    /// It sees every step event and every run event but triggers (`run.triggered`): bound to
+    /// triggers, it would make a trigger of a workflow no runner declared routable, and its
+    /// sender would never learn that nobody runs it. Bind `<workflow>.run.triggered` with
+    /// [`Client::subscribe_to`] to see triggers anyway.
     pub async fn subscribe(&self, workflow: Option<&WorkflowName>) -> Result<EventStream> {
-        self.subscribe_to(RoutingKey::all_events(workflow).as_str())
-            .await
+        self.subscribe_to_all(
+            RoutingKey::observed_events(workflow)
+                .iter()
+                .map(RoutingKey::as_str),
+        )
+        .await
     }
 
     /// Follows the events whose routing key matches `binding` (a topic pattern such as

@@ -253,7 +253,7 @@ pub(crate) async fn declare(url: &str, topology: &Topology) -> anyhow::Result<St
             topology.durable_queue_args(),
         )
         .await?;
-    for binding in RoutingKey::observed_events() {
+    for binding in RoutingKey::observed_events(None) {
         channel
             .queue_bind(
                 queue.as_str().into(),

@@ -114,6 +114,11 @@ enum Command {
         /// that is yours alone.
         #[arg(long, requires = "listen")]
         allow_network_without_token: bool,
+        /// The most events the monitor's queue holds while no monitor reads it; past it the
+        /// oldest are dropped (and missing from the history), so that a monitor left stopped
+        /// never fills the broker. Applies when the queue is first declared.
+        #[arg(long, default_value_t = history::DEFAULT_MAX_BACKLOG)]
+        max_backlog: u32,
     },
     /// Runs from the history, newest first.
     Runs {
@@ -288,6 +293,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             listen,
             token,
             allow_network_without_token,
+            max_backlog,
         } => {
             let options = history::MonitorOptions {
                 store,
@@ -295,6 +301,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 listen,
                 token: token.filter(|t| !t.is_empty()),
                 open_to_network: allow_network_without_token,
+                max_backlog,
             };
             history::monitor(&context, options).await.map(|()| 0)
         }
@@ -477,10 +484,13 @@ async fn watch(
         if run_id.as_ref().is_some_and(|id| *id != event.run_id) {
             continue;
         }
+        // When the event reached this watcher, in UTC to the millisecond.
+        let at = humantime::format_rfc3339_millis(std::time::SystemTime::now());
         if context.json {
             println!(
                 "{}",
                 serde_json::json!({
+                    "at": at.to_string(),
                     "workflow": event.workflow, "step": event.step, "event": event.kind,
                     "run_id": event.run_id, "attempt": event.attempt, "body": event.body,
                 })
@@ -493,9 +503,9 @@ async fn watch(
                 EventKind::Skipped | EventKind::RunCancelled => "35",
                 _ => "36",
             };
-            println!("\x1b[{code}m{event}\x1b[0m");
+            println!("{at} \x1b[{code}m{event}\x1b[0m");
         } else {
-            println!("{event}");
+            println!("{at} {event}");
         }
     }
 }

@@ -90,6 +90,10 @@ fn listed(broker: &TestBroker, store: &str, filter: &[&str]) -> Vec<String> {
 }
 
 fn start_monitor(broker: &TestBroker, store: &str) -> Child {
+    start_monitor_with(broker, store, &[])
+}
+
+fn start_monitor_with(broker: &TestBroker, store: &str, options: &[&str]) -> Child {
     let mut monitor = Command::new(env!("CARGO_BIN_EXE_inqubo"))
         .args([
             "--amqp-url",
@@ -100,6 +104,7 @@ fn start_monitor(broker: &TestBroker, store: &str) -> Child {
             "--store",
             store,
         ])
+        .args(options)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -554,6 +559,63 @@ on_both_stores!(
     a_cancelled_run_is_recorded_with_its_skipped_step,
     a_run_first_seen_mid_way_ends_with_its_status,
 );
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_monitor_s_queue_keeps_only_the_newest_events() {
+    let broker = TestBroker::new();
+    let store = TestStore::sqlite();
+    let mut monitor = start_monitor_with(&broker, &store.url, &["--max-backlog", "3"]);
+    monitor.kill().unwrap();
+    monitor.wait().unwrap();
+    for n in 0..5_u8 {
+        broker
+            .publish_raw(
+                "lost.step.a.started",
+                lapin::BasicProperties::default(),
+                &[b'0' + n],
+            )
+            .await;
+    }
+    let queue = format!("{}.monitor", broker.prefix());
+    let (connection, channel) = broker.raw_channel().await;
+    let declared = channel
+        .queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(declared.message_count(), 3);
+    // The queue has a single active consumer, which `basic.get` cannot be: consume instead.
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let mut bodies = Vec::new();
+    while bodies.len() < 3 {
+        use futures_util::StreamExt;
+        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        bodies.push(delivery.data);
+    }
+    assert_eq!(bodies, [b"2", b"3", b"4"], "the oldest two were dropped");
+    let _ = connection.close(200, "done".into()).await;
+}
 
 fn rand_suffix() -> u64 {
     std::time::SystemTime::now()

@@ -69,7 +69,13 @@ pub(crate) struct MonitorOptions {
     pub(crate) token: Option<String>,
     /// Serve peers on other machines without a token (`--allow-network-without-token`).
     pub(crate) open_to_network: bool,
+    /// The monitor queue's `x-max-length` (`--max-backlog`).
+    pub(crate) max_backlog: u32,
 }
+
+/// The events the monitor's queue holds at most by default: a few hours of a busy fleet, a
+/// few hundred MB of the broker's disk.
+pub(crate) const DEFAULT_MAX_BACKLOG: u32 = 1_000_000;
 
 /// `inqubo monitor`: consumes events into the store until Ctrl-C, and serves the dashboard
 /// when asked to.
@@ -80,6 +86,7 @@ pub(crate) async fn monitor(context: &Context, options: MonitorOptions) -> anyho
         listen,
         token,
         open_to_network,
+        max_backlog,
     } = options;
     // Refused before anything is opened or bound.
     if let Some(address) = listen {
@@ -98,6 +105,12 @@ pub(crate) async fn monitor(context: &Context, options: MonitorOptions) -> anyho
         argument::SINGLE_ACTIVE_CONSUMER.into(),
         AMQPValue::Boolean(true),
     );
+    // Bounded, dropping the oldest: a monitor left stopped loses history, never the broker's
+    // memory or disk. (Refusing new events instead would refuse the runners' publishes.)
+    args.insert(
+        argument::MAX_LENGTH.into(),
+        AMQPValue::LongLongInt(i64::from(max_backlog)),
+    );
     channel
         .exchange_declare(
             topology.exchange().into(),
@@ -114,7 +127,7 @@ pub(crate) async fn monitor(context: &Context, options: MonitorOptions) -> anyho
         .await?;
     // Triggers are not bound: a monitor bound to them would make triggers of unknown
     // workflows routable, hiding `Error::Unroutable` from callers.
-    for binding in RoutingKey::observed_events() {
+    for binding in RoutingKey::observed_events(None) {
         channel
             .queue_bind(
                 queue.into(),

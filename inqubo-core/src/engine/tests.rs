@@ -239,7 +239,11 @@ fn an_output_too_large_to_pass_on_fails_the_step_and_publishes_no_success() {
     assert_eq!(keys(&effects), ["parked", "wf.step.a.failed", "join _run"]);
     let failure = effects.failure.unwrap();
     assert_eq!(failure.reason, FailureReason::TooLarge);
-    assert!(failure.error.contains("output is 5 bytes"), "{}", failure.error);
+    assert!(
+        failure.error.contains("output is 5 bytes"),
+        "{}",
+        failure.error
+    );
     let at_limit = engine.finished(
         &attempt,
         &input,

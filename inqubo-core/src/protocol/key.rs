@@ -37,14 +37,6 @@ impl RoutingKey {
         }
     }
 
-    /// A binding pattern matching every event of `workflow`, or of every workflow.
-    pub fn all_events(workflow: Option<&WorkflowName>) -> Self {
-        match workflow {
-            Some(workflow) => Self(format!("{workflow}.#")),
-            None => Self("#".to_owned()),
-        }
-    }
-
     /// A binding pattern matching the run events (`triggered`, `succeeded`, `failed`) of
     /// `workflow`.
     pub fn run_events(workflow: &WorkflowName) -> Self {
@@ -75,17 +67,30 @@ impl RoutingKey {
         ]
     }
 
-    /// Binding patterns matching every step event and every run end of every workflow, but
-    /// no trigger: what an observer (the monitor, the chaos harness) binds to, so that a
-    /// trigger of an unknown workflow stays unroutable.
-    pub fn observed_events() -> [Self; 6] {
+    /// Binding patterns matching every step event and every run event but the trigger, of
+    /// `workflow` or of every workflow: what an observer (`Client::subscribe`, `inqubo watch`,
+    /// the monitor, the chaos harness) binds to, so that a trigger of a workflow no runner
+    /// declared stays unroutable and its sender learns so.
+    ///
+    /// ```
+    /// use inqubo_core::RoutingKey;
+    /// let keys: Vec<String> = RoutingKey::observed_events(None)
+    ///     .iter()
+    ///     .map(|key| key.as_str().to_owned())
+    ///     .collect();
+    /// assert_eq!(keys[0], "*.step.#");
+    /// assert!(keys.contains(&"*.run.succeeded".to_owned()));
+    /// assert!(!keys.iter().any(|key| key.ends_with("triggered") || key.ends_with('#') && key != "*.step.#"));
+    /// ```
+    pub fn observed_events(workflow: Option<&WorkflowName>) -> [Self; 6] {
+        let scope = workflow.map_or("*", WorkflowName::as_str);
         [
-            Self("*.step.#".to_owned()),
-            Self(format!("*.run.{}", EventKind::RunSucceeded.as_str())),
-            Self(format!("*.run.{}", EventKind::RunFailed.as_str())),
-            Self(format!("*.run.{}", EventKind::RunCancelled.as_str())),
-            Self(format!("*.run.{}", EventKind::RunResumed.as_str())),
-            Self(format!("*.run.{}", EventKind::RunDuplicate.as_str())),
+            Self(format!("{scope}.step.#")),
+            Self(format!("{scope}.run.{}", EventKind::RunSucceeded.as_str())),
+            Self(format!("{scope}.run.{}", EventKind::RunFailed.as_str())),
+            Self(format!("{scope}.run.{}", EventKind::RunCancelled.as_str())),
+            Self(format!("{scope}.run.{}", EventKind::RunResumed.as_str())),
+            Self(format!("{scope}.run.{}", EventKind::RunDuplicate.as_str())),
         ]
     }
 
@@ -169,7 +174,13 @@ mod tests {
             RoutingKey::step_input(&wf(), Some(&step("a"))).as_str(),
             "simple.step.a.succeeded"
         );
-        assert_eq!(RoutingKey::all_events(Some(&wf())).as_str(), "simple.#");
+        let observed = RoutingKey::observed_events(Some(&wf()));
+        assert_eq!(observed[0].as_str(), "simple.step.#");
+        assert!(
+            observed
+                .iter()
+                .all(|key| key.as_str() != RoutingKey::run_triggered(&wf()).as_str())
+        );
     }
 
     #[test]
