@@ -486,6 +486,10 @@ async fn triggering_a_workflow_nobody_runs_is_an_unroutable_error() {
         .build()
         .unwrap();
     let runner = broker.start_runner(&flow).await;
+    // Watchers of every workflow and of the absent one: neither makes its trigger routable.
+    let _everything = Events::subscribe(runner.client()).await;
+    let _absent =
+        Events::subscribe_to(runner.client(), Some(&WorkflowName::new("absent").unwrap())).await;
 
     let error = runner
         .client()
