@@ -27,7 +27,7 @@ use futures_util::StreamExt;
 use inqubo_core::{
     AttemptOutcome, StepNode,
     engine::{Admission, Effects, Engine},
-    protocol::Incoming,
+    protocol::{self, Incoming},
     run_attempt,
     trace::{child_traceparent, trace_id},
 };
@@ -59,6 +59,18 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// a broken broker does not turn the runner into a busy loop.
 const REQUEUE_BACKOFF: Duration = Duration::from_secs(1);
 
+/// How long a stopping consumer waits for each delivery the broker had already sent it.
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The queue a delivery was taken from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// The step's own queue.
+    Step,
+    /// The workflow's redelivered queue, taken one at a time.
+    Redelivered,
+}
+
 /// Everything needed to run one step's deliveries.
 #[derive(Debug)]
 pub(crate) struct StepWorker {
@@ -73,9 +85,9 @@ pub(crate) struct StepWorker {
 
 impl StepWorker {
     /// Handles one delivery from start to acknowledgement.
-    pub(crate) async fn handle(&self, delivery: Delivery) {
+    pub(crate) async fn handle(&self, delivery: Delivery, lane: Lane) {
         let _in_flight = self.metrics.in_flight();
-        match self.process(&delivery).await {
+        match self.process(&delivery, lane).await {
             Ok(()) => {
                 let ack = delivery.ack(BasicAckOptions::default());
                 settle(self.node.name().as_str(), "ack", ack).await;
@@ -106,8 +118,31 @@ impl StepWorker {
         self.publisher.send_all(messages).await
     }
 
+    /// Puts a delivery that never started back at the end of its step's queue as a new copy,
+    /// and acknowledges it: returned to the broker instead, it would come back counted as
+    /// redelivered. If the copy cannot be published, the delivery is left to go back when its
+    /// channel closes.
+    async fn return_unstarted(&self, delivery: Delivery) {
+        let received = delivery.properties.headers().as_ref();
+        let copy = protocol::unstarted(
+            self.engine.workflow().name(),
+            self.node.name(),
+            &wire::incoming(&delivery),
+        );
+        let wire = Wire::all(self.topology.names(), vec![copy], received);
+        match self.publisher.send_all(wire).await {
+            Ok(()) => {
+                let ack = delivery.ack(BasicAckOptions::default());
+                settle(self.node.name().as_str(), "ack", ack).await;
+            }
+            Err(error) => {
+                debug!(step = %self.node.name(), %error, "unstarted input not copied back; it returns as redelivered");
+            }
+        }
+    }
+
     /// Runs the attempt and publishes its outcome; `Ok` means the delivery may be acked.
-    async fn process(&self, delivery: &Delivery) -> Result<()> {
+    async fn process(&self, delivery: &Delivery, lane: Lane) -> Result<()> {
         let received = delivery.properties.headers().as_ref();
         let incoming = wire::incoming(delivery);
         let span = info_span!(
@@ -124,10 +159,16 @@ impl StepWorker {
             .run_id()
             .map(|run| self.states.get(&run))
             .unwrap_or_default();
-        let attempt = match self
-            .engine
-            .admit(self.node.name(), &incoming, &trace, known)
-        {
+        let admission = match lane {
+            Lane::Step => self
+                .engine
+                .admit(self.node.name(), &incoming, &trace, known),
+            Lane::Redelivered => {
+                self.engine
+                    .admit_redelivered(self.node.name(), &incoming, &trace, known)
+            }
+        };
+        let attempt = match admission {
             Admission::Run(attempt) => attempt,
             Admission::Settle(effects) => {
                 return self.execute(effects, received).instrument(span).await;
@@ -214,16 +255,44 @@ pub(crate) async fn settle(
     }
 }
 
-/// Consumes one step's queue until `cancel` fires or the consumer fails, spawning one task per
-/// delivery on `tracker`. `in_flight` bounds the deliveries being handled across the runner.
+/// The signals a consumer obeys: `stop` (stop taking deliveries; those in hand finish) and
+/// `lost` (the connection is gone: deliveries in hand can no longer be acknowledged, and the
+/// broker hands them out again, so their attempts are dropped and free their place).
+#[derive(Debug, Clone)]
+pub(crate) struct Signals {
+    pub(crate) stop: CancellationToken,
+    pub(crate) lost: CancellationToken,
+}
+
+impl Signals {
+    /// Handles `delivery` on `tracker`, unless the connection is lost first.
+    fn spawn(
+        &self,
+        tracker: &TaskTracker,
+        handling: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let lost = self.lost.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                () = handling => {}
+                () = lost.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// Consumes one step's queue until `signals.stop` fires or the consumer fails, spawning one
+/// task per delivery on `tracker`. `in_flight` bounds the deliveries being handled across the
+/// runner.
 pub(crate) async fn consume(
     worker: Arc<StepWorker>,
     channel: Channel,
     mut consumer: Consumer,
-    cancel: CancellationToken,
+    signals: Signals,
     tracker: TaskTracker,
     in_flight: Arc<Semaphore>,
 ) -> Result<()> {
+    let cancel = signals.stop.clone();
     let queue = consumer.queue().to_string();
     loop {
         let next = tokio::select! {
@@ -238,20 +307,75 @@ pub(crate) async fn consume(
         };
         let permit = tokio::select! {
             permit = Arc::clone(&in_flight).acquire_owned() => permit,
-            () = cancel.cancelled() => break,
+            () = cancel.cancelled() => {
+                worker.return_unstarted(delivery).await;
+                break;
+            }
         };
         let Ok(permit) = permit else { break };
         let worker = Arc::clone(&worker);
         // The delivery is settled on this channel: keep it open until it is, even when the
         // consumer stops first (a graceful shutdown lets attempts finish and ack).
         let open = channel.clone();
-        tracker.spawn(async move {
-            worker.handle(delivery).await;
+        signals.spawn(&tracker, async move {
+            worker.handle(delivery, Lane::Step).await;
             drop(open);
             drop(permit);
         });
     }
-    // Stop new deliveries; unacknowledged ones go back to the queue when the channel closes.
+    // Stop new deliveries, and put back those the broker had sent ahead (the prefetch) that
+    // never started, uncounted. Whatever is left goes back when the channel closes.
+    channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await?;
+    while let Ok(Some(Ok(delivery))) = tokio::time::timeout(DRAIN_TIMEOUT, consumer.next()).await {
+        worker.return_unstarted(delivery).await;
+    }
+    Ok(())
+}
+
+/// Consumes a workflow's redelivered queue until `cancel` fires, one delivery at a time (the
+/// channel's prefetch is 1), each handled by the worker of the step it names. It does not
+/// wait for the runner's in-flight limit, so that every delivery it holds has started.
+pub(crate) async fn consume_redelivered(
+    workers: Vec<Arc<StepWorker>>,
+    channel: Channel,
+    mut consumer: Consumer,
+    signals: Signals,
+    tracker: TaskTracker,
+) -> Result<()> {
+    let cancel = signals.stop.clone();
+    let queue = consumer.queue().to_string();
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            next = consumer.next() => next,
+        };
+        let delivery = match next {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(error)) => return Err(error.into()),
+            None => return Err(Error::ConsumerStopped { queue }),
+        };
+        let named = wire::headers(delivery.properties.headers().as_ref())
+            .text(protocol::header::REDELIVERED_STEP)
+            .map(str::to_owned);
+        // An input naming no step of ours goes to the first step's worker, whose engine
+        // parks it with the reason.
+        let Some(worker) = workers
+            .iter()
+            .find(|w| Some(w.node.name().as_str()) == named.as_deref())
+            .or_else(|| workers.first())
+            .map(Arc::clone)
+        else {
+            break;
+        };
+        let open = channel.clone();
+        signals.spawn(&tracker, async move {
+            worker.handle(delivery, Lane::Redelivered).await;
+            drop(open);
+        });
+    }
     channel
         .basic_cancel(consumer.tag(), BasicCancelOptions::default())
         .await?;

@@ -189,12 +189,19 @@ impl Topology {
         Ok(())
     }
 
-    /// Declares the queues and bindings of `workflow`: one queue per step and a parked queue.
-    /// Idempotent.
+    /// Declares the queues and bindings of `workflow`: one queue per step, a redelivered queue
+    /// and a parked queue (and the queues of its joins). Idempotent.
     #[instrument(skip_all, fields(prefix = %self.prefix(), workflow = %workflow.name()))]
     pub async fn declare_workflow(&self, channel: &Channel, workflow: &Workflow) -> Result<()> {
         let name = workflow.name();
         declare_queue(channel, &self.parked_queue(name), self.durable_queue_args()).await?;
+        // Like a step's queue: the broker parks what it hands out too often (a backstop).
+        declare_queue(
+            channel,
+            &self.redelivered_queue(name),
+            self.step_queue_args(name),
+        )
+        .await?;
         for step in workflow.steps() {
             let queue = self.step_queue(name, step.name());
             declare_queue(channel, &queue, self.step_queue_args(name)).await?;
@@ -303,6 +310,7 @@ impl Topology {
             }
         }
         delete_queue(channel, &self.run_state_queue(workflow.name())).await?;
+        delete_queue(channel, &self.redelivered_queue(workflow.name())).await?;
         delete_queue(channel, &self.parked_queue(workflow.name())).await
     }
 

@@ -35,10 +35,16 @@ impl Wire {
     /// answers, which it starts from if it inherits them.
     pub fn new(names: &Names, message: Outgoing, received: Option<&FieldTable>) -> Self {
         let address = names.address(&message.destination);
-        let mut table = match (message.inherit_headers, received) {
-            (true, Some(received)) => received.clone(),
-            _ => FieldTable::default(),
-        };
+        let mut table = FieldTable::default();
+        if let (true, Some(received)) = (message.inherit_headers, received) {
+            // The broker's count of this copy's deliveries is not the new copy's: a quorum
+            // queue keeps a count that a message arrives with.
+            for (name, value) in received.inner() {
+                if name.as_str() != protocol::header::X_DELIVERY_COUNT {
+                    table.insert(name.clone(), value.clone());
+                }
+            }
+        }
         for (name, value) in message.headers.iter() {
             table.insert(name.into(), amqp_value(value));
         }

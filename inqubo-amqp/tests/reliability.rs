@@ -144,15 +144,27 @@ async fn crash_loop(broker: TestBroker, exact_runs: bool) {
         .trigger(flow.name(), run_id("poison-run"), &13_u64)
         .await
         .unwrap();
-    for started in 1..=3 {
-        events
+    // Once on the step's queue, then alone in the redelivered queue: three starts there (on
+    // classic queues perhaps more, see above). Each start is cut, until the input is parked.
+    let poison = |e: &inqubo_core::LifecycleEvent| e.run_id.as_str() == "poison-run";
+    for started in 1.. {
+        let seen = events
             .until(|seen| {
                 seen.iter()
-                    .filter(|e| e.kind == EventKind::Started && e.run_id.as_str() == "poison-run")
-                    .count()
-                    >= started
+                    .any(|e| poison(e) && e.kind == EventKind::Failed)
+                    || seen
+                        .iter()
+                        .filter(|e| poison(e) && e.kind == EventKind::Started)
+                        .count()
+                        >= started
             })
             .await;
+        if seen
+            .iter()
+            .any(|e| poison(e) && e.kind == EventKind::Failed)
+        {
+            break;
+        }
         proxy.cut();
     }
     let failed = events
@@ -162,9 +174,12 @@ async fn crash_loop(broker: TestBroker, exact_runs: bool) {
     assert_eq!(body.reason, FailureReason::RedeliveryLimit);
     let runs = runs.load(Ordering::SeqCst);
     if exact_runs {
-        assert_eq!(runs, 3, "ran once, then redelivered twice");
+        assert_eq!(
+            runs, 4,
+            "ran once on the step's queue, then three times alone: two redeliveries allowed"
+        );
     } else {
-        assert!((3..=10).contains(&runs), "ran {runs} times");
+        assert!((4..=12).contains(&runs), "ran {runs} times");
     }
 
     observer
@@ -190,6 +205,81 @@ async fn a_message_that_keeps_killing_its_runner_is_parked_on_quorum_queues() {
 #[tokio::test]
 async fn a_message_that_keeps_killing_its_runner_is_parked_on_classic_queues() {
     crash_loop(TestBroker::with_queue_type(QueueType::Classic), false).await;
+}
+
+/// A runner holds one input that kills it (input 13: it never finishes, and the test cuts the
+/// connection each time it starts) and a full prefetch of healthy neighbours it had not
+/// started. Only the poison counts its redeliveries: it is parked, every neighbour runs.
+#[tokio::test]
+async fn a_crash_with_a_full_prefetch_parks_the_poison_and_no_neighbour() {
+    const NEIGHBOURS: u64 = 9;
+    let broker = TestBroker::new();
+    let proxy = FlakyProxy::start(&broker).await;
+    let flow = Workflow::builder("crowd")
+        .start(Step::new("hang", |n: u64, _ctx: StepContext| async move {
+            if n == 13 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, StepError>(n)
+        }))
+        .build()
+        .unwrap();
+    let runner = broker
+        .runner(&flow)
+        .url(proxy.url(&broker))
+        .max_redeliveries(2)
+        .max_in_flight(1)
+        .prefetch(10)
+        .shutdown_timeout(Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    let observer = broker.client().await;
+    let mut events = Events::subscribe(&observer).await;
+    let poison_starts = |seen: &[inqubo_core::LifecycleEvent]| {
+        seen.iter()
+            .filter(|e| e.kind == EventKind::Started && e.run_id.as_str() == "poison")
+            .count()
+    };
+
+    observer
+        .trigger(flow.name(), run_id("poison"), &13_u64)
+        .await
+        .unwrap();
+    events.until(|seen| poison_starts(seen) >= 1).await;
+    // The poison holds the runner's only slot: these wait in its prefetch, unstarted.
+    for i in 0..NEIGHBOURS {
+        observer
+            .trigger(flow.name(), run_id(format!("n{i}")), &i)
+            .await
+            .unwrap();
+    }
+    for starts in 1..=4 {
+        events.until(|seen| poison_starts(seen) >= starts).await;
+        proxy.cut();
+    }
+    let failed = events.wait_for("poison", "hang", EventKind::Failed).await;
+    let body: FailedBody = serde_json::from_value(failed.body).unwrap();
+    assert_eq!(body.reason, FailureReason::RedeliveryLimit);
+    for i in 0..NEIGHBOURS {
+        let run = format!("n{i}");
+        let done = events.wait_for(&run, "hang", EventKind::Succeeded).await;
+        assert_eq!(done.body, json!(i));
+    }
+    assert!(
+        !events
+            .seen()
+            .iter()
+            .any(|e| e.kind == EventKind::Failed && e.run_id.as_str() != "poison"),
+        "a neighbour failed"
+    );
+    let parked = broker
+        .drain(&format!("{}.crowd.parked", broker.prefix()), 1)
+        .await;
+    assert_eq!(parked.len(), 1, "only the poison is parked");
+    assert_eq!(parked_reason(&parked[0]), "redelivery_limit");
+    assert_eq!(parked[0].data, b"13");
+    runner.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -396,6 +486,70 @@ async fn shutdown_lets_the_attempt_in_flight_finish_and_publish() {
         .wait_for("in-flight", "slow", EventKind::Succeeded)
         .await;
     assert_eq!(done.body, json!(2));
+}
+
+/// Inputs a runner had fetched but not started when it shut down go back as they came: not
+/// marked as redelivered, so nothing takes them for inputs that crashed their runner.
+#[tokio::test]
+async fn shutdown_returns_fetched_unstarted_inputs_unmarked() {
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("queued")
+        .unique_runs(false)
+        .start(Step::new("slow", |n: u64, _ctx: StepContext| async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, StepError>(n)
+        }))
+        .build()
+        .unwrap();
+    let runner = broker
+        .runner(&flow)
+        .max_in_flight(1)
+        .prefetch(10)
+        .connect()
+        .await
+        .unwrap();
+    let observer = broker.client().await;
+    let mut events = Events::subscribe(&observer).await;
+    for i in 0..5_u64 {
+        observer
+            .trigger(flow.name(), run_id(format!("q{i}")), &i)
+            .await
+            .unwrap();
+    }
+    let seen = events
+        .until(|seen| seen.iter().any(|e| e.kind == EventKind::Started))
+        .await;
+    let first = seen
+        .iter()
+        .find(|e| e.kind == EventKind::Started)
+        .unwrap()
+        .run_id
+        .clone();
+    runner.shutdown().await.unwrap();
+    events
+        .wait_for(first.as_str(), "slow", EventKind::Succeeded)
+        .await;
+
+    let queue = broker
+        .topology()
+        .step_queue(flow.name(), flow.steps()[0].name());
+    let left = broker.drain(queue.as_str(), 4).await;
+    assert_eq!(left.len(), 4, "the four unstarted inputs are back");
+    for delivery in &left {
+        let count = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-delivery-count").cloned());
+        assert!(!delivery.redelivered, "{delivery:?}");
+        assert!(
+            matches!(
+                count,
+                None | Some(AMQPValue::LongLongInt(0) | AMQPValue::LongInt(0))
+            ),
+            "{count:?}"
+        );
+    }
 }
 
 #[tokio::test]

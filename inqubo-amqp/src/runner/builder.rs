@@ -104,9 +104,13 @@ impl RunnerBuilder {
         self
     }
 
-    /// How many times a message may be redelivered (its runner died or lost its connection
-    /// before acknowledging it) before it is parked with reason `redelivery_limit` instead of
-    /// run again (default 5). This stops a message that crashes its runner from looping.
+    /// How many started attempts of an input may end without an acknowledgement (their runner
+    /// died or lost its connection) before it is parked with reason `redelivery_limit` instead
+    /// of run again (default 5). This stops a message that crashes its runner from looping.
+    ///
+    /// A redelivered input first moves to the workflow's redelivered queue, which each runner
+    /// takes one input at a time (besides its `max_in_flight`): only starts there count, so the
+    /// neighbours a dying runner had fetched are never counted.
     #[must_use]
     pub fn max_redeliveries(mut self, max_redeliveries: u32) -> Self {
         self.limits.max_redeliveries = max_redeliveries;

@@ -31,7 +31,7 @@ pub use builder::RunnerBuilder;
 
 use crate::{
     client::Client,
-    consumer::{StepWorker, consume},
+    consumer::{Signals, StepWorker, consume, consume_redelivered},
     error::{Error, Result},
     joiner::{HeldShards, JoinShard, consume_shard},
     metric::StepMetrics,
@@ -83,6 +83,8 @@ const RUN_STATE_PREFETCH: u16 = 500;
 struct Session {
     consumers: JoinSet<Result<()>>,
     cancel: CancellationToken,
+    /// Cancelled when the connection is lost: attempts still running on it are dropped.
+    lost: CancellationToken,
 }
 
 /// Connects (if needed), declares the topology and starts one consumer per step.
@@ -104,6 +106,10 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
     session.publisher.send_all(vec![announcement]).await?;
     let engine = Arc::new(Engine::new(shared.workflow.clone(), shared.limits));
     let mut consumers = JoinSet::new();
+    let signals = Signals {
+        stop: cancel.clone(),
+        lost: CancellationToken::new(),
+    };
     // Learn which runs ended (cancelled, failed) before taking their steps.
     let (channel, consumer) = follow_run_states(&session, shared).await?;
     let (caught_up, read) = tokio::sync::oneshot::channel();
@@ -117,6 +123,7 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
     if tokio::time::timeout(CATCH_UP_LIMIT, read).await.is_err() {
         warn!(workflow = %shared.workflow.name(), "run-state stream not read to its end in time; running steps anyway");
     }
+    let mut workers = Vec::new();
     for node in shared.workflow.steps() {
         let queue = shared
             .topology
@@ -130,15 +137,26 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
             publisher: session.publisher.clone(),
             metrics: StepMetrics::new(shared.workflow.name(), node.name()),
         });
+        workers.push(Arc::clone(&worker));
         consumers.spawn(consume(
             worker,
             channel,
             consumer,
-            cancel.clone(),
+            signals.clone(),
             shared.tracker.clone(),
             Arc::clone(&shared.in_flight),
         ));
     }
+    // Inputs whose runner died holding them: one at a time, so that each delivery started.
+    let redelivered = shared.topology.redelivered_queue(shared.workflow.name());
+    let (channel, consumer) = consume_on(&session, &redelivered, 1).await?;
+    consumers.spawn(consume_redelivered(
+        workers,
+        channel,
+        consumer,
+        signals.clone(),
+        shared.tracker.clone(),
+    ));
     let joins = Names::joins(&shared.workflow);
     let held = Arc::new(HeldShards::new(joins.len() * JOIN_SHARDS as usize));
     *shared
@@ -167,7 +185,11 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
             consumers.spawn(consume_shard(shard, channel, consumer, cancel.clone()));
         }
     }
-    Ok(Session { consumers, cancel })
+    Ok(Session {
+        consumers,
+        cancel,
+        lost: signals.lost,
+    })
 }
 
 /// A channel of its own with `prefetch`, consuming `queue`.
@@ -244,6 +266,7 @@ async fn supervise(
             Err(join) => Error::task_panicked("queue consumer", join),
         };
         warn!(workflow = %shared.workflow.name(), %error, "connection to the broker lost; reconnecting");
+        session.lost.cancel();
         session.cancel.cancel();
         session.consumers.shutdown().await;
 

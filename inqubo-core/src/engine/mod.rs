@@ -128,8 +128,8 @@ pub enum RunEnding {
 /// Guards against inputs that must not be run, and what attempts announce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Deliveries without an acknowledgement after which an input is parked instead of run
-    /// (default 5).
+    /// Started attempts without an acknowledgement, counted in the redelivered queue, after
+    /// which an input is parked instead of run (default 5); see [`Engine::admit_redelivered`].
     pub max_redeliveries: u32,
     /// The largest input accepted, in bytes (default 16 MiB).
     pub max_input_bytes: usize,

@@ -5,10 +5,19 @@ use crate::{
     engine::{Effects, Engine, RunEnd, RunEnding, RunState},
     event::{EventKind, FailedBody, FailureReason, RunFailedBody, SkippedBody, StartedBody},
     name::{RunId, StepName},
-    protocol::{self, AttemptId, Incoming, Outgoing, RUN_JOIN, effective_delay, json},
+    protocol::{self, AttemptId, Incoming, Outgoing, RUN_JOIN, effective_delay, header, json},
     step::StepContext,
     workflow::StepNode,
 };
+
+/// Where a delivery was taken from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// The step's own queue.
+    Step,
+    /// The workflow's redelivered queue.
+    Redelivered,
+}
 
 /// What to do with a delivery on a step's queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,8 +70,39 @@ impl Engine {
     /// run from the run-state feed: an input of a cancelled run, or of a failed generation of
     /// a workflow that fails fast, is parked without running (a resume runs it); an input of
     /// a generation older than the run's latest resume runs in that latest generation.
+    ///
+    /// A delivery the broker had handed out before without an acknowledgement (its runner
+    /// died or lost its connection, running it or only holding it) does not run here: it
+    /// moves to the workflow's redelivered queue, see [`Engine::admit_redelivered`].
     pub fn admit(
         &self,
+        step: &StepName,
+        incoming: &Incoming<'_>,
+        trace: &str,
+        known: RunState,
+    ) -> Admission {
+        self.admit_in(Lane::Step, step, incoming, trace, known)
+    }
+
+    /// Like [`Engine::admit`], for a delivery from the workflow's redelivered queue, which
+    /// each runner takes one at a time: every delivery there starts at once, so each one the
+    /// broker hands out again is an attempt that killed or cut off its runner, and past
+    /// [`Limits::max_redeliveries`](crate::engine::Limits::max_redeliveries) of them the input
+    /// is parked as `redelivery_limit`. The neighbours a runner held when it died are moved
+    /// there too, but never counted: they ran alone afterwards.
+    pub fn admit_redelivered(
+        &self,
+        step: &StepName,
+        incoming: &Incoming<'_>,
+        trace: &str,
+        known: RunState,
+    ) -> Admission {
+        self.admit_in(Lane::Redelivered, step, incoming, trace, known)
+    }
+
+    fn admit_in(
+        &self,
+        lane: Lane,
         step: &StepName,
         incoming: &Incoming<'_>,
         trace: &str,
@@ -81,7 +121,30 @@ impl Engine {
             };
             return Admission::Settle(self.park(step, incoming, failure, trace));
         }
-        let deliveries = incoming.previous_deliveries();
+        let workflow = self.workflow.name();
+        let carried = incoming.carried_redeliveries();
+        let deliveries = match lane {
+            Lane::Step if incoming.returned() > 0 => {
+                // Whether it started on the runner that held it is unknown: find out alone.
+                let moved = protocol::redelivered(workflow, step, incoming, carried);
+                return Admission::Settle(Effects::publish(vec![moved]));
+            }
+            Lane::Step => carried,
+            Lane::Redelivered => {
+                if incoming.headers.text(header::REDELIVERED_STEP) != Some(step.as_str()) {
+                    let failure = FailedBody {
+                        error: format!(
+                            "in the redelivered queue without `{}` naming this workflow's step",
+                            header::REDELIVERED_STEP
+                        ),
+                        attempt,
+                        reason: FailureReason::Undecodable,
+                    };
+                    return Admission::Settle(self.park(step, incoming, failure, trace));
+                }
+                carried.saturating_add(incoming.returned())
+            }
+        };
         if deliveries > self.limits.max_redeliveries {
             let failure = FailedBody {
                 error: format!(
@@ -93,11 +156,10 @@ impl Engine {
             };
             return Admission::Settle(self.park(step, incoming, failure, trace));
         }
-        if incoming.redelivered && !incoming.counted_by_broker() {
+        if lane == Lane::Redelivered && incoming.redelivered && !incoming.counted_by_broker() {
             // A classic queue does not count redeliveries: send the message round again with
             // our own count, so that a message that keeps crashing its runner is parked.
-            let again =
-                protocol::counted_redelivery(self.workflow.name(), step, incoming, deliveries);
+            let again = protocol::redelivered(workflow, step, incoming, deliveries);
             return Admission::Settle(Effects::publish(vec![again]));
         }
         let checked = incoming

@@ -255,34 +255,84 @@ fn an_output_too_large_to_pass_on_fails_the_step_and_publishes_no_success() {
 }
 
 #[test]
-fn inputs_past_the_redelivery_limit_are_parked_and_classic_redeliveries_counted() {
+fn a_redelivery_on_a_step_queue_moves_to_the_redelivered_queue_uncounted() {
     let engine = chain();
-    let over = delivery(run("r").with(header::X_DELIVERY_COUNT, 6_u32), b"1");
-    let Admission::Settle(effects) = engine.admit(&step("a"), &over, "t", RunState::default())
-    else {
-        panic!("should not run");
-    };
-    assert_eq!(
-        effects.failure.unwrap().reason,
-        FailureReason::RedeliveryLimit
-    );
-    let at_limit = delivery(run("r").with(header::X_DELIVERY_COUNT, 5_u32), b"1");
+    // Quorum (the broker's count) and classic (the redelivered flag) alike.
+    let quorum = delivery(run("r").with(header::X_DELIVERY_COUNT, 1_u32), b"1");
+    let mut classic = delivery(run("r"), b"1");
+    classic.redelivered = true;
+    for returned in [quorum, classic] {
+        let Admission::Settle(moved) =
+            engine.admit(&step("a"), &returned, "t", RunState::default())
+        else {
+            panic!("a redelivery does not run on the step's queue");
+        };
+        assert_eq!(keys(&moved), ["Redelivered(WorkflowName(\"wf\"))"]);
+        let copy = &moved.publish[0];
+        assert!(copy.inherit_headers);
+        assert_eq!(copy.headers.int(header::REDELIVERY_COUNT), Some(0));
+        assert_eq!(copy.headers.text(header::REDELIVERED_STEP), Some("a"));
+        assert!(moved.failure.is_none());
+    }
+    let fresh = delivery(run("r").with(header::X_DELIVERY_COUNT, 0_u32), b"1");
     assert!(matches!(
-        engine.admit(&step("a"), &at_limit, "t", RunState::default()),
+        engine.admit(&step("a"), &fresh, "t", RunState::default()),
         Admission::Run(_)
     ));
-    let mut classic = delivery(run("r").with(header::REDELIVERY_COUNT, 2_u32), b"1");
+}
+
+#[test]
+fn in_the_redelivered_queue_each_unacknowledged_start_counts_up_to_the_limit() {
+    let engine = chain();
+    let lane = |carried: u32, returned: u32| {
+        run("r")
+            .with(header::REDELIVERED_STEP, "a")
+            .with(header::REDELIVERY_COUNT, carried)
+            .with(header::X_DELIVERY_COUNT, returned)
+    };
+    let admit = |headers: Headers| {
+        engine.admit_redelivered(
+            &step("a"),
+            &delivery(headers, b"1"),
+            "t",
+            RunState::default(),
+        )
+    };
+    assert!(matches!(admit(lane(0, 0)), Admission::Run(_)));
+    assert!(
+        matches!(admit(lane(2, 3)), Admission::Run(_)),
+        "5 is the limit"
+    );
+    let Admission::Settle(parked) = admit(lane(3, 3)) else {
+        panic!("past the limit");
+    };
+    assert_eq!(
+        parked.failure.unwrap().reason,
+        FailureReason::RedeliveryLimit
+    );
+    // Another step's input in the queue, or none named: parked, never run as this step's.
+    let Admission::Settle(wrong) = admit(run("r").with(header::REDELIVERED_STEP, "b")) else {
+        panic!("another step's input");
+    };
+    assert_eq!(wrong.failure.unwrap().reason, FailureReason::Undecodable);
+    // Classic queues: a redelivery goes round again with its count raised.
+    let mut classic = delivery(
+        run("r")
+            .with(header::REDELIVERED_STEP, "a")
+            .with(header::REDELIVERY_COUNT, 2_u32),
+        b"1",
+    );
     classic.redelivered = true;
-    let Admission::Settle(again) = engine.admit(&step("a"), &classic, "t", RunState::default())
+    let Admission::Settle(again) =
+        engine.admit_redelivered(&step("a"), &classic, "t", RunState::default())
     else {
         panic!("a classic redelivery goes round once more with its count");
     };
-    assert_eq!(keys(&again), ["step a after 0ns"]);
-    assert!(again.publish[0].inherit_headers);
     assert_eq!(
         again.publish[0].headers.int(header::REDELIVERY_COUNT),
         Some(3)
     );
+    assert!(again.failure.is_none());
 }
 
 #[test]

@@ -33,9 +33,13 @@ pub const PARKED_STEP: &str = "parked-step";
 pub const PARKED_ROUTING_KEY: &str = "parked-routing-key";
 /// On a parked message: the attempt that failed (integer).
 pub const PARKED_ATTEMPT: &str = "parked-attempt";
-/// On classic queues: how many times the message was redelivered unacknowledged
-/// (integer). Quorum queues count this themselves in `x-delivery-count`.
+/// On an input in a workflow's redelivered queue: how many of its deliveries there started
+/// and were never acknowledged, before this copy (integer). Quorum queues add their own
+/// `x-delivery-count` for the deliveries of this copy; on classic queues the runner sends the
+/// input round again with this count raised.
 pub const REDELIVERY_COUNT: &str = "redelivery-count";
+/// On an input in a workflow's redelivered queue: the step it is the input of.
+pub const REDELIVERED_STEP: &str = "redelivered-step";
 /// W3C trace context (`00-<trace id>-<span id>-01`): the same trace id on every message
 /// of a run.
 pub const TRACEPARENT: &str = "traceparent";

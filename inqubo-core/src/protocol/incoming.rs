@@ -72,21 +72,29 @@ impl Incoming<'_> {
             .unwrap_or(1)
     }
 
-    /// How many times this message was delivered before without being acknowledged: the
-    /// broker's `x-delivery-count` on quorum queues, our own `redelivery-count` on classic
-    /// ones (plus one if this delivery is itself a redelivery).
-    pub fn previous_deliveries(&self) -> u32 {
-        let read = |name| self.headers.int(name).and_then(|n| u32::try_from(n).ok());
-        if let Some(count) = read(header::X_DELIVERY_COUNT) {
-            return count;
+    /// How many times the broker delivered this copy before without an acknowledgement:
+    /// `x-delivery-count` on quorum queues; on classic queues, which do not count, one if
+    /// this delivery is a redelivery.
+    pub fn returned(&self) -> u32 {
+        match self.int(header::X_DELIVERY_COUNT) {
+            Some(count) => count,
+            None => u32::from(self.redelivered),
         }
-        let counted = read(header::REDELIVERY_COUNT).unwrap_or(0);
-        counted.saturating_add(u32::from(self.redelivered))
+    }
+
+    /// The `redelivery-count` this copy carries: deliveries of earlier copies that started
+    /// and were never acknowledged.
+    pub fn carried_redeliveries(&self) -> u32 {
+        self.int(header::REDELIVERY_COUNT).unwrap_or(0)
     }
 
     /// Whether the broker counts redeliveries of this message itself (quorum queues).
     pub fn counted_by_broker(&self) -> bool {
         self.headers.contains(header::X_DELIVERY_COUNT)
+    }
+
+    fn int(&self, name: &str) -> Option<u32> {
+        self.headers.int(name).and_then(|n| u32::try_from(n).ok())
     }
 
     /// The `traceparent` the delivery carries, if any.
@@ -142,21 +150,22 @@ mod tests {
     }
 
     #[test]
-    fn previous_deliveries_come_from_the_broker_count_or_our_own() {
-        assert_eq!(incoming(Headers::new()).previous_deliveries(), 0);
+    fn returns_come_from_the_broker_count_or_the_redelivered_flag() {
+        assert_eq!(incoming(Headers::new()).returned(), 0);
         let mut redelivered = incoming(Headers::new());
         redelivered.redelivered = true;
-        assert_eq!(redelivered.previous_deliveries(), 1);
+        assert_eq!(redelivered.returned(), 1);
         let mut counted = incoming(Headers::new().with(header::REDELIVERY_COUNT, 3_u32));
         counted.redelivered = true;
-        assert_eq!(counted.previous_deliveries(), 4);
+        assert_eq!((counted.carried_redeliveries(), counted.returned()), (3, 1));
         assert!(!counted.counted_by_broker());
-        let quorum = incoming(
+        let mut quorum = incoming(
             Headers::new()
                 .with(header::REDELIVERY_COUNT, 3_u32)
                 .with(header::X_DELIVERY_COUNT, 2_u32),
         );
-        assert_eq!(quorum.previous_deliveries(), 2);
+        quorum.redelivered = true;
+        assert_eq!((quorum.carried_redeliveries(), quorum.returned()), (3, 2));
         assert!(quorum.counted_by_broker());
     }
 }

@@ -22,7 +22,8 @@ pub fn run_begin(
     trigger: &super::Incoming<'_>,
 ) -> Outgoing {
     let mut headers = Headers::new().with(header::JOIN_BEGIN, true);
-    if trigger.redelivered {
+    // Delivered before: redelivered now, or moved to the redelivered queue after a delivery.
+    if trigger.redelivered || trigger.headers.contains(header::REDELIVERED_STEP) {
         headers.insert(header::TRIGGER_REDELIVERED, true);
     }
     Outgoing {

@@ -162,6 +162,14 @@ impl Names {
         QueueName(format!("{}.{workflow}.parked", self.prefix))
     }
 
+    /// The redelivered queue of `workflow`: inputs of any of its steps that a runner received
+    /// and never acknowledged (it died or lost its connection holding them). Each runner
+    /// takes one of them at a time, so that a delivery there is one that started, and an
+    /// input that kills its runners is told apart from the neighbours it was fetched with.
+    pub fn redelivered_queue(&self, workflow: &WorkflowName) -> QueueName {
+        QueueName(format!("{}.{workflow}.redelivered", self.prefix))
+    }
+
     /// The stream of `workflow`'s `run.failed` and `run.cancelled` events, which every runner
     /// reads from its start, so that a runner started late knows which runs ended.
     pub fn run_state_queue(&self, workflow: &WorkflowName) -> QueueName {

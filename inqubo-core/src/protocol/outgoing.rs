@@ -55,6 +55,9 @@ pub enum Destination {
     },
     /// A workflow's parked queue.
     Parked(WorkflowName),
+    /// A workflow's redelivered queue (see
+    /// [`Names::redelivered_queue`](crate::protocol::Names::redelivered_queue)).
+    Redelivered(WorkflowName),
     /// The registry of workflow definitions.
     Registry,
     /// A queue named by a request's `reply-to` header, through the default exchange.
@@ -101,6 +104,10 @@ impl Names {
                 exchange: String::new(),
                 routing_key: self.parked_queue(workflow).as_str().to_owned(),
             },
+            Destination::Redelivered(workflow) => Address {
+                exchange: String::new(),
+                routing_key: self.redelivered_queue(workflow).as_str().to_owned(),
+            },
             Destination::JoinJournal {
                 workflow,
                 join,
@@ -134,7 +141,8 @@ pub struct Outgoing {
     /// Its headers.
     pub headers: Headers,
     /// Whether it starts from the headers of the delivery it answers (parked and counted
-    /// messages keep everything they arrived with); [`Outgoing::headers`] are set over them.
+    /// messages keep everything they arrived with, but the broker's `x-delivery-count`,
+    /// which a new copy must not carry); [`Outgoing::headers`] are set over them.
     pub inherit_headers: bool,
     /// The `message_id` property.
     pub message_id: String,
@@ -340,13 +348,36 @@ pub fn parked(
     }
 }
 
-/// A redelivered input sent back to its step's queue with its redelivery count, for classic
-/// queues, which do not count redeliveries themselves.
-pub fn counted_redelivery(
+/// A redelivered input of `step` moved to its workflow's redelivered queue, where runners
+/// take one at a time; `started` is how many of its deliveries are known to have started
+/// without being acknowledged (what `max_redeliveries` is compared with).
+pub fn redelivered(
     workflow: &WorkflowName,
     step: &StepName,
     received: &super::Incoming<'_>,
-    count: u32,
+    started: u32,
+) -> Outgoing {
+    Outgoing {
+        destination: Destination::Redelivered(workflow.clone()),
+        body: received.body.to_vec(),
+        headers: Headers::new()
+            .with(header::REDELIVERY_COUNT, started)
+            .with(header::REDELIVERED_STEP, step.as_str()),
+        inherit_headers: true,
+        message_id: received
+            .message_id
+            .map_or_else(|| format!("redelivery:{workflow}:{step}"), str::to_owned),
+        mandatory: true,
+    }
+}
+
+/// An input a runner received but never started, put back at the end of its step's queue
+/// as it was (a runner shutting down): a new copy, whose deliveries the broker counts from
+/// zero, so that the input is not taken for one that crashed its runner.
+pub fn unstarted(
+    workflow: &WorkflowName,
+    step: &StepName,
+    received: &super::Incoming<'_>,
 ) -> Outgoing {
     Outgoing {
         destination: Destination::Step {
@@ -355,11 +386,11 @@ pub fn counted_redelivery(
             delay: Duration::ZERO,
         },
         body: received.body.to_vec(),
-        headers: Headers::new().with(header::REDELIVERY_COUNT, count),
+        headers: Headers::new(),
         inherit_headers: true,
         message_id: received
             .message_id
-            .map_or_else(|| format!("redelivery:{workflow}:{step}"), str::to_owned),
+            .map_or_else(|| format!("unstarted:{workflow}:{step}"), str::to_owned),
         mandatory: true,
     }
 }

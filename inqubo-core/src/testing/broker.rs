@@ -148,6 +148,14 @@ impl<'a> Broker<'a> {
             Destination::Join { join, shard, .. } => {
                 queues.push(Queue::Join(join.clone(), *shard));
             }
+            // Nothing is redelivered here; should it be, the step's queue runs it as well.
+            Destination::Redelivered(_) => {
+                let step = headers
+                    .text(header::REDELIVERED_STEP)
+                    .and_then(|name| self.engine().workflow().step(name))
+                    .map(|node| node.name().clone());
+                queues.extend(step.map(Queue::Step));
+            }
             Destination::Parked(_) => {
                 self.park(&headers, &message.body);
                 self.parked_queue.push(Queued {
