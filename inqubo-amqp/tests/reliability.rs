@@ -424,10 +424,53 @@ async fn bad_input_of_every_kind_is_parked_with_its_reason_while_good_runs_finis
             b"1".to_vec(),
             "undecodable",
         ),
+        (
+            "<run-id is a table>",
+            props(&[("run-id", AMQPValue::FieldTable(FieldTable::default()))]),
+            b"1".to_vec(),
+            "undecodable",
+        ),
     ];
     for (_, properties, body, _) in &cases {
         broker
             .publish_raw("picky.run.triggered", properties.clone(), body)
+            .await;
+    }
+    // Valid, at the limits: they run. A run id of the 255 bytes the protocol allows (ids
+    // built from it are longer, and are cut to fit), a header nested 40 deep that Inqubo
+    // does not read, a `traceparent` of 1,000 bytes, and a `retry-attempt` of a type Inqubo
+    // never writes (a float), which reads as absent: the first attempt.
+    let longest = "r".repeat(255);
+    let mut nested = AMQPValue::LongString(LongString::from("deep"));
+    for depth in 0..40 {
+        let mut table = FieldTable::default();
+        table.insert(format!("level-{depth}").into(), nested);
+        nested = AMQPValue::FieldArray(vec![AMQPValue::FieldTable(table)].into());
+    }
+    let runs_anyway: Vec<(String, BasicProperties)> = vec![
+        (longest.clone(), props(&[("run-id", text(&longest))])),
+        (
+            "nested-junk".into(),
+            props(&[("run-id", text("nested-junk")), ("x-junk", nested)]),
+        ),
+        (
+            "attempt-is-fractional".into(),
+            props(&[
+                ("run-id", text("attempt-is-fractional")),
+                ("retry-attempt", AMQPValue::Double(2.5)),
+            ]),
+        ),
+        (
+            "long-trace".into(),
+            props(&[
+                ("run-id", text("long-trace")),
+                ("traceparent", text(&"t".repeat(1000))),
+            ]),
+        ),
+    ];
+    for (_, properties) in &runs_anyway {
+        broker
+            .publish_raw("picky.run.triggered", properties.clone(), b"4")
             .await;
     }
     runner.trigger(run_id("good"), &21_u64).await.unwrap();
@@ -459,7 +502,19 @@ async fn bad_input_of_every_kind_is_parked_with_its_reason_while_good_runs_finis
         assert_eq!(parked_reason(message), *reason, "{run}");
         assert_eq!(message.data.len(), body.len(), "{run} keeps its body");
     }
+    for (run, _) in &runs_anyway {
+        let done = events.wait_for(run, "s", EventKind::Succeeded).await;
+        assert_eq!(done.body, json!(8), "{run}");
+    }
     runner.shutdown().await.unwrap();
+    // Nothing left behind: a delivery still unacknowledged at shutdown would be back here.
+    let topology = broker.topology();
+    for queue in [
+        topology.step_queue(flow.name(), flow.steps()[0].name()),
+        topology.redelivered_queue(flow.name()),
+    ] {
+        assert_eq!(broker.ready_messages(queue.as_str()).await, 0, "{queue:?}");
+    }
 }
 
 #[tokio::test]

@@ -577,19 +577,8 @@ async fn a_stopped_monitor_s_queue_keeps_only_the_newest_events() {
             .await;
     }
     let queue = format!("{}.monitor", broker.prefix());
+    assert_eq!(broker.ready_messages(&queue).await, 3);
     let (connection, channel) = broker.raw_channel().await;
-    let declared = channel
-        .queue_declare(
-            queue.as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(declared.message_count(), 3);
     // The queue has a single active consumer, which `basic.get` cannot be: consume instead.
     let mut consumer = channel
         .basic_consume(

@@ -13,7 +13,8 @@ use inqubo_core::Workflow;
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     message::Delivery,
-    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions},
+    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions},
+    types::FieldTable,
 };
 
 /// The broker tests use when `AMQP_ADDR` is unset.
@@ -127,6 +128,24 @@ impl TestBroker {
         assert!(confirm.is_ack(), "raw publish not confirmed");
         assert!(confirm.take_message().is_none(), "raw publish unroutable");
         let _ = connection.close(200, "done".into()).await;
+    }
+
+    /// How many messages `queue` holds ready (not counting deliveries held unacknowledged).
+    pub async fn ready_messages(&self, queue: &str) -> u32 {
+        let (connection, channel) = self.raw_channel().await;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive queue.declare");
+        let _ = connection.close(200, "done".into()).await;
+        declared.message_count()
     }
 
     /// Takes (and acknowledges) every message in `queue`, waiting up to [`EVENT_TIMEOUT`] for
