@@ -313,6 +313,7 @@ pub(crate) async fn consume(
             }
         };
         let Ok(permit) = permit else { break };
+        worker.publisher.until_unblocked(&cancel).await;
         let worker = Arc::clone(&worker);
         // The delivery is settled on this channel: keep it open until it is, even when the
         // consumer stops first (a graceful shutdown lets attempts finish and ack).
@@ -370,6 +371,7 @@ pub(crate) async fn consume_redelivered(
         else {
             break;
         };
+        worker.publisher.until_unblocked(&cancel).await;
         let open = channel.clone();
         signals.spawn(&tracker, async move {
             worker.handle(delivery, Lane::Redelivered).await;

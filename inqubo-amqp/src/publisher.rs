@@ -34,6 +34,9 @@ const FIRST_REPUBLISH_DELAY: Duration = Duration::from_millis(200);
 /// goes back to its queue).
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often a runner whose publishing connection is blocked looks whether it still is.
+const BLOCKED_POLL: Duration = Duration::from_millis(100);
+
 /// The longest wait between two publications of a refused message.
 const MAX_REPUBLISH_DELAY: Duration = Duration::from_secs(5);
 
@@ -164,6 +167,38 @@ impl Publisher {
     /// Whether the connection is still open (a closed channel is replaced on the next send).
     pub(crate) fn is_alive(&self) -> bool {
         self.connection.status().connected()
+    }
+
+    /// Whether the broker has blocked the publishing connection (a memory or disk alarm):
+    /// nothing published now is confirmed until it lifts the block.
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.connection.status().blocked()
+    }
+
+    /// Waits while the publishing connection is blocked, or until `stop` fires: a runner
+    /// that cannot publish an outcome does not start attempts whose outcome it could not
+    /// publish. Says so once per block.
+    pub(crate) async fn until_unblocked(&self, stop: &tokio_util::sync::CancellationToken) {
+        if !self.is_blocked() {
+            return;
+        }
+        warn!(
+            "the broker blocked publishing (a resource alarm); no new attempts start until it lifts"
+        );
+        while self.is_blocked() && !stop.is_cancelled() {
+            tokio::select! {
+                () = tokio::time::sleep(BLOCKED_POLL) => {}
+                () = stop.cancelled() => {}
+            }
+        }
+        if !self.is_blocked() {
+            tracing::info!("the broker unblocked publishing; attempts start again");
+        }
+    }
+
+    /// Closes the publishing connection.
+    pub(crate) async fn close(&self) -> lapin::Result<()> {
+        self.connection.close(200, "bye".into()).await
     }
 
     /// Sends every message, then waits for all their confirms, pipelined.

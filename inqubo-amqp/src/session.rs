@@ -86,7 +86,10 @@ pub(crate) fn split_urls(urls: &str) -> Vec<String> {
         .collect()
 }
 
-/// One live connection and its confirm-mode publishing channel.
+/// Two live connections to one broker: one to consume on, and one for the confirm-mode
+/// publishing channel. Apart, because the broker blocks a connection that publishes during a
+/// memory or disk alarm, and everything else on that connection (acknowledgements, the join
+/// journals' reads) would wait with it.
 #[derive(Debug)]
 pub(crate) struct Session {
     pub(crate) connection: Arc<Connection>,
@@ -95,7 +98,7 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) fn is_alive(&self) -> bool {
-        self.connection.status().connected()
+        self.connection.status().connected() && self.publisher.is_alive()
     }
 
     /// Opens a new channel on this session's connection.
@@ -143,7 +146,9 @@ impl Connector {
         let start = self.next_url.load(Ordering::Relaxed);
         let (index, connection) = connect_any(&self.urls, start).await?;
         let connection = Arc::new(connection);
-        let publisher = Publisher::new(Arc::clone(&connection)).await?;
+        // The same broker first, for both.
+        let (_, publishing) = connect_any(&self.urls, index).await?;
+        let publisher = Publisher::new(Arc::new(publishing)).await?;
         self.next_url.store(index, Ordering::Relaxed);
         let session = Arc::new(Session {
             connection,
@@ -158,6 +163,9 @@ impl Connector {
         let Some(session) = self.current.lock().await.take() else {
             return Ok(());
         };
+        if let Err(error) = session.publisher.close().await {
+            tracing::debug!(%error, "publishing connection already closed");
+        }
         match session.connection.close(200, "bye".into()).await {
             // A channel whose last handle was just dropped is already closing on its own;
             // the connection still closes.

@@ -427,3 +427,75 @@ pub fn free_local_addr() -> std::net::SocketAddr {
 pub fn run_id(id: impl Into<String>) -> inqubo_core::RunId {
     inqubo_core::RunId::new(id).expect("a valid run id")
 }
+
+/// A RabbitMQ node of a test's own beside the default one (`scripts/rabbitmq-node.sh`): its
+/// own node name, port, data and logs, so that a test may alarm or restart it without
+/// touching the broker other tests use. Stopped, and its folder removed, on drop.
+#[derive(Debug)]
+pub struct PrivateNode {
+    name: String,
+    port: u16,
+    dir: std::path::PathBuf,
+    script: std::path::PathBuf,
+}
+
+impl PrivateNode {
+    /// Starts node `name` on 127.0.0.1:`port` (and `port` + 20000 for Erlang distribution).
+    pub fn start(name: &str, port: u16) -> Self {
+        let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../scripts/rabbitmq-node.sh");
+        let dir = std::env::temp_dir()
+            .join(format!("inqubo-test-node-{}", std::process::id()))
+            .join(name);
+        let node = Self {
+            name: name.to_owned(),
+            port,
+            dir,
+            script,
+        };
+        let status = std::process::Command::new("bash")
+            .arg(&node.script)
+            .args(["start", name, &port.to_string()])
+            .arg(&node.dir)
+            .status()
+            .expect("run scripts/rabbitmq-node.sh");
+        assert!(status.success(), "private node {name} did not start");
+        node
+    }
+
+    /// The node's AMQP URL.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Runs `rabbitmqctl` against the node; its standard output.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let output = std::process::Command::new("bash")
+            .arg(&self.script)
+            .args(["ctl", &self.name])
+            .arg(&self.dir)
+            .arg("--")
+            .args(args)
+            .output()
+            .expect("run rabbitmqctl");
+        assert!(
+            output.status.success(),
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for PrivateNode {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(&self.script)
+            .args(["stop", &self.name])
+            .arg(&self.dir)
+            .status();
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir_all(parent);
+        }
+    }
+}
