@@ -58,7 +58,7 @@ def cancel(ch, prefix, run_id, reason, timeout):
 
 
 def cleanup(ch, prefix):
-    for step in STEPS + ["parked"]:
+    for step in STEPS + ["parked", "redelivered"]:
         ch.queue_delete(f"{prefix}.simple.{step}")
     for shard in range(4):
         ch.queue_delete(f"{prefix}.simple._run.shard-{shard}")
