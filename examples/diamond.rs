@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use inqubo::{
-    EventStream, RetryPolicy, RunId, RunOutcome, Runner, RunnerBuilder, Step, StepContext,
-    StepError, Workflow, protocol::DEFAULT_PREFIX,
+    EventStream, RetryPolicy, RunId, RunOutcome, RunnerBuilder, Step, StepContext, StepError,
+    Workflow,
 };
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
@@ -143,17 +143,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(other) => anyhow::bail!("unknown argument {other}; try --help"),
     };
-    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| inqubo::DEFAULT_AMQP_URL.to_owned());
-    let prefix = std::env::var("INQUBO_PREFIX").unwrap_or_else(|_| DEFAULT_PREFIX.to_owned());
-    let settings = Runner::builder(workflow()?).url(url).prefix(prefix);
+    // AMQP_URL, INQUBO_PREFIX and the other variables `RunnerBuilder::from_env` documents.
+    let settings = RunnerBuilder::from_env(workflow()?)?;
     if serve {
         let runner = settings.connect().await?;
         println!("serving workflow diamond (Ctrl-C stops)");
-        runner
-            .run(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+        runner.run(inqubo::shutdown_signal()).await?;
         return Ok(());
     }
     let outputs = demo(settings).await?;

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use inqubo::{
-    EventStream, NoRetries, RetryPolicy, RunId, RunOutcome, Runner, RunnerBuilder, Step,
-    StepContext, StepError, Workflow, protocol::DEFAULT_PREFIX,
+    EventStream, NoRetries, RetryPolicy, RunId, RunOutcome, RunnerBuilder, Step, StepContext,
+    StepError, Workflow,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -147,29 +147,8 @@ async fn serve(settings: RunnerBuilder) -> anyhow::Result<()> {
     println!(
         "serving workflow simple; trigger runs with routing key simple.run.triggered (Ctrl-C stops)"
     );
-    runner.run(shutdown_signal()).await?;
+    runner.run(inqubo::shutdown_signal()).await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
 }
 
 #[tokio::main]
@@ -203,9 +182,8 @@ async fn main() -> anyhow::Result<()> {
             other => anyhow::bail!("unknown argument {other}; try --help"),
         }
     }
-    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| inqubo::DEFAULT_AMQP_URL.to_owned());
-    let prefix = std::env::var("INQUBO_PREFIX").unwrap_or_else(|_| DEFAULT_PREFIX.to_owned());
-    let settings = Runner::builder(workflow()?).url(url).prefix(prefix);
+    // AMQP_URL, INQUBO_PREFIX and the other variables `RunnerBuilder::from_env` documents.
+    let settings = RunnerBuilder::from_env(workflow()?)?;
     if serve_mode {
         serve(settings).await
     } else {

@@ -37,6 +37,17 @@ pub enum Error {
     /// No broker address was given.
     #[error("no broker address given")]
     NoBrokerAddress,
+
+    /// An environment variable holds a value the setting it names cannot take.
+    #[error("environment variable {variable}={value:?}: {expected}")]
+    Environment {
+        /// The variable, e.g. `INQUBO_PREFETCH`.
+        variable: &'static str,
+        /// What it holds.
+        value: String,
+        /// What it should hold.
+        expected: &'static str,
+    },
     /// A broker operation failed (channel or connection error).
     #[error("broker operation failed")]
     Amqp(#[from] lapin::Error),

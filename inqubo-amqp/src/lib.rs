@@ -5,7 +5,7 @@
 //! - [`Client`] triggers runs and follows their lifecycle events.
 //!
 //! The path of one message — trigger → step queue → step → outcome events → ack — reads in
-//! `client.rs` (trigger), `consumer.rs` (the loop), `message.rs` (what is published) and
+//! `client.rs` (trigger), `consumer.rs` (the loop), `wire.rs` (what is published) and
 //! `publisher.rs` (confirms). `docs/protocol.md` describes the same path on the wire.
 //! `session.rs` connects (several addresses, timeout, TLS) and `event_stream.rs` reads events.
 
@@ -27,6 +27,7 @@ mod run_control;
 mod run_state;
 mod runner;
 mod session;
+mod shutdown;
 mod topology;
 pub mod wire;
 
@@ -38,4 +39,5 @@ pub use metric::STEP_DURATION_BUCKETS;
 pub use run_control::{RESUME_CONFIRM_TIMEOUT, RESUME_SCAN_LIMIT, RESUME_SETTLE, Resumed};
 pub use runner::{Runner, RunnerBuilder};
 pub use session::{DEFAULT_AMQP_URL, open_connection, redact_url};
+pub use shutdown::shutdown_signal;
 pub use topology::{QueueType, RUN_STATE_RETENTION, Topology};

@@ -32,7 +32,7 @@
 pub use inqubo_amqp::{
     Client, DEFAULT_AMQP_URL, Error, EventStream, QueueType, RESUME_CONFIRM_TIMEOUT,
     RESUME_SCAN_LIMIT, RESUME_SETTLE, Result, Resumed, Runner, RunnerBuilder,
-    STEP_DURATION_BUCKETS, Topology, open_connection, redact_url,
+    STEP_DURATION_BUCKETS, Topology, open_connection, redact_url, shutdown_signal,
 };
 pub use inqubo_core::{
     Chain, DEFAULT_STEP_TIMEOUT, DecodeError, EventDecodeError, EventKind, ExponentialBackoff,

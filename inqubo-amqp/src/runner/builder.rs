@@ -11,7 +11,7 @@ use super::{Runner, Shared, start_session, supervise};
 use crate::run_state::RunStates;
 use crate::{
     client::Client,
-    error::Result,
+    error::{Error, Result},
     session::{DEFAULT_AMQP_URL, split_urls},
     topology::{QueueType, Topology},
 };
@@ -48,6 +48,71 @@ impl RunnerBuilder {
             #[cfg(feature = "prometheus")]
             metrics_addr: None,
         }
+    }
+
+    /// Settings for a runner of `workflow` from the environment, the same variables the
+    /// `inqubo` command line reads; each one unset keeps its default:
+    ///
+    /// | variable | setting |
+    /// |---|---|
+    /// | `AMQP_URL` | [`RunnerBuilder::url`] (comma-separated addresses of one cluster) |
+    /// | `INQUBO_PREFIX` | [`RunnerBuilder::prefix`] |
+    /// | `INQUBO_QUEUE_TYPE` | [`RunnerBuilder::queue_type`]: `quorum` or `classic` |
+    /// | `INQUBO_PREFETCH` | [`RunnerBuilder::prefetch`] |
+    /// | `INQUBO_MAX_IN_FLIGHT` | [`RunnerBuilder::max_in_flight`] |
+    ///
+    /// A value that does not parse is an [`Error::Environment`](crate::Error::Environment)
+    /// naming the variable, not a silent default.
+    ///
+    /// ```no_run
+    /// # async fn demo(flow: inqubo_core::Workflow) -> Result<(), inqubo_amqp::Error> {
+    /// use inqubo_amqp::{RunnerBuilder, shutdown_signal};
+    ///
+    /// let runner = RunnerBuilder::from_env(flow)?.max_redeliveries(3).connect().await?;
+    /// runner.run(shutdown_signal()).await
+    /// # }
+    /// ```
+    pub fn from_env(workflow: Workflow) -> Result<Self> {
+        Self::from_variables(workflow, |name| std::env::var(name).ok())
+    }
+
+    /// [`RunnerBuilder::from_env`] over any source of variables.
+    fn from_variables(workflow: Workflow, read: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        fn number<T: std::str::FromStr>(variable: &'static str, value: String) -> Result<T> {
+            value.trim().parse().map_err(|_| Error::Environment {
+                variable,
+                value,
+                expected: "a whole number",
+            })
+        }
+        let mut builder = Self::new(workflow);
+        if let Some(url) = read("AMQP_URL") {
+            builder = builder.url(url);
+        }
+        if let Some(prefix) = read("INQUBO_PREFIX") {
+            builder = builder.prefix(prefix);
+        }
+        if let Some(kind) = read("INQUBO_QUEUE_TYPE") {
+            let queue_type = match kind.trim() {
+                "quorum" => QueueType::Quorum,
+                "classic" => QueueType::Classic,
+                _ => {
+                    return Err(Error::Environment {
+                        variable: "INQUBO_QUEUE_TYPE",
+                        value: kind,
+                        expected: "`quorum` or `classic`",
+                    });
+                }
+            };
+            builder = builder.queue_type(queue_type);
+        }
+        if let Some(prefetch) = read("INQUBO_PREFETCH") {
+            builder = builder.prefetch(number("INQUBO_PREFETCH", prefetch)?);
+        }
+        if let Some(limit) = read("INQUBO_MAX_IN_FLIGHT") {
+            builder = builder.max_in_flight(number("INQUBO_MAX_IN_FLIGHT", limit)?);
+        }
+        Ok(builder)
     }
 
     /// The broker address (default [`DEFAULT_AMQP_URL`]); several addresses of one cluster
@@ -230,5 +295,71 @@ impl RunnerBuilder {
             supervisor,
             shutdown_timeout: self.shutdown_timeout,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use inqubo_core::{Step, StepContext, StepError};
+
+    fn flow() -> Workflow {
+        async fn id(n: u32, _: StepContext) -> std::result::Result<u32, StepError> {
+            Ok(n)
+        }
+        Workflow::builder("env")
+            .start(Step::new("a", id))
+            .build()
+            .unwrap()
+    }
+
+    fn from(pairs: &[(&str, &str)]) -> Result<RunnerBuilder> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        RunnerBuilder::from_variables(flow(), |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn the_environment_sets_what_it_names_and_nothing_else() {
+        let builder = from(&[
+            ("AMQP_URL", "amqp://a:5672/%2f, amqp://b:5672/%2f"),
+            ("INQUBO_PREFIX", "staging"),
+            ("INQUBO_QUEUE_TYPE", "classic"),
+            ("INQUBO_PREFETCH", "8"),
+            ("INQUBO_MAX_IN_FLIGHT", " 16 "),
+        ])
+        .unwrap();
+        assert_eq!(builder.urls, ["amqp://a:5672/%2f", "amqp://b:5672/%2f"]);
+        assert_eq!(builder.prefix, "staging");
+        assert_eq!(builder.queue_type, QueueType::Classic);
+        assert_eq!((builder.prefetch, builder.max_in_flight), (8, 16));
+        let defaults = from(&[]).unwrap();
+        assert_eq!(defaults.urls, [DEFAULT_AMQP_URL]);
+        assert_eq!(defaults.prefix, inqubo_core::protocol::DEFAULT_PREFIX);
+        assert_eq!((defaults.prefetch, defaults.max_in_flight), (32, 64));
+    }
+
+    #[test]
+    fn a_value_that_does_not_parse_names_its_variable() {
+        let error = from(&[("INQUBO_PREFETCH", "lots")]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "environment variable INQUBO_PREFETCH=\"lots\": a whole number"
+        );
+        let error = from(&[("INQUBO_QUEUE_TYPE", "stream")]).unwrap_err();
+        assert!(matches!(
+            error,
+            Error::Environment {
+                variable: "INQUBO_QUEUE_TYPE",
+                ..
+            }
+        ));
     }
 }
