@@ -204,6 +204,46 @@ impl Shop {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn every_api_error_is_a_json_body_with_the_documented_status() {
+    let broker = TestBroker::new();
+    let _runner = broker.start_runner(&shop()).await;
+    let monitor = Monitor::start(&broker);
+    let base = &monitor.base;
+    let http = authorized();
+    let purge = format!("{base}/api/workflows/shop/parked/purge");
+    let cases = [
+        (http.get(format!("{base}/api")), 404),
+        (http.get(format!("{base}/api/nothing/here")), 404),
+        (http.get(format!("{base}/api/runs?status=lost")), 400),
+        (http.get(format!("{base}/api/runs?page=first")), 400),
+        (http.get(format!("{base}/api/runs/never-ran")), 404),
+        (http.delete(format!("{base}/api/runs")), 405),
+        (http.post(&purge).form(&[("all", "true")]), 415),
+        (
+            http.post(&purge)
+                .header("content-type", "application/json")
+                .body("{not json"),
+            400,
+        ),
+        (http.post(&purge).json(&serde_json::json!({})), 400),
+        (reqwest::Client::new().get(format!("{base}/api/runs")), 401),
+    ];
+    for (request, status) in cases {
+        let response = request.send().await.unwrap();
+        let url = response.url().to_string();
+        assert_eq!(response.status(), status, "{url}");
+        let kind = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(kind.starts_with("application/json"), "{url}: {kind}");
+        let body: Value = response.json().await.unwrap();
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(!error.is_empty(), "{url}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn api_serves_runs_workflows_parked_and_metrics_behind_its_token() {
     let Shop {
         broker: _broker,

@@ -121,7 +121,9 @@ fn router(state: State) -> Router {
         .route("/workflows/{workflow}/parked/replay", post(api::replay))
         .route("/workflows/{workflow}/parked/purge", post(api::purge))
         .route("/events", get(api::events))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .fallback(no_such_endpoint)
+        .layer(middleware::from_fn(json_errors));
     Router::new()
         .route("/", get(page))
         .route("/runs/{run_id}", get(page))
@@ -133,6 +135,53 @@ fn router(state: State) -> Router {
         .nest("/api", api)
         .layer(middleware::from_fn_with_state(state.clone(), local_only))
         .with_state(state)
+}
+
+/// The largest error text a rejection may carry into a JSON error.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Every error of the API is `{"error": "..."}`: the rejections of axum's extractors (a body
+/// that is not JSON, or not of the expected shape, a bad query) come as plain text, and become
+/// JSON here. A body of the wrong shape is 400, like every other bad request.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
+        StatusCode::BAD_REQUEST
+    } else {
+        status
+    };
+    let body = axum::body::to_bytes(response.into_body(), MAX_ERROR_BODY)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_owned();
+    let error = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    (status, axum::Json(serde_json::json!({ "error": error }))).into_response()
+}
+
+/// `/api/...` that names no endpoint.
+async fn no_such_endpoint(request: Request) -> Response {
+    let message = format!(
+        "no endpoint {} {}; docs/dashboard.md lists them",
+        request.method(),
+        request.uri().path()
+    );
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
 }
 
 /// With a token, the API needs it; the pages themselves hold no data.
