@@ -11,6 +11,7 @@ mod dashboard;
 mod history;
 mod metric;
 mod parked;
+mod topology;
 mod workflows;
 
 use std::{io::IsTerminal, path::PathBuf, time::Duration};
@@ -36,7 +37,7 @@ struct Cli {
     #[arg(long, global = true, env = "AMQP_URL", default_value = inqubo::DEFAULT_AMQP_URL, hide_env_values = true)]
     amqp_url: String,
     /// The name prefix runners use.
-    #[arg(long, global = true, default_value = inqubo::protocol::DEFAULT_PREFIX)]
+    #[arg(long, global = true, env = "INQUBO_PREFIX", default_value = inqubo::protocol::DEFAULT_PREFIX)]
     prefix: String,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
@@ -45,10 +46,37 @@ struct Cli {
     command: Command,
 }
 
+/// What `inqubo topology` may do besides showing.
+#[derive(Debug, Subcommand)]
+enum TopologyAction {
+    /// Delete a workflow's own queues, messages included (its step, redelivered, parked,
+    /// run-state and join queues); the shared queues and exchanges stay. Asks first.
+    Delete {
+        /// The workflow.
+        workflow: String,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+        /// Delete even while runners consume the queues (they fail, reconnect and declare
+        /// them again, empty).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// The workflows runners announced, with each step's queue depth and consumers.
     Workflows,
+    /// The queues Inqubo declared under the prefix, what each is for, its depth and
+    /// consumers: one workflow's (or every announced one's), then the shared ones.
+    #[command(args_conflicts_with_subcommands = true)]
+    Topology {
+        /// Only this workflow's queues (and the shared ones).
+        workflow: Option<String>,
+        #[command(subcommand)]
+        action: Option<TopologyAction>,
+    },
     /// A workflow's graph.
     Show {
         /// The workflow.
@@ -242,6 +270,21 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     };
     match cli.command {
         Command::Workflows => workflows::list(&context).await.map(|()| 0),
+        Command::Topology {
+            workflow,
+            action: None,
+        } => topology::show(&context, workflow.as_deref())
+            .await
+            .map(|()| 0),
+        Command::Topology {
+            action:
+                Some(TopologyAction::Delete {
+                    workflow,
+                    yes,
+                    force,
+                }),
+            ..
+        } => topology::delete(&context, &workflow, yes, force).await,
         Command::Show { workflow, dot } => {
             workflows::show(&context, &workflow, dot).await.map(|()| 0)
         }

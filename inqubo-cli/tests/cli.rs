@@ -769,3 +769,72 @@ fn the_dashboard_refuses_a_network_address_without_a_token() {
     );
     assert!(error.contains("--allow-network-without-token"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn topology_lists_a_workflow_s_queues_and_deletes_them_only_when_asked() {
+    let broker = TestBroker::new();
+    let runner = broker.start_runner(&doubling()).await;
+
+    let shown = stdout_json(&inqubo(&broker, &["--json", "topology", "doubling"]));
+    let groups: Vec<&str> = shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["workflow"].as_str().unwrap())
+        .collect();
+    assert_eq!(groups, ["doubling", "(shared)"]);
+    let queues = shown[0]["queues"].as_array().unwrap();
+    let named = |suffix: &str| {
+        queues
+            .iter()
+            .find(|q| q["queue"] == format!("{}.doubling.{suffix}", broker.prefix()))
+            .unwrap_or_else(|| panic!("no queue {suffix}: {queues:?}"))
+    };
+    assert!(
+        named("double")["purpose"]
+            .as_str()
+            .unwrap()
+            .contains("the trigger")
+    );
+    assert!(
+        named("again")["purpose"]
+            .as_str()
+            .unwrap()
+            .contains("`double` succeeded")
+    );
+    assert_eq!(named("again")["consumers"], 1);
+    assert_eq!(named("redelivered")["exists"], true);
+    assert_eq!(named("_run.shard-0")["exists"], true);
+    assert!(
+        queues
+            .iter()
+            .all(|q| q["purpose"].as_str().is_some_and(|p| !p.is_empty()))
+    );
+
+    // Refused while the runner consumes, and without an answer nothing goes.
+    let refused = inqubo(&broker, &["topology", "delete", "doubling", "--yes"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
+    runner.shutdown().await.unwrap();
+    let unanswered = inqubo(&broker, &["topology", "delete", "doubling"]);
+    assert_eq!(unanswered.status.code(), Some(3), "stdin is empty: no");
+    assert_eq!(
+        stdout_json(&inqubo(&broker, &["--json", "topology", "doubling"]))[0]["queues"][0]["exists"],
+        true
+    );
+
+    let deleted = stdout_json(&inqubo(
+        &broker,
+        &["--json", "topology", "delete", "doubling", "--yes"],
+    ));
+    assert_eq!(deleted["deleted"].as_array().unwrap().len(), queues.len());
+    let after = stdout_json(&inqubo(&broker, &["--json", "topology", "doubling"]));
+    assert!(
+        after[0]["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|q| q["exists"] == false),
+        "{after}"
+    );
+}

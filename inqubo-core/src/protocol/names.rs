@@ -32,7 +32,7 @@ use std::{fmt, time::Duration};
 use crate::{
     name::{StepName, WorkflowName},
     protocol::{DEFAULT_PREFIX, DELAY_TICK, DELAY_TIERS, delay_ticks},
-    workflow::Workflow,
+    workflow::{Workflow, WorkflowDefinition},
 };
 
 /// Shards per join: each has its own queue and single active consumer, so the joins of one
@@ -194,6 +194,95 @@ impl Names {
     /// `delay`, `join`).
     pub fn observer_queue(&self, observer: &str) -> QueueName {
         QueueName(format!("{}.{observer}", self.prefix))
+    }
+
+    /// Every queue a runner declares for the workflow `definition` describes (not those the
+    /// prefix's workflows share), each with what it is for: what `inqubo topology` shows and
+    /// `inqubo topology delete` removes.
+    pub fn workflow_queues(&self, definition: &WorkflowDefinition) -> Vec<(QueueName, String)> {
+        let workflow = &definition.name;
+        let mut queues = Vec::new();
+        for step in &definition.steps {
+            let feeds = match step.parents.as_slice() {
+                [] => "the trigger".to_owned(),
+                [parent] => format!("`{parent}` succeeded"),
+                parents => format!(
+                    "its join shards, once {} all succeeded",
+                    parents
+                        .iter()
+                        .map(|p| format!("`{p}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            queues.push((
+                self.step_queue(workflow, &step.name),
+                format!(
+                    "step `{}`: its inputs, from {feeds}, and its retries",
+                    step.name
+                ),
+            ));
+        }
+        queues.push((
+            self.redelivered_queue(workflow),
+            "inputs a runner died holding, run one at a time per runner".to_owned(),
+        ));
+        queues.push((
+            self.parked_queue(workflow),
+            "inputs that failed for good or were skipped, with why (`inqubo parked`)".to_owned(),
+        ));
+        queues.push((
+            self.run_state_queue(workflow),
+            "stream of failed, cancelled and resumed runs, which every runner reads".to_owned(),
+        ));
+        let joins = definition
+            .steps
+            .iter()
+            .filter(|s| s.parents.len() > 1)
+            .map(|s| s.name.to_string())
+            .chain([RUN_JOIN.to_owned()]);
+        for join in joins {
+            let what = if join == RUN_JOIN {
+                "the run join, which admits runs and ends them".to_owned()
+            } else {
+                format!("join `{join}`")
+            };
+            for shard in 0..JOIN_SHARDS {
+                queues.push((
+                    self.join_queue(workflow, &join, shard),
+                    format!("{what}: pieces of runs of shard {shard}"),
+                ));
+                queues.push((
+                    self.join_journal_queue(workflow, &join, shard),
+                    format!("{what}: shard {shard}'s journal of what it holds"),
+                ));
+                queues.push((
+                    self.join_state_queue(workflow, &join, shard),
+                    format!("{what}: shard {shard}'s state as older versions wrote it (read only)"),
+                ));
+            }
+        }
+        queues
+    }
+
+    /// The queues every workflow under this prefix shares, each with what it is for.
+    pub fn shared_queues(&self) -> Vec<(QueueName, String)> {
+        let mut queues = vec![(
+            self.registry_queue(),
+            "the workflow definitions runners announce (`inqubo workflows`)".to_owned(),
+        )];
+        for tier in 0..DELAY_TIERS {
+            let delay = DELAY_TICK.saturating_mul(1 << tier);
+            queues.push((
+                self.delay_queue(tier),
+                format!("retry delay tier {tier}: holds a retry {delay:?}"),
+            ));
+        }
+        queues.push((
+            self.monitor_queue(),
+            "the events `inqubo monitor` records (if one ever ran)".to_owned(),
+        ));
+        queues
     }
 
     /// The direct exchange that carries join pieces to join shards.
