@@ -35,16 +35,10 @@ impl Wire {
     /// answers, which it starts from if it inherits them.
     pub fn new(names: &Names, message: Outgoing, received: Option<&FieldTable>) -> Self {
         let address = names.address(&message.destination);
-        let mut table = FieldTable::default();
-        if let (true, Some(received)) = (message.inherit_headers, received) {
-            // The broker's count of this copy's deliveries is not the new copy's: a quorum
-            // queue keeps a count that a message arrives with.
-            for (name, value) in received.inner() {
-                if name.as_str() != protocol::header::X_DELIVERY_COUNT {
-                    table.insert(name.clone(), value.clone());
-                }
-            }
-        }
+        let mut table = match (message.inherit_headers, received) {
+            (true, Some(received)) => inherited(received),
+            _ => FieldTable::default(),
+        };
         for (name, value) in message.headers.iter() {
             table.insert(name.into(), amqp_value(value));
         }
@@ -76,6 +70,75 @@ impl Wire {
             .into_iter()
             .map(|m| Self::new(names, m, received))
             .collect()
+    }
+}
+
+/// The most bytes of inherited headers a message carries: headers travel in one frame (128 KiB
+/// on RabbitMQ by default), and a delivery may arrive with nearly that much, to which parking
+/// it adds its own. Past this, the largest inherited headers are dropped and named in
+/// `dropped-headers`.
+pub const MAX_INHERITED_HEADERS: usize = 64 * 1024;
+
+/// The longest `dropped-headers` value.
+const MAX_DROPPED_NOTE: usize = 1024;
+
+/// The headers of `received` a new message starts from: all of them but the broker's
+/// `x-delivery-count` (a quorum queue keeps the count a message arrives with, and this copy's
+/// deliveries are not the new one's), within [`MAX_INHERITED_HEADERS`].
+fn inherited(received: &FieldTable) -> FieldTable {
+    let mut kept: Vec<(&ShortString, &AMQPValue, usize)> = received
+        .inner()
+        .iter()
+        .filter(|(name, _)| name.as_str() != protocol::header::X_DELIVERY_COUNT)
+        .map(|(name, value)| (name, value, name.as_str().len() + 1 + encoded_len(value)))
+        .collect();
+    let mut total: usize = kept.iter().map(|(_, _, size)| size).sum();
+    let mut dropped = Vec::new();
+    if total > MAX_INHERITED_HEADERS {
+        kept.sort_by_key(|(_, _, size)| std::cmp::Reverse(*size));
+        while total > MAX_INHERITED_HEADERS && !kept.is_empty() {
+            let (name, _, size) = kept.remove(0);
+            total -= size;
+            dropped.push(format!("{name} ({size} bytes)"));
+        }
+    }
+    let mut table = FieldTable::default();
+    for (name, value, _) in kept {
+        table.insert(name.clone(), value.clone());
+    }
+    if !dropped.is_empty() {
+        let mut note = dropped.join(", ");
+        if note.len() > MAX_DROPPED_NOTE {
+            let mut end = MAX_DROPPED_NOTE;
+            while !note.is_char_boundary(end) {
+                end -= 1;
+            }
+            note.truncate(end);
+        }
+        table.insert(
+            protocol::header::DROPPED_HEADERS.into(),
+            AMQPValue::LongString(LongString::from(note)),
+        );
+    }
+    table
+}
+
+/// About how many bytes `value` takes in a header table (its type tag and content).
+fn encoded_len(value: &AMQPValue) -> usize {
+    1 + match value {
+        AMQPValue::LongString(text) => 4 + text.as_bytes().len(),
+        AMQPValue::ShortString(text) => 1 + text.as_str().len(),
+        AMQPValue::ByteArray(bytes) => 4 + bytes.as_slice().len(),
+        AMQPValue::FieldArray(array) => 4 + array.as_slice().iter().map(encoded_len).sum::<usize>(),
+        AMQPValue::FieldTable(table) => {
+            4 + table
+                .inner()
+                .iter()
+                .map(|(name, value)| name.as_str().len() + 1 + encoded_len(value))
+                .sum::<usize>()
+        }
+        AMQPValue::DecimalValue(_) => 5,
+        _ => 8,
     }
 }
 
@@ -173,6 +236,36 @@ mod tests {
             Some(&HeaderValue::Bool(true))
         );
         assert!(!read.contains("x-death"));
+    }
+
+    #[test]
+    fn inherited_headers_past_their_budget_drop_the_largest_and_say_so() {
+        let mut received = FieldTable::default();
+        received.insert("run-id".into(), AMQPValue::LongString("r".into()));
+        received.insert(
+            "x-pad".into(),
+            AMQPValue::LongString("p".repeat(130_000).into()),
+        );
+        received.insert(
+            "x-small".into(),
+            AMQPValue::LongString("s".repeat(100).into()),
+        );
+        received.insert("x-delivery-count".into(), AMQPValue::LongLongInt(3));
+        let wf = WorkflowName::new("simple").unwrap();
+        let run = RunId::new("r").unwrap();
+        let mut message = protocol::trigger(&wf, &run, b"{}".to_vec());
+        message.inherit_headers = true;
+        let wire = Wire::new(&Names::default(), message, Some(&received));
+        let table = wire.properties.headers().clone().unwrap();
+        let read = headers(Some(&table));
+        assert_eq!(read.text("run-id"), Some("r"));
+        assert!(read.contains("x-small"));
+        assert!(!read.contains("x-pad"));
+        assert!(!read.contains("x-delivery-count"));
+        assert_eq!(
+            read.text(header::DROPPED_HEADERS),
+            Some("x-pad (130011 bytes)")
+        );
     }
 
     #[test]

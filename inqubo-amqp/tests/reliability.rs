@@ -425,6 +425,17 @@ async fn bad_input_of_every_kind_is_parked_with_its_reason_while_good_runs_finis
             "undecodable",
         ),
         (
+            // Headers near the frame size (128 KiB): whatever the runner adds to park it must
+            // still fit.
+            "huge-header",
+            props(&[
+                ("run-id", text("huge-header")),
+                ("x-pad", text(&"p".repeat(130_900))),
+            ]),
+            b"{oops".to_vec(),
+            "undecodable",
+        ),
+        (
             "<run-id is a table>",
             props(&[("run-id", AMQPValue::FieldTable(FieldTable::default()))]),
             b"1".to_vec(),
@@ -452,6 +463,13 @@ async fn bad_input_of_every_kind_is_parked_with_its_reason_while_good_runs_finis
         (
             "nested-junk".into(),
             props(&[("run-id", text("nested-junk")), ("x-junk", nested)]),
+        ),
+        (
+            "huge-header-runs".into(),
+            props(&[
+                ("run-id", text("huge-header-runs")),
+                ("x-pad", text(&"p".repeat(130_800))),
+            ]),
         ),
         (
             "attempt-is-fractional".into(),

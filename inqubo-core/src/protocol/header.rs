@@ -38,6 +38,9 @@ pub const PARKED_ATTEMPT: &str = "parked-attempt";
 /// `x-delivery-count` for the deliveries of this copy; on classic queues the runner sends the
 /// input round again with this count raised.
 pub const REDELIVERY_COUNT: &str = "redelivery-count";
+/// On a message built from a delivery whose headers were too large to carry on: the
+/// headers left out, with their sizes (`x-pad (130011 bytes)`), at most 1,024 bytes.
+pub const DROPPED_HEADERS: &str = "dropped-headers";
 /// On an input in a workflow's redelivered queue: the step it is the input of.
 pub const REDELIVERED_STEP: &str = "redelivered-step";
 /// W3C trace context (`00-<trace id>-<span id>-01`): the same trace id on every message
