@@ -87,7 +87,22 @@ impl StepWorker {
     /// Handles one delivery from start to acknowledgement.
     pub(crate) async fn handle(&self, delivery: Delivery, lane: Lane) {
         let _in_flight = self.metrics.in_flight();
-        match self.process(&delivery, lane).await {
+        let processed = match caught(self.process(&delivery, lane)).await {
+            Ok(processed) => processed,
+            // A bug in the runtime, not in the step (run_attempt catches those): park the
+            // input with the panic's message rather than leave the delivery hanging.
+            Err(panic) => {
+                tracing::error!(step = %self.node.name(), %panic, "handling an input panicked; parking it");
+                let incoming = wire::incoming(&delivery);
+                let trace = child_traceparent(incoming.traceparent());
+                let effects =
+                    self.engine
+                        .internal_failure(self.node.name(), &incoming, &panic, &trace);
+                self.execute(effects, delivery.properties.headers().as_ref())
+                    .await
+            }
+        };
+        match processed {
             Ok(()) => {
                 let ack = delivery.ack(BasicAckOptions::default());
                 settle(self.node.name().as_str(), "ack", ack).await;
@@ -237,6 +252,21 @@ fn attempt_trace(span: &Span, incoming: &Incoming<'_>) -> String {
     child_traceparent(incoming.traceparent())
 }
 
+/// `future`'s output, or the message of its panic.
+async fn caught<T>(future: impl std::future::Future<Output = T>) -> std::result::Result<T, String> {
+    use futures_util::FutureExt;
+    std::panic::AssertUnwindSafe(future)
+        .catch_unwind()
+        .await
+        .map_err(|payload| {
+            payload
+                .downcast_ref::<&str>()
+                .map(|m| (*m).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_owned())
+        })
+}
+
 /// Waits (bounded) for an ack or nack; a failure only needs a warning, since the broker
 /// redelivers whatever was not settled.
 pub(crate) async fn settle(
@@ -382,4 +412,18 @@ pub(crate) async fn consume_redelivered(
         .basic_cancel(consumer.tag(), BasicCancelOptions::default())
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_while_handling_is_caught_with_its_message() {
+        assert_eq!(caught(async { 7 }).await, Ok(7));
+        let text: std::result::Result<(), String> = caught(async { panic!("boom {}", 1) }).await;
+        assert_eq!(text, Err("boom 1".to_owned()));
+        let word: std::result::Result<(), String> = caught(async { panic!("static") }).await;
+        assert_eq!(word, Err("static".to_owned()));
+    }
 }

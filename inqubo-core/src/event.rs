@@ -224,6 +224,9 @@ pub enum FailureReason {
     RunFailed,
     /// Not run: the run was cancelled.
     RunCancelled,
+    /// Inqubo itself failed while handling the input (a panic in the runtime, a bug): parked
+    /// with the panic's message rather than left unacknowledged.
+    Internal,
 }
 
 impl FailureReason {
@@ -238,6 +241,7 @@ impl FailureReason {
             FailureReason::TooLarge => "too_large",
             FailureReason::RunFailed => "run_failed",
             FailureReason::RunCancelled => "run_cancelled",
+            FailureReason::Internal => "internal",
         }
     }
 }

@@ -345,6 +345,25 @@ impl Engine {
         }
     }
 
+    /// What follows when handling the delivery `incoming` on `step`'s queue panicked inside
+    /// the runtime (not in the step, whose panics are retryable failures): the input is parked
+    /// with reason `internal` and the panic's message, and `failed` is published, so that the
+    /// delivery can be acknowledged instead of left hanging.
+    pub fn internal_failure(
+        &self,
+        step: &StepName,
+        incoming: &Incoming<'_>,
+        panic: &str,
+        trace: &str,
+    ) -> Effects {
+        let failure = FailedBody {
+            error: format!("the runner failed while handling this input: {panic}"),
+            attempt: incoming.attempt().unwrap_or(0),
+            reason: FailureReason::Internal,
+        };
+        self.park(step, incoming, failure, trace)
+    }
+
     /// What follows when the broker could not route a mandatory message of `attempt`'s
     /// outcome (published with `routing_key`): the step fails for good as `unroutable`.
     pub fn unroutable(

@@ -336,6 +336,21 @@ fn in_the_redelivered_queue_each_unacknowledged_start_counts_up_to_the_limit() {
 }
 
 #[test]
+fn a_panic_in_the_runtime_parks_the_input_as_internal_and_fails_the_step() {
+    let engine = chain();
+    let input = delivery(run("r"), b"1");
+    let effects = engine.internal_failure(&step("a"), &input, "index out of bounds", "t");
+    assert_eq!(keys(&effects), ["parked", "wf.step.a.failed", "join _run"]);
+    let failure = effects.failure.unwrap();
+    assert_eq!(failure.reason, FailureReason::Internal);
+    assert!(
+        failure.error.ends_with("index out of bounds"),
+        "{}",
+        failure.error
+    );
+}
+
+#[test]
 fn a_message_without_a_run_id_is_parked_and_nothing_else() {
     let engine = chain();
     let Admission::Settle(effects) = engine.admit(
