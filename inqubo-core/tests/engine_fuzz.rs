@@ -74,6 +74,7 @@ fn headers() -> impl Strategy<Value = Headers> {
         Just(header::RETRY_ATTEMPT),
         Just(header::RUN_GENERATION),
         Just(header::REDELIVERY_COUNT),
+        Just(header::REDELIVERED_STEP),
         Just(header::X_DELIVERY_COUNT),
         Just(header::RUN_ADMITTED),
         Just(header::JOIN_BEGIN),
@@ -119,6 +120,7 @@ proptest! {
         message_id in proptest::option::of(text()),
         redelivered in any::<bool>(),
         step in prop_oneof![Just("a"), Just("b"), Just("d"), Just("nope")],
+        from_redelivered_queue in any::<bool>(),
         output in body(),
         error in prop_oneof![text(), Just("x".repeat(10_000))],
     ) {
@@ -131,7 +133,13 @@ proptest! {
             body: &body,
         };
         let step_name = inqubo_core::StepName::new(step).unwrap();
-        match engine.admit(&step_name, &incoming, "00-t-s-01", RunState::default()) {
+        let admission = if from_redelivered_queue {
+            engine.admit_redelivered(&step_name, &incoming, "00-t-s-01", RunState::default())
+        } else {
+            engine.admit(&step_name, &incoming, "00-t-s-01", RunState::default())
+        };
+        let _ = engine.internal_failure(&step_name, &incoming, &error, "00-t-s-01");
+        match admission {
             Admission::Settle(effects) => {
                 if let Some(failure) = &effects.failure {
                     let parked = effects.parked();
