@@ -227,6 +227,9 @@ enum RunAction {
 
 #[tokio::main]
 async fn main() {
+    // Output piped into `head` and the like ends quietly, as with other command-line tools,
+    // instead of panicking on the closed pipe.
+    sigpipe::reset();
     let telemetry = init_logging();
     let cli = Cli::parse();
     let code = match run(cli).await {

@@ -823,6 +823,28 @@ async fn topology_lists_a_workflow_s_queues_and_deletes_them_only_when_asked() {
         true
     );
 
+    // Piped into a reader that stops early, it ends quietly (no panic on the closed pipe).
+    let mut piped = Command::new(env!("CARGO_BIN_EXE_inqubo"))
+        .args([
+            "--amqp-url",
+            broker.url(),
+            "--prefix",
+            broker.prefix(),
+            "topology",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut reader = BufReader::new(piped.stdout.take().unwrap());
+    reader.read_line(&mut first).unwrap();
+    drop(reader);
+    let ended = piped.wait_with_output().unwrap();
+    assert!(first.starts_with("exchanges:"), "{first}");
+    let stderr = String::from_utf8_lossy(&ended.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
     let deleted = stdout_json(&inqubo(
         &broker,
         &["--json", "topology", "delete", "doubling", "--yes"],
