@@ -9,6 +9,7 @@
 //! `publisher.rs` (confirms). `docs/protocol.md` describes the same path on the wire.
 //! `session.rs` connects (several addresses, timeout, TLS) and `event_stream.rs` reads events.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo)

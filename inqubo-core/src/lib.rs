@@ -22,6 +22,7 @@
 //! | `trace` | W3C `traceparent` values: one run, one trace |
 //! | `join` | [`join::JoinBook`]: which parents of which runs reported, and when a join fires |
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo)

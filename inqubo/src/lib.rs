@@ -29,6 +29,8 @@
 //! The wire protocol (exchange, routing keys, headers, bodies) is public and documented in
 //! `docs/protocol.md`: any AMQP 0-9-1 client can trigger runs and follow their events.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub use inqubo_amqp::{
     Client, DEFAULT_AMQP_URL, Error, EventStream, QueueType, RESUME_CONFIRM_TIMEOUT,
     RESUME_SCAN_LIMIT, RESUME_SETTLE, Result, Resumed, Runner, RunnerBuilder,
