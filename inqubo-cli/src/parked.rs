@@ -301,16 +301,17 @@ async fn peek<T>(
     result
 }
 
-/// A workflow's parked messages, described (inputs cut at 80 characters).
+/// A workflow's parked messages, described; inputs cut at 80 characters unless `whole`.
 pub(crate) async fn list(
     context: &Context,
     workflow: &str,
+    whole: bool,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     peek(context, workflow, |parked| {
         parked
             .iter()
             .enumerate()
-            .map(|(i, d)| describe(i + 1, d, false))
+            .map(|(i, d)| describe(i + 1, d, whole))
             .collect()
     })
     .await
@@ -376,7 +377,8 @@ pub(crate) async fn replay(
 pub(crate) async fn run(context: &Context, action: Action) -> anyhow::Result<i32> {
     match action {
         Action::List { workflow } => {
-            let rows = list(context, &workflow).await?;
+            // Scripts get every input whole; people get a line each.
+            let rows = list(context, &workflow, context.json).await?;
             if context.json {
                 println!("{}", serde_json::Value::Array(rows));
             } else if rows.is_empty() {
@@ -420,7 +422,16 @@ pub(crate) async fn run(context: &Context, action: Action) -> anyhow::Result<i32
                     selection.describe()
                 )
             })?;
-            println!("{}", serde_json::to_string_pretty(&shown)?);
+            if context.json {
+                println!("{shown}");
+            } else {
+                for (field, value) in shown.as_object().into_iter().flatten() {
+                    match value {
+                        serde_json::Value::String(text) => println!("{field:<12} {text}"),
+                        other => println!("{field:<12} {other}"),
+                    }
+                }
+            }
         }
         Action::Replay {
             workflow,

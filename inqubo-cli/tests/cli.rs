@@ -264,12 +264,30 @@ async fn parked_messages_can_be_listed_replayed_and_purged() {
         runner.trigger(run_id(run), &1_u64).await.unwrap();
         events.wait_for(run, "check", EventKind::Failed).await;
     }
+    // An input longer than the 80 characters the text list shows: scripts get it whole.
+    let long = "9".repeat(100);
+    runner.trigger(run_id("p3"), &long).await.unwrap();
+    events.wait_for("p3", "check", EventKind::Failed).await;
 
     let listed = stdout_json(&inqubo(&broker, &["--json", "parked", "list", "flaky"]));
     let shown = stdout_json(&inqubo(
         &broker,
         &["--json", "parked", "show", "flaky", "2"],
     ));
+    let shown_text = inqubo(&broker, &["parked", "show", "flaky", "2"]);
+    let listed_text = inqubo(&broker, &["parked", "list", "flaky"]);
+    let shown_text = String::from_utf8_lossy(&shown_text.stdout).into_owned();
+    let listed_text = String::from_utf8_lossy(&listed_text.stdout).into_owned();
+    assert!(
+        shown_text
+            .lines()
+            .any(|l| l.starts_with("reason") && l.ends_with("fatal")),
+        "text, not JSON: {shown_text}"
+    );
+    assert!(!shown_text.trim_start().starts_with('{'), "{shown_text}");
+    assert_eq!(listed_text.lines().count(), 3, "a line each: {listed_text}");
+    assert_eq!(listed[2]["run_id"], "p3");
+    assert_eq!(listed[2]["input"], format!("\"{long}\""), "whole in JSON");
     healthy.store(true, Ordering::SeqCst);
     let replayed = stdout_json(&inqubo(
         &broker,
@@ -286,7 +304,7 @@ async fn parked_messages_can_be_listed_replayed_and_purged() {
     ));
     let after = stdout_json(&inqubo(&broker, &["--json", "parked", "list", "flaky"]));
 
-    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(listed.as_array().unwrap().len(), 3);
     assert_eq!(listed[0]["reason"], "fatal");
     assert_eq!(listed[0]["error"], "dependency is down");
     assert_eq!(listed[0]["step"], "check");
@@ -306,7 +324,7 @@ async fn parked_messages_can_be_listed_replayed_and_purged() {
         !refused.status.success(),
         "purge without --yes and no terminal is refused"
     );
-    assert_eq!(purged, json!({"purged": 1}));
+    assert_eq!(purged, json!({"purged": 2}));
     assert_eq!(after, json!([]));
     runner.shutdown().await.unwrap();
 }

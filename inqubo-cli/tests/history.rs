@@ -299,15 +299,21 @@ async fn a_resumed_run_is_recorded_failed_then_succeeded(store: &str) {
     assert!(listed_failed.is_empty(), "{listed_failed:?}");
     assert_eq!(listed_succeeded, ["r"]);
     assert_eq!(text[0], "run r of resumed: succeeded");
+    assert_eq!(text[1], "input 4", "the run's input, as text too");
     assert!(
-        text[1].starts_with("generation 1 failed after ")
-            && text[1]
+        text[2].starts_with("generation 1 failed after ")
+            && text[2]
                 .ends_with("check attempt 1 failed: injected fatal failure of attempt 1 (fatal)"),
         "{text:#?}"
     );
     assert!(
-        text[2].starts_with("generation 2 succeeded after "),
+        text[3].starts_with("generation 2 succeeded after "),
         "{text:#?}"
+    );
+    assert_eq!(
+        text.iter().filter(|l| *l == "input 8").count(),
+        2,
+        "each attempt of check with the input it got: {text:#?}"
     );
     assert!(
         text.iter()
@@ -386,9 +392,10 @@ async fn a_cancelled_run_is_recorded_with_its_skipped_step(store: &str) {
         "an unknown status is refused with the known ones: {refused:?}"
     );
     assert_eq!(text[0], "run c of cancelled: cancelled");
+    assert_eq!(text[1], "input 3");
     assert!(
-        text[1].starts_with("generation 1 cancelled after ")
-            && text[1].ends_with("no longer needed"),
+        text[2].starts_with("generation 1 cancelled after ")
+            && text[2].ends_with("no longer needed"),
         "{text:#?}"
     );
     assert!(

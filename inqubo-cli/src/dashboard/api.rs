@@ -147,7 +147,7 @@ pub(super) async fn parked(
     Extract(state): Extract<State>,
     Path(workflow): Path<String>,
 ) -> ApiResult {
-    let messages = parked::list(&state.context, &workflow)
+    let messages = parked::list(&state.context, &workflow, false)
         .await
         .map_err(|e| ApiError(StatusCode::NOT_FOUND, format!("{e:#}")))?;
     Ok(Json(json!({"workflow": workflow, "messages": messages})))

@@ -314,6 +314,7 @@ pub(crate) async fn run(context: &Context, store: &str, run_id: &str) -> anyhow:
         report["status"].as_str().unwrap_or_default()
     );
     let created = report["created_ms"].as_i64().unwrap_or_default();
+    println!("  input {}", report["input"]);
     for generation in report["generations"].as_array().into_iter().flatten() {
         println!("  {}", generation_line(generation, created));
     }
@@ -344,6 +345,9 @@ pub(crate) async fn run(context: &Context, store: &str, run_id: &str) -> anyhow:
             attempt["attempt"],
             attempt["generation"],
         );
+        if !attempt["input"].is_null() {
+            println!("  {:<28} input {}", "", attempt["input"]);
+        }
     }
     Ok(0)
 }
