@@ -29,3 +29,5 @@ fi
 cargo nextest run --workspace --locked --no-fail-fast
 # nextest does not run doc tests.
 cargo test --doc --workspace --locked
+# The README's snippets (one of them uses inqubo::testing, behind the test-util feature).
+cargo test --doc -p inqubo --features test-util --locked

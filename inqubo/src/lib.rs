@@ -22,7 +22,7 @@
 //!     .build()?;
 //! let runner = Runner::connect(inqubo::DEFAULT_AMQP_URL, flow).await?;
 //! runner.trigger(RunId::new("run-1")?, &()).await?;
-//! runner.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+//! runner.run(inqubo::shutdown_signal()).await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -67,3 +67,9 @@ pub use inqubo_amqp::otel;
 /// Run workflows in-process, without a broker: see [`testing::TestRunner`].
 #[cfg(feature = "test-util")]
 pub use inqubo_core::testing;
+
+/// The README's Rust snippets, compiled as doc tests (`cargo test --doc -p inqubo --features
+/// test-util`), so that what users copy from it builds.
+#[cfg(all(doctest, feature = "test-util"))]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
