@@ -319,6 +319,37 @@ async fn api_serves_runs_workflows_parked_and_metrics_behind_its_token() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 
+    let stats = get(&http, &format!("{base}/api/workflows/shop/stats")).await;
+    let sum = |field: &str| -> u64 {
+        stats[field]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(stats["bucket_ms"], 60_000);
+    assert_eq!(stats["started"].as_array().unwrap().len(), 60);
+    assert_eq!((sum("started"), sum("finished"), sum("failed")), (2, 2, 1));
+    assert_eq!(stats["failure_rate"], 0.5);
+    let steps: Vec<&str> = stats["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["charge", "reserve"]);
+    assert!(stats["steps"][1]["p99_ms"].as_i64().unwrap() >= 0);
+    let day = get(&http, &format!("{base}/api/workflows/shop/stats?window=1d")).await;
+    assert_eq!(day["bucket_ms"], 900_000);
+    assert_eq!(day["started"].as_array().unwrap().len(), 96);
+    let week = http
+        .get(format!("{base}/api/workflows/shop/stats?window=1w"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(week.status(), 400);
+
     let workflows = get(&http, &format!("{base}/api/workflows")).await;
     let shop = &workflows["workflows"][0];
     assert_eq!(shop["workflow"], "shop");
@@ -575,6 +606,13 @@ async fn browser_shows_runs_replays_resumes_and_cancels() {
         .eval("[...document.querySelectorAll('[data-run] [data-status]')].map(s => s.dataset.status).sort().join(',')")
         .await;
     assert_eq!(statuses, "failed,succeeded");
+    // A histogram of the shown runs' durations: both finished.
+    browser
+        .wait_until(
+            "document.querySelector('[data-histogram]')?.dataset.histogram === '2'",
+            "the durations histogram",
+        )
+        .await;
     browser.screenshot(&shots.join("runs.png")).await;
 
     // A run page: the graph coloured by state, the error shown as text, not markup.
@@ -620,7 +658,28 @@ async fn browser_shows_runs_replays_resumes_and_cancels() {
             "the shop workflow",
         )
         .await;
+    // Its charts, drawn from the history: runs per minute, failure rate, step durations.
+    browser
+        .wait_until(
+            "document.querySelectorAll('[data-charts=\"shop\"] .chart canvas').length === 3 && document.querySelectorAll('[data-charts=\"shop\"] table.percentiles tbody tr').length === 2",
+            "the workflow's three charts and its percentiles",
+        )
+        .await;
+    let titles = browser
+        .eval("[...document.querySelectorAll('[data-charts=\"shop\"] .u-title')].map(t => t.textContent).join('|')")
+        .await;
+    assert_eq!(
+        titles,
+        "Runs per minute|Failed runs (50.0 %)|Step duration, median"
+    );
     browser.screenshot(&shots.join("workflows.png")).await;
+    browser.open(&format!("{base}/workflows?window=1d")).await;
+    browser
+        .wait_until(
+            "document.querySelectorAll('[data-charts=\"shop\"] .chart canvas').length === 3 && document.querySelector('.counts a.current')?.textContent === 'last day'",
+            "the last day's charts",
+        )
+        .await;
 
     // A second declined order, so that the parked page lists two messages.
     runner

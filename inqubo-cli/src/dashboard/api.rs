@@ -90,6 +90,39 @@ pub(super) async fn run(Extract(state): Extract<State>, Path(run_id): Path<Strin
     }
 }
 
+/// `?window=1h` (the default) or `1d`.
+#[derive(Debug, Deserialize)]
+pub(super) struct StatsQuery {
+    #[serde(default = "last_hour")]
+    window: String,
+}
+
+fn last_hour() -> String {
+    "1h".to_owned()
+}
+
+/// `GET /api/workflows/{workflow}/stats?window=1h|1d`: what the workflow's charts show, from
+/// the history: runs started, finished and failed per bucket (a minute over an hour, 15
+/// minutes over a day), the failure rate, and each step's duration percentiles.
+pub(super) async fn stats(
+    Extract(state): Extract<State>,
+    Path(workflow): Path<String>,
+    Query(q): Query<StatsQuery>,
+) -> ApiResult {
+    let Some((_, window_ms, bucket_ms)) = query::CHART_WINDOWS
+        .iter()
+        .find(|(name, _, _)| *name == q.window)
+    else {
+        let known: Vec<&str> = query::CHART_WINDOWS.iter().map(|w| w.0).collect();
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("window must be one of {}", known.join(", ")),
+        ));
+    };
+    let stats = query::workflow_stats(&state.pool, &workflow, *window_ms, *bucket_ms).await?;
+    Ok(Json(stats))
+}
+
 /// `GET /api/workflows`: each workflow's graph, per-step activity over the last hour, queue
 /// depths and parked counts.
 pub(super) async fn workflows(Extract(state): Extract<State>) -> ApiResult {

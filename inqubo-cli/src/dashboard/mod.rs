@@ -118,6 +118,7 @@ fn router(state: State) -> Router {
         .route("/runs/{run_id}/resume", post(api::resume))
         .route("/workflows", get(api::workflows))
         .route("/workflows/{workflow}/parked", get(api::parked))
+        .route("/workflows/{workflow}/stats", get(api::stats))
         .route("/workflows/{workflow}/parked/replay", post(api::replay))
         .route("/workflows/{workflow}/parked/purge", post(api::purge))
         .route("/events", get(api::events))
@@ -131,6 +132,8 @@ fn router(state: State) -> Router {
         .route("/parked", get(page))
         .route("/assets/app.js", get(script))
         .route("/assets/app.css", get(style))
+        .route("/assets/uplot.js", get(chart_script))
+        .route("/assets/uplot.css", get(chart_style))
         .route("/metrics", get(metrics))
         .nest("/api", api)
         .layer(middleware::from_fn_with_state(state.clone(), local_only))
@@ -291,6 +294,21 @@ async fn style() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
         include_str!("assets/app.css"),
+    )
+}
+
+/// uPlot, the chart library the workflow page draws with (vendored: assets/vendor/README.md).
+async fn chart_script() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("assets/vendor/uPlot.iife.min.js"),
+    )
+}
+
+async fn chart_style() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("assets/vendor/uPlot.min.css"),
     )
 }
 

@@ -306,3 +306,135 @@ pub(crate) async fn workflow_activity(pool: &AnyPool, window_ms: i64) -> anyhow:
         .collect();
     Ok(json!({"window_ms": window_ms, "workflows": workflows}))
 }
+
+/// The windows the workflow charts cover, and the width of one bucket in each.
+pub(crate) const CHART_WINDOWS: [(&str, i64, i64); 2] = [
+    ("1h", 60 * 60 * 1000, 60 * 1000),
+    ("1d", 24 * 60 * 60 * 1000, 15 * 60 * 1000),
+];
+
+/// What the dashboard charts of `workflow` over the last `window_ms`, in buckets of
+/// `bucket_ms` ending now: runs started, finished and failed per bucket, and each step's
+/// attempt durations (p50, p90, p99 per bucket and over the whole window).
+pub(crate) async fn workflow_stats(
+    pool: &AnyPool,
+    workflow: &str,
+    window_ms: i64,
+    bucket_ms: i64,
+) -> anyhow::Result<Value> {
+    let end = now_ms();
+    let start = end - window_ms;
+    let buckets = usize::try_from(window_ms / bucket_ms).unwrap_or(0).max(1);
+    let bucket_of = |at: i64| -> Option<usize> {
+        if at < start || at > end {
+            return None;
+        }
+        let index = usize::try_from((at - start) / bucket_ms).ok()?;
+        Some(index.min(buckets - 1))
+    };
+    let mut started = vec![0_u64; buckets];
+    let mut finished = vec![0_u64; buckets];
+    let mut failed = vec![0_u64; buckets];
+    let runs = sqlx::query(
+        "SELECT created_ms, finished_ms, status FROM runs
+         WHERE workflow = $1 AND (created_ms >= $2 OR finished_ms >= $2)",
+    )
+    .bind(workflow)
+    .bind(start)
+    .fetch_all(pool)
+    .await?;
+    for run in &runs {
+        if let Some(i) = bucket_of(run.get::<i64, _>(0)) {
+            started[i] += 1;
+        }
+        if let Some(i) = run.get::<Option<i64>, _>(1).and_then(bucket_of) {
+            finished[i] += 1;
+            if run.get::<String, _>(2) == "failed" {
+                failed[i] += 1;
+            }
+        }
+    }
+    let attempts = sqlx::query(
+        "SELECT step, started_ms, finished_ms FROM attempts
+         WHERE workflow = $1 AND finished_ms IS NOT NULL AND finished_ms >= $2
+           AND status <> 'skipped'",
+    )
+    .bind(workflow)
+    .bind(start)
+    .fetch_all(pool)
+    .await?;
+    // Per step: every duration in the window, and those of each bucket.
+    let mut durations: std::collections::BTreeMap<String, (Vec<i64>, Vec<Vec<i64>>)> =
+        Default::default();
+    for attempt in &attempts {
+        let (Some(finished_at), started_at) =
+            (attempt.get::<Option<i64>, _>(2), attempt.get::<i64, _>(1))
+        else {
+            continue;
+        };
+        let Some(i) = bucket_of(finished_at) else {
+            continue;
+        };
+        let took = (finished_at - started_at).max(0);
+        let (all, per_bucket) = durations
+            .entry(attempt.get::<String, _>(0))
+            .or_insert_with(|| (Vec::new(), vec![Vec::new(); buckets]));
+        all.push(took);
+        per_bucket[i].push(took);
+    }
+    let steps: Vec<Value> = durations
+        .into_iter()
+        .map(|(step, (mut all, per_bucket))| {
+            let p50_per_bucket: Vec<Option<i64>> = per_bucket
+                .into_iter()
+                .map(|mut bucket| percentile(&mut bucket, 50))
+                .collect();
+            json!({
+                "step": step,
+                "count": all.len(),
+                "p50_ms": percentile(&mut all, 50),
+                "p90_ms": percentile(&mut all, 90),
+                "p99_ms": percentile(&mut all, 99),
+                "p50_ms_per_bucket": p50_per_bucket,
+            })
+        })
+        .collect();
+    let total_finished: u64 = finished.iter().sum();
+    let total_failed: u64 = failed.iter().sum();
+    Ok(json!({
+        "workflow": workflow,
+        "window_ms": window_ms,
+        "bucket_ms": bucket_ms,
+        "bucket_starts_ms": (0..buckets).map(|i| start + bucket_ms * i as i64).collect::<Vec<_>>(),
+        "started": started,
+        "finished": finished,
+        "failed": failed,
+        "failure_rate": (total_finished > 0).then(|| total_failed as f64 / total_finished as f64),
+        "steps": steps,
+    }))
+}
+
+/// The `p`th percentile (nearest rank) of `values`, which it sorts; `None` if empty.
+fn percentile(values: &mut [i64], p: usize) -> Option<i64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable();
+    let rank = (p * values.len()).div_ceil(100).max(1);
+    values.get(rank - 1).copied()
+}
+
+#[cfg(test)]
+mod chart_tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let mut values: Vec<i64> = (1..=100).rev().collect();
+        assert_eq!(percentile(&mut values, 50), Some(50));
+        assert_eq!(percentile(&mut values, 90), Some(90));
+        assert_eq!(percentile(&mut values, 99), Some(99));
+        assert_eq!(percentile(&mut [7], 99), Some(7));
+        assert_eq!(percentile(&mut [], 50), None);
+    }
+}

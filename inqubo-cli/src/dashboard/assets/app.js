@@ -180,7 +180,8 @@ async function runsPage(main) {
     el("h1", {}, "Runs"),
     el("form", { class: "filters", onsubmit: (e) => { e.preventDefault(); go({ q: search.value.trim() }); } },
       workflowSelect, search, el("button", { type: "submit" }, "Search")),
-    counts,
+    el("div", { class: "summary" }, counts,
+      durationHistogram(data.runs.filter((r) => r.finished_ms).map((r) => r.finished_ms - r.created_ms))),
     rows.length
       ? el("table", {}, el("thead", {}, el("tr", {}, ["Run", "Workflow", "Status", "Started", "Took"].map((h) => el("th", {}, h)))),
           el("tbody", {}, rows))
@@ -280,6 +281,89 @@ function perMinute(count, windowMs) {
   return (rate < 10 ? rate.toFixed(2) : rate.toFixed(0)) + " /min";
 }
 
+// --- charts (uPlot, bundled: /assets/uplot.js) -------------------------------------------------
+
+const PALETTE = ["#0969da", "#1a7f37", "#cf222e", "#bf8700", "#8250df", "#1b7c83", "#bc4c00", "#57606a"];
+
+// A time-series chart: `times` in ms, each series {label, values, color}; a null value is a gap.
+function timeChart(name, title, unit, times, series) {
+  const box = el("div", { class: "chart", "data-chart": name });
+  if (typeof uPlot === "undefined") return fill(box, el("p", { class: "muted" }, title + ": charts unavailable"));
+  const options = {
+    title, width: 360, height: 190,
+    scales: { x: { time: true } },
+    axes: [{}, { label: unit, size: 55 }],
+    // Points as well as lines: a minute with runs between quiet ones is a lone point.
+    series: [{}, ...series.map((s, i) => {
+      const color = s.color || PALETTE[i % PALETTE.length];
+      return { label: s.label, stroke: color, width: 1.5, points: { show: true, size: 5, fill: color } };
+    })],
+    legend: { live: false },
+  };
+  new uPlot(options, [times.map((t) => t / 1000), ...series.map((s) => s.values)], box);
+  return box;
+}
+
+// Runs started and finished per minute, the failure rate, and step durations, from the history.
+async function workflowCharts(workflow, windowName) {
+  const stats = await api(`/workflows/${encodeURIComponent(workflow)}/stats?window=${windowName}`);
+  const perMinuteOf = (counts) => counts.map((n) => n / (stats.bucket_ms / 60000));
+  const rate = stats.failed.map((n, i) => (stats.finished[i] ? (100 * n) / stats.finished[i] : null));
+  const times = stats.bucket_starts_ms;
+  const percent = stats.failure_rate === null ? "–" : (100 * stats.failure_rate).toFixed(1) + " %";
+  return [
+    el("div", { class: "charts" },
+      timeChart("runs", "Runs per minute", "runs/min", times, [
+        { label: "started", values: perMinuteOf(stats.started), color: PALETTE[0] },
+        { label: "finished", values: perMinuteOf(stats.finished), color: PALETTE[1] },
+      ]),
+      timeChart("failures", `Failed runs (${percent})`, "% of finished", times, [
+        { label: "failed", values: rate, color: PALETTE[2] },
+      ]),
+      timeChart("durations", "Step duration, median", "ms", times,
+        stats.steps.map((step) => ({ label: step.step, values: step.p50_ms_per_bucket })))),
+    el("table", { class: "percentiles" },
+      el("thead", {}, el("tr", {}, ["Step", "Attempts", "p50", "p90", "p99"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, stats.steps.map((step) =>
+        el("tr", {},
+          el("td", { class: "mono" }, step.step), el("td", {}, step.count),
+          [step.p50_ms, step.p90_ms, step.p99_ms].map((ms) => el("td", {}, ms === null ? "–" : ms + " ms")))))),
+  ];
+}
+
+// The last hour or day of a workflow, switchable; the window is kept in the URL (?window=1d).
+function chartPanel(workflow) {
+  const windowName = new URLSearchParams(location.search).get("window") === "1d" ? "1d" : "1h";
+  const panel = el("div", { class: "chart-panel", "data-charts": workflow }, el("p", { class: "muted" }, "Loading charts…"));
+  const choose = (name) => (e) => { e.preventDefault(); navigate("/workflows?window=" + name); };
+  const header = el("div", { class: "counts" },
+    el("a", { href: "#", class: windowName === "1h" ? "current" : "", onclick: choose("1h") }, "last hour"),
+    el("a", { href: "#", class: windowName === "1d" ? "current" : "", onclick: choose("1d") }, "last day"));
+  workflowCharts(workflow, windowName)
+    .then((parts) => fill(panel, ...parts))
+    .catch((error) => fill(panel, el("p", { class: "muted" }, "No charts: " + error.message)));
+  return [header, panel];
+}
+
+// A small histogram of run durations (ms) as an inline SVG: how long this page's runs took.
+function durationHistogram(durations) {
+  if (durations.length < 2) return null;
+  const bins = 12, width = 180, height = 32;
+  const low = Math.min(...durations), high = Math.max(...durations);
+  const span = Math.max(1, high - low);
+  const counts = new Array(bins).fill(0);
+  for (const d of durations) counts[Math.min(bins - 1, Math.floor(((d - low) / span) * bins))] += 1;
+  const top = Math.max(...counts);
+  const chart = svg("svg", { class: "histogram", width, height, viewBox: `0 0 ${width} ${height}`, role: "img",
+                             "aria-label": `run durations from ${low} ms to ${high} ms` });
+  counts.forEach((count, i) => {
+    const h = count ? Math.max(2, (count / top) * (height - 2)) : 0;
+    chart.append(svg("rect", { x: i * (width / bins) + 1, y: height - h, width: width / bins - 2, height: h }));
+  });
+  chart.append(svg("title", {}, `durations of the ${durations.length} finished runs shown: ${low}–${high} ms`));
+  return el("span", { class: "histogram-box", "data-histogram": durations.length }, chart, " ", el("span", { class: "muted" }, `${low}–${high} ms`));
+}
+
 async function workflowsPage(main) {
   const data = await api("/workflows");
   const percent = (rate) => (rate === null ? "–" : (100 * rate).toFixed(1) + " %");
@@ -292,6 +376,7 @@ async function workflowsPage(main) {
           el("a", { href: "/parked?workflow=" + encodeURIComponent(workflow.workflow), class: "muted" },
             `${workflow.parked ?? 0} parked`)),
         graph(workflow.definition, {}),
+        chartPanel(workflow.workflow),
         el("table", {},
           el("thead", {}, el("tr", {}, ["Step", "Queue depth", "Consumers", "Attempts (1 h)", "Succeeded", "Retried", "Failed", "Throughput", "Failure rate"].map((h) => el("th", {}, h)))),
           el("tbody", {}, workflow.steps.map((step) =>
