@@ -56,7 +56,22 @@ async fn workflows_and_show_describe_what_runners_announced() {
     let shown = inqubo(&broker, &["show", "doubling"]);
     let dot = inqubo(&broker, &["show", "doubling", "--dot"]);
     let missing = inqubo(&broker, &["show", "absent"]);
+    let shown_json = stdout_json(&inqubo(&broker, &["--json", "show", "doubling"]));
+    // The prefix from the environment, as runners built with `from_env` read it.
+    let from_env = Command::new(env!("CARGO_BIN_EXE_inqubo"))
+        .args(["--amqp-url", broker.url(), "workflows"])
+        .env("INQUBO_PREFIX", broker.prefix())
+        .output()
+        .unwrap();
+    let listed_text = String::from_utf8_lossy(&from_env.stdout);
 
+    assert!(from_env.status.success(), "{from_env:?}");
+    assert!(
+        listed_text.contains("doubling") && listed_text.contains("double"),
+        "INQUBO_PREFIX names the prefix: {listed_text}"
+    );
+    assert_eq!(shown_json["name"], "doubling");
+    assert_eq!(shown_json["steps"][1]["parents"], json!(["double"]));
     assert_eq!(listed[0]["workflow"], "doubling");
     let steps = listed[0]["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 2);
