@@ -131,6 +131,51 @@ impl Client {
         Ok(run_id)
     }
 
+    /// Starts a run after `delay` (from a tick of 100 ms up to about 38.8 days,
+    /// [`MAX_DELAY`](inqubo_core::protocol::MAX_DELAY)): the trigger waits in the broker's
+    /// delay tiers, not in this process, so the run starts even if nothing of the caller is
+    /// left by then. Cancelling the run meanwhile ([`Client::cancel`]) keeps it from starting.
+    ///
+    /// Unlike [`Client::trigger`], it cannot tell a workflow no runner declared: the delay
+    /// tiers take any trigger; once the delay is over, the broker drops one nobody takes.
+    /// Fails with [`Error::DelayTooLong`] past the longest delay.
+    #[instrument(skip_all, fields(%workflow, %run_id, ?delay))]
+    pub async fn trigger_after(
+        &self,
+        workflow: &WorkflowName,
+        run_id: RunId,
+        input: &impl Serialize,
+        delay: std::time::Duration,
+    ) -> Result<RunId> {
+        if delay > protocol::MAX_DELAY {
+            return Err(Error::DelayTooLong {
+                delay,
+                longest: protocol::MAX_DELAY,
+            });
+        }
+        let body = serde_json::to_vec(input).map_err(Error::Encode)?;
+        let trigger = protocol::delayed_trigger(workflow, &run_id, body, delay)
+            .with_trace(&root_traceparent());
+        let trigger = Wire::new(self.inner.topology.names(), trigger, None);
+        let session = self.session().await?;
+        session.publisher.send(&trigger).await?.wait().await?;
+        Ok(run_id)
+    }
+
+    /// Starts a run at `at` (at once if that has passed); see [`Client::trigger_after`].
+    pub async fn trigger_at(
+        &self,
+        workflow: &WorkflowName,
+        run_id: RunId,
+        input: &impl Serialize,
+        at: std::time::SystemTime,
+    ) -> Result<RunId> {
+        let delay = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        self.trigger_after(workflow, run_id, input, delay).await
+    }
+
     /// Starts a run and waits for its end: `<workflow>.run.succeeded` (the last steps'
     /// outputs, keyed by step name), `<workflow>.run.failed` or `<workflow>.run.cancelled`.
     ///

@@ -38,6 +38,15 @@ pub enum Error {
     #[error("no broker address given")]
     NoBrokerAddress,
 
+    /// A delayed trigger asked for a delay past the longest the delay tiers hold.
+    #[error("a delay of {delay:?} is past the longest the broker holds ({longest:?})")]
+    DelayTooLong {
+        /// The delay asked for.
+        delay: std::time::Duration,
+        /// The longest delay.
+        longest: std::time::Duration,
+    },
+
     /// An environment variable holds a value the setting it names cannot take.
     #[error("environment variable {variable}={value:?}: {expected}")]
     Environment {

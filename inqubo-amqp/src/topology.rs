@@ -248,6 +248,18 @@ impl Topology {
                     FieldTable::default(),
                 )
                 .await?;
+            if workflow.takes_trigger(step) {
+                // Delayed triggers arrive here once their delay is over.
+                channel
+                    .queue_bind(
+                        queue.as_str().into(),
+                        self.retry_exchange().into(),
+                        Names::delayed_trigger_binding(name).into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
         }
         let states = self.run_state_queue(name);
         declare_queue(channel, &states, run_state_args()).await?;

@@ -86,6 +86,54 @@ async fn a_run_cancelled_before_its_trigger_never_runs() {
     runner.shutdown().await.unwrap();
 }
 
+/// A trigger held by the broker for 2 s starts its run 2 to 3 s later; a run cancelled while
+/// its trigger waits never starts.
+#[tokio::test]
+async fn a_delayed_trigger_starts_its_run_later_unless_the_run_is_cancelled_meanwhile() {
+    let broker = TestBroker::new();
+    let flow = chain("later");
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe_to(runner.client(), Some(flow.name())).await;
+    let client = runner.client();
+    let delay = Duration::from_secs(2);
+
+    let sent = std::time::Instant::now();
+    for run in ["d1", "d2"] {
+        client
+            .trigger_after(flow.name(), run_id(run), &1_u64, delay)
+            .await
+            .unwrap();
+    }
+    client
+        .cancel(flow.name(), &run_id("d2"), "not wanted after all", ANSWER)
+        .await
+        .unwrap();
+    events.wait_for("d1", "first", EventKind::Started).await;
+    let waited = sent.elapsed();
+    run_event(&mut events, "d1", EventKind::RunSucceeded).await;
+    run_event(&mut events, "d2", EventKind::RunDuplicate).await;
+
+    assert!(
+        waited >= delay - Duration::from_millis(50) && waited <= Duration::from_secs(3),
+        "started after {waited:?}"
+    );
+    assert_eq!(events.trail("d2"), ["run.cancelled", "run.duplicate"]);
+    let past_longest = client
+        .trigger_after(
+            flow.name(),
+            run_id("d3"),
+            &1_u64,
+            Duration::from_secs(40 * 86_400),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(past_longest, Error::DelayTooLong { .. }),
+        "{past_longest:?}"
+    );
+    runner.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_runner_started_after_a_cancel_still_honours_it() {
     let broker = TestBroker::new();

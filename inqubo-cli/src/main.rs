@@ -106,6 +106,13 @@ enum Command {
         /// With --wait: give up after this many seconds.
         #[arg(long, default_value_t = 300, requires = "wait")]
         timeout: u64,
+        /// Start the run after this long (e.g. 90s, 15m, 2h, 7d; up to about 38 days): the
+        /// broker holds the trigger. Cancel the run meanwhile and it never starts.
+        #[arg(long = "in", value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with_all = ["at", "wait"])]
+        after: Option<Duration>,
+        /// Start the run at this time (RFC 3339, e.g. 2026-12-01T09:00:00Z), like --in.
+        #[arg(long, value_name = "TIME", value_parser = humantime::parse_rfc3339_weak, conflicts_with = "wait")]
+        at: Option<std::time::SystemTime>,
     },
     /// Follow lifecycle events live (leaves no queue behind).
     Watch {
@@ -298,20 +305,26 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             input_file,
             wait,
             timeout,
+            after,
+            at,
         } => {
             use tracing::Instrument;
             // With OpenTelemetry on, the run's trace starts with this span.
             let span = tracing::info_span!(target: "inqubo::cli", "inqubo trigger", %workflow);
-            trigger(
-                &context,
-                &workflow,
-                run_id,
-                input,
-                input_file,
-                wait.then(|| Duration::from_secs(timeout)),
-            )
-            .instrument(span)
-            .await
+            let start = match (after, at) {
+                (Some(delay), _) => Start::After(delay),
+                (None, Some(at)) => Start::After(
+                    at.duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default(),
+                ),
+                (None, None) => match wait {
+                    true => Start::NowAndWait(Duration::from_secs(timeout)),
+                    false => Start::Now,
+                },
+            };
+            trigger(&context, &workflow, run_id, input, input_file, start)
+                .instrument(span)
+                .await
         }
         Command::Watch { workflow, run_id } => watch(&context, workflow, run_id).await.map(|()| 0),
         Command::Parked { action } => parked::run(&context, action).await,
@@ -384,13 +397,23 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// When `inqubo trigger` starts the run.
+enum Start {
+    /// Now.
+    Now,
+    /// Now, and wait up to this long for its end.
+    NowAndWait(Duration),
+    /// After this delay, held by the broker.
+    After(Duration),
+}
+
 async fn trigger(
     context: &broker::Context,
     workflow: &WorkflowName,
     run_id: Option<RunId>,
     input: Option<String>,
     input_file: Option<PathBuf>,
-    wait: Option<Duration>,
+    start: Start,
 ) -> anyhow::Result<i32> {
     let text = match (input, input_file) {
         (Some(text), _) => text,
@@ -402,6 +425,29 @@ async fn trigger(
         .context("the input is not valid JSON; nothing was published")?;
     let run_id = run_id.unwrap_or_else(RunId::random);
     let client = context.client().await?;
+    let wait = match start {
+        Start::After(delay) => {
+            let run_id = client
+                .trigger_after(workflow, run_id, &input, delay)
+                .await?;
+            let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + delay);
+            if context.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"run_id": run_id.as_str(), "starts_at": at.to_string()})
+                );
+            } else {
+                println!("{run_id}");
+                eprintln!(
+                    "run {run_id} of workflow {workflow} starts at {at} (in {}); `inqubo cancel {run_id}` keeps it from starting",
+                    humantime::format_duration(Duration::from_secs(delay.as_secs()))
+                );
+            }
+            return Ok(0);
+        }
+        Start::Now => None,
+        Start::NowAndWait(timeout) => Some(timeout),
+    };
     let Some(timeout) = wait else {
         let run_id = client.trigger(workflow, run_id, &input).await?;
         if context.json {

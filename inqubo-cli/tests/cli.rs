@@ -893,3 +893,48 @@ async fn topology_lists_a_workflow_s_queues_and_deletes_them_only_when_asked() {
         "{after}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trigger_in_a_while_is_held_by_the_broker_then_runs() {
+    let broker = TestBroker::new();
+    let runner = broker.start_runner(&doubling()).await;
+    let mut events = Events::subscribe_to(runner.client(), Some(runner.workflow().name())).await;
+
+    let scheduled = stdout_json(&inqubo(
+        &broker,
+        &[
+            "--json", "trigger", "doubling", "--run-id", "later", "--input", "4", "--in", "1s",
+        ],
+    ));
+    let text = inqubo(
+        &broker,
+        &[
+            "trigger",
+            "doubling",
+            "--run-id",
+            "later-text",
+            "--input",
+            "1",
+            "--at",
+            "2000-01-01T00:00:00Z",
+        ],
+    );
+    let refused = inqubo(&broker, &["trigger", "doubling", "--in", "1s", "--wait"]);
+
+    assert_eq!(scheduled["run_id"], "later");
+    assert!(scheduled["starts_at"].as_str().unwrap().ends_with('Z'));
+    assert!(text.status.success(), "{text:?}");
+    assert!(String::from_utf8_lossy(&text.stderr).contains("starts at"));
+    assert!(
+        !refused.status.success(),
+        "--in and --wait do not go together"
+    );
+    let done = events
+        .wait_for("later", "again", EventKind::Succeeded)
+        .await;
+    assert_eq!(done.body, json!(16));
+    events
+        .wait_for("later-text", "again", EventKind::Succeeded)
+        .await;
+    runner.shutdown().await.unwrap();
+}

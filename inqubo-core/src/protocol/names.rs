@@ -31,7 +31,7 @@ use std::{fmt, time::Duration};
 
 use crate::{
     name::{StepName, WorkflowName},
-    protocol::{DEFAULT_PREFIX, DELAY_TICK, DELAY_TIERS, delay_ticks},
+    protocol::{DEFAULT_PREFIX, DELAY_TICK, DELAY_TIERS, RoutingKey, delay_ticks},
     workflow::{Workflow, WorkflowDefinition},
 };
 
@@ -357,11 +357,40 @@ impl Names {
         workflow: &WorkflowName,
         step: &StepName,
     ) -> DelayRoute {
+        self.delayed(delay, &format!("{workflow}.{step}"))
+    }
+
+    /// Where to publish a trigger of `workflow` that starts its run after `delay`: through
+    /// the delay tiers like a retry, ending in `inqubo.retry` under
+    /// `<bits>.<workflow>.run.triggered`, which every queue that takes the workflow's triggers
+    /// is bound to (see [`Names::delayed_trigger_binding`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use inqubo_core::protocol::Names;
+    ///
+    /// let route = Names::default().delayed_trigger_route(Duration::from_secs(2), &"simple".parse().unwrap());
+    /// // 2 s = 20 ticks = 0b10100: tiers 4 (1.6 s) and 2 (400 ms).
+    /// assert_eq!(route.exchange, "inqubo.delay.4");
+    /// assert!(route.routing_key.ends_with(".1.0.1.0.0.simple.run.triggered"));
+    /// ```
+    pub fn delayed_trigger_route(&self, delay: Duration, workflow: &WorkflowName) -> DelayRoute {
+        self.delayed(delay, RoutingKey::run_triggered(workflow).as_str())
+    }
+
+    /// The binding on the retry exchange of a queue that takes `workflow`'s triggers: what a
+    /// delayed trigger arrives under once its delay is over.
+    pub fn delayed_trigger_binding(workflow: &WorkflowName) -> String {
+        format!("#.{}", RoutingKey::run_triggered(workflow).as_str())
+    }
+
+    /// The route through the delay tiers to the retry exchange's key `target` after `delay`.
+    fn delayed(&self, delay: Duration, target: &str) -> DelayRoute {
         let ticks = delay_ticks(delay);
         if ticks == 0 {
             return DelayRoute {
                 exchange: self.retry_exchange(),
-                routing_key: format!("{workflow}.{step}"),
+                routing_key: target.to_owned(),
                 delay: Duration::ZERO,
             };
         }
@@ -372,7 +401,7 @@ impl Names {
         let highest = 63 - ticks.leading_zeros();
         DelayRoute {
             exchange: self.delay_exchange(highest),
-            routing_key: format!("{}.{workflow}.{step}", bits.join(".")),
+            routing_key: format!("{}.{target}", bits.join(".")),
             delay: DELAY_TICK * u32::try_from(ticks).unwrap_or(u32::MAX),
         }
     }

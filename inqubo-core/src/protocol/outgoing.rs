@@ -55,6 +55,13 @@ pub enum Destination {
     },
     /// A workflow's parked queue.
     Parked(WorkflowName),
+    /// The queues that take `workflow`'s triggers, after `delay` (through the delay tiers).
+    DelayedTrigger {
+        /// The workflow.
+        workflow: WorkflowName,
+        /// How long the trigger waits first (rounded up to the delay tick).
+        delay: Duration,
+    },
     /// A workflow's redelivered queue (see
     /// [`Names::redelivered_queue`](crate::protocol::Names::redelivered_queue)).
     Redelivered(WorkflowName),
@@ -104,6 +111,13 @@ impl Names {
                 exchange: String::new(),
                 routing_key: self.parked_queue(workflow).as_str().to_owned(),
             },
+            Destination::DelayedTrigger { workflow, delay } => {
+                let route = self.delayed_trigger_route(*delay, workflow);
+                Address {
+                    exchange: route.exchange,
+                    routing_key: route.routing_key,
+                }
+            }
             Destination::Redelivered(workflow) => Address {
                 exchange: String::new(),
                 routing_key: self.redelivered_queue(workflow).as_str().to_owned(),
@@ -202,6 +216,27 @@ pub fn trigger(workflow: &WorkflowName, run_id: &RunId, input: Vec<u8>) -> Outgo
         inherit_headers: false,
         message_id: format!("{run_id}:{workflow}:triggered"),
         mandatory: true,
+    }
+}
+
+/// A trigger of run `run_id` that starts it after `delay` (at most [`MAX_DELAY`], about 38.8
+/// days; longer is shortened to it), held by the broker in the delay tiers, not by a process.
+/// Like any trigger, a run cancelled meanwhile does not start: its run join answers the
+/// trigger with `run.duplicate`.
+///
+/// [`MAX_DELAY`]: crate::protocol::MAX_DELAY
+pub fn delayed_trigger(
+    workflow: &WorkflowName,
+    run_id: &RunId,
+    input: Vec<u8>,
+    delay: Duration,
+) -> Outgoing {
+    Outgoing {
+        destination: Destination::DelayedTrigger {
+            workflow: workflow.clone(),
+            delay,
+        },
+        ..trigger(workflow, run_id, input)
     }
 }
 

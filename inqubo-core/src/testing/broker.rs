@@ -148,6 +148,15 @@ impl<'a> Broker<'a> {
             Destination::Join { join, shard, .. } => {
                 queues.push(Queue::Join(join.clone(), *shard));
             }
+            // A trigger that waits: the queues bound to the trigger, after the delay.
+            Destination::DelayedTrigger {
+                workflow,
+                delay: wait,
+            } => {
+                delay = effective_delay(*wait);
+                let key = RoutingKey::run_triggered(workflow);
+                queues.extend(self.bound_to(&key).into_iter().map(Queue::Step));
+            }
             // Nothing is redelivered here; should it be, the step's queue runs it as well.
             Destination::Redelivered(_) => {
                 let step = headers
