@@ -255,6 +255,35 @@ def main():
             break
     print(f"duplicate triggers checked: {run_id} (succeeded) and {early} (cancelled) started nothing")
 
+    # A delayed trigger: through the delay tiers, its delay spelled in 100 ms ticks.
+    later = str(uuid.uuid4())
+    ticks = 15  # 1.5 s = 0b1111: tiers 3, 2, 1 and 0
+    bits = ".".join("1" if ticks & (1 << tier) else "0" for tier in reversed(range(25)))
+    sent = time.monotonic()
+    ch.basic_publish(
+        exchange=f"{args.prefix}.delay.{ticks.bit_length() - 1}",
+        routing_key=f"{bits}.simple.run.triggered",
+        body=json.dumps({"fail_times": 0}),
+        properties=pika.BasicProperties(
+            headers={"run-id": later}, delivery_mode=2, content_type="application/json",
+            message_id=f"{later}:simple:triggered"),
+        mandatory=True,
+    )
+    started_after = None
+    for method, props, body in ch.consume(events, auto_ack=True, inactivity_timeout=args.timeout):
+        if method is None:
+            fail(f"the delayed trigger of {later} never started its run")
+        if (props.headers or {}).get("run-id") != later:
+            continue
+        if method.routing_key == "simple.step.get_data.started" and started_after is None:
+            started_after = time.monotonic() - sent
+        if method.routing_key == "simple.run.succeeded":
+            ch.cancel()
+            break
+    if started_after is None or started_after < 1.4:
+        fail(f"the delayed run started after {started_after} s, not after 1.5 s")
+    print(f"delayed trigger checked: {later} started after {started_after:.2f} s (1.5 s asked)")
+
     conn.close()
     print(f"protocol check passed: {len(seen)} events for run {run_id}")
 
