@@ -27,6 +27,7 @@ mod publisher;
 mod run_control;
 mod run_state;
 mod runner;
+mod scheduler;
 mod session;
 mod shutdown;
 mod topology;

@@ -323,6 +323,7 @@ impl Topology {
         }
         delete_queue(channel, &self.run_state_queue(workflow.name())).await?;
         delete_queue(channel, &self.redelivered_queue(workflow.name())).await?;
+        delete_queue(channel, &self.scheduler_queue(workflow.name())).await?;
         delete_queue(channel, &self.parked_queue(workflow.name())).await
     }
 

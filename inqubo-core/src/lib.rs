@@ -36,6 +36,7 @@ pub mod journal;
 mod name;
 pub mod protocol;
 mod retry;
+pub mod schedule;
 mod step;
 #[cfg(feature = "test-util")]
 pub mod testing;

@@ -28,6 +28,7 @@ pub struct RunnerBuilder {
     shutdown_timeout: Duration,
     limits: Limits,
     join_snapshot_every: Option<usize>,
+    schedules: Vec<inqubo_core::schedule::Schedule>,
     #[cfg(feature = "prometheus")]
     metrics_addr: Option<std::net::SocketAddr>,
 }
@@ -45,6 +46,7 @@ impl RunnerBuilder {
             shutdown_timeout: Duration::from_secs(30),
             limits: Limits::default(),
             join_snapshot_every: None,
+            schedules: Vec::new(),
             #[cfg(feature = "prometheus")]
             metrics_addr: None,
         }
@@ -113,6 +115,34 @@ impl RunnerBuilder {
             builder = builder.max_in_flight(number("INQUBO_MAX_IN_FLIGHT", limit)?);
         }
         Ok(builder)
+    }
+
+    /// Starts runs of the workflow at the times of a cron schedule. Give every runner of the
+    /// workflow the same schedules: one of them leads at a time and fires each tick once (the
+    /// leader is elected through a single-active-consumer queue, `<prefix>.<workflow>.scheduler`;
+    /// [`Runner::leads_schedules`] says which). A tick's run id is `<schedule>@<time>`, so a
+    /// tick fired twice around a change of leader starts one run (with unique runs, the
+    /// default). A runner that becomes leader fires each schedule's latest tick once if it is
+    /// within the schedule's catch-up window (an hour by default), so a tick missed while no
+    /// runner was up runs late rather than never; older ticks are skipped. See
+    /// docs/scheduling.md.
+    ///
+    /// ```no_run
+    /// # async fn demo(flow: inqubo_core::Workflow) -> Result<(), Box<dyn std::error::Error>> {
+    /// use inqubo_amqp::RunnerBuilder;
+    /// use inqubo_core::schedule::Schedule;
+    ///
+    /// let runner = RunnerBuilder::from_env(flow)?
+    ///     .schedule(Schedule::cron("nightly", "0 2 * * *")?.in_time_zone("Europe/Berlin")?)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn schedule(mut self, schedule: inqubo_core::schedule::Schedule) -> Self {
+        self.schedules.retain(|s| s.name() != schedule.name());
+        self.schedules.push(schedule);
+        self
     }
 
     /// The broker address (default [`DEFAULT_AMQP_URL`]); several addresses of one cluster
@@ -270,6 +300,8 @@ impl RunnerBuilder {
             in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
             tracker: TaskTracker::new(),
             states: Arc::new(RunStates::new(self.workflow.fails_fast())),
+            schedules: Arc::new(self.schedules),
+            leadership: Arc::default(),
         });
         let cancel = CancellationToken::new();
         let first = start_session(&shared, cancel.child_token()).await?;

@@ -36,7 +36,7 @@ use crate::{
     joiner::{HeldShards, JoinShard, consume_shard},
     metric::StepMetrics,
     run_state::{self, RunStates},
-    session,
+    scheduler, session,
     topology::Topology,
     wire::Wire,
 };
@@ -66,6 +66,10 @@ struct Shared {
     tracker: TaskTracker,
     /// What this runner knows of runs that ended; kept across reconnections.
     states: Arc<RunStates>,
+    /// The workflow's cron schedules this runner fires when it leads.
+    schedules: Arc<Vec<inqubo_core::schedule::Schedule>>,
+    /// Whether it leads them now.
+    leadership: Arc<scheduler::Leadership>,
 }
 
 /// How long reconnecting (declaring, announcing, starting the consumers) may take before the
@@ -145,6 +149,17 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
             signals.clone(),
             shared.tracker.clone(),
             Arc::clone(&shared.in_flight),
+        ));
+    }
+    if !shared.schedules.is_empty() {
+        consumers.spawn(scheduler::run(
+            shared.topology.clone(),
+            shared.client.clone(),
+            shared.workflow.name().clone(),
+            Arc::clone(&shared.schedules),
+            session.channel().await?,
+            Arc::clone(&shared.leadership),
+            cancel.clone(),
         ));
     }
     // Inputs whose runner died holding them: one at a time, so that each delivery started.
@@ -349,6 +364,12 @@ impl Runner {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .held()
+    }
+
+    /// Whether this runner fires the workflow's cron schedules now: of all the runners given
+    /// schedules, one leads at a time (see [`RunnerBuilder::schedule`]).
+    pub fn leads_schedules(&self) -> bool {
+        self.shared.leadership.is_leader()
     }
 
     /// A client on this runner's connection, to trigger runs or follow events.

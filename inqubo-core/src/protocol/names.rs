@@ -170,6 +170,13 @@ impl Names {
         QueueName(format!("{}.{workflow}.redelivered", self.prefix))
     }
 
+    /// The queue that elects which runner fires `workflow`'s cron schedules: every runner with
+    /// schedules consumes it as a single active consumer and drops a probe in it every half
+    /// second; the one that receives the probes (the active consumer) is the leader.
+    pub fn scheduler_queue(&self, workflow: &WorkflowName) -> QueueName {
+        QueueName(format!("{}.{workflow}.scheduler", self.prefix))
+    }
+
     /// The stream of `workflow`'s `run.failed` and `run.cancelled` events, which every runner
     /// reads from its start, so that a runner started late knows which runs ended.
     pub fn run_state_queue(&self, workflow: &WorkflowName) -> QueueName {
@@ -230,6 +237,10 @@ impl Names {
         queues.push((
             self.parked_queue(workflow),
             "inputs that failed for good or were skipped, with why (`inqubo parked`)".to_owned(),
+        ));
+        queues.push((
+            self.scheduler_queue(workflow),
+            "elects the runner that fires the workflow's cron schedules (if it has any)".to_owned(),
         ));
         queues.push((
             self.run_state_queue(workflow),
