@@ -631,3 +631,43 @@ async fn an_outcome_no_queue_receives_fails_the_step_once_and_parks_its_input() 
     assert_eq!(text_header(&parked[0], "parked-reason"), "unroutable");
     runner.shutdown().await.unwrap();
 }
+
+/// A step limited to 2 attempts at once per runner never runs 3, though the runner could,
+/// and does run 2.
+#[tokio::test]
+async fn a_step_limited_per_runner_runs_no_more_attempts_at_once() {
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (now, peak) = (Arc::clone(&running), Arc::clone(&most));
+    let flow = Workflow::builder("pooled")
+        .unique_runs(false)
+        .start(
+            Step::new("pool", move |n: u64, _ctx: StepContext| {
+                let (now, peak) = (Arc::clone(&now), Arc::clone(&peak));
+                async move {
+                    let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(at_once, Ordering::SeqCst);
+                    // Long enough for the others to start, were they allowed to.
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, StepError>(n)
+                }
+            })
+            .concurrency(2),
+        )
+        .build()
+        .unwrap();
+    let broker = TestBroker::new();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe(runner.client()).await;
+    for i in 0..6_u64 {
+        runner.trigger(run_id(format!("p{i}")), &i).await.unwrap();
+    }
+    for i in 0..6 {
+        events
+            .wait_for(&format!("p{i}"), "pool", EventKind::Succeeded)
+            .await;
+    }
+    assert_eq!(most.load(Ordering::SeqCst), 2);
+    runner.shutdown().await.unwrap();
+}

@@ -310,6 +310,8 @@ pub(crate) struct StepSpec {
     pub(crate) handler: Arc<dyn ErasedStep>,
     pub(crate) retry: RetryPolicy,
     pub(crate) timeout: Duration,
+    /// At most this many attempts of the step at once in one runner process.
+    pub(crate) concurrency: Option<std::num::NonZeroU16>,
     pub(crate) input_type: &'static str,
     pub(crate) output_type: &'static str,
 }
@@ -399,6 +401,7 @@ where
                 handler,
                 retry: RetryPolicy::default(),
                 timeout: DEFAULT_STEP_TIMEOUT,
+                concurrency: None,
                 input_type: std::any::type_name::<I>(),
                 output_type: std::any::type_name::<O>(),
             },
@@ -420,6 +423,17 @@ impl<I, O> Step<I, O> {
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.spec.timeout = timeout;
+        self
+    }
+
+    /// Runs at most `limit` attempts of this step at once in each runner process (0 counts
+    /// as 1), whatever the runner's prefetch and `max_in_flight`: for a step that calls a
+    /// service with a small connection pool, or uses much memory. The runner fetches no more
+    /// of its inputs than it may start, so none waits unacknowledged for a free slot. It is a
+    /// limit per runner: with N runners, up to N × `limit` run at once.
+    #[must_use]
+    pub fn concurrency(mut self, limit: u16) -> Self {
+        self.spec.concurrency = std::num::NonZeroU16::new(limit.max(1));
         self
     }
 

@@ -132,7 +132,11 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
         let queue = shared
             .topology
             .step_queue(shared.workflow.name(), node.name());
-        let (channel, consumer) = consume_on(&session, &queue, shared.prefetch).await?;
+        // A step limited per runner fetches no more than it may start.
+        let prefetch = node
+            .concurrency()
+            .map_or(shared.prefetch, |limit| limit.min(shared.prefetch));
+        let (channel, consumer) = consume_on(&session, &queue, prefetch).await?;
         let worker = Arc::new(StepWorker {
             topology: shared.topology.clone(),
             engine: Arc::clone(&engine),

@@ -135,6 +135,12 @@ impl StepNode {
         self.spec.timeout
     }
 
+    /// How many attempts of the step one runner may run at once, if limited
+    /// ([`Step::concurrency`](crate::Step::concurrency)).
+    pub fn concurrency(&self) -> Option<u16> {
+        self.spec.concurrency.map(std::num::NonZeroU16::get)
+    }
+
     pub(crate) fn handler(&self) -> &dyn ErasedStep {
         &*self.spec.handler
     }
