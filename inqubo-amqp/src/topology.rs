@@ -204,7 +204,15 @@ impl Topology {
         .await?;
         for step in workflow.steps() {
             let queue = self.step_queue(name, step.name());
-            declare_queue(channel, &queue, self.step_queue_args(name)).await?;
+            let mut args = self.step_queue_args(name);
+            if step.fleet_concurrency().is_some() {
+                // One runner at a time takes this step's inputs: its prefetch is the limit.
+                args.insert(
+                    argument::SINGLE_ACTIVE_CONSUMER.into(),
+                    AMQPValue::Boolean(true),
+                );
+            }
+            declare_queue(channel, &queue, args).await?;
             // A join step's input comes from its join shards, through the retry exchange.
             let mut inputs: Vec<RoutingKey> = Vec::new();
             if !step.is_join() {

@@ -671,3 +671,51 @@ async fn a_step_limited_per_runner_runs_no_more_attempts_at_once() {
     assert_eq!(most.load(Ordering::SeqCst), 2);
     runner.shutdown().await.unwrap();
 }
+
+/// A step limited to 3 attempts at once across the fleet never runs 4, with 4 runners that
+/// could run dozens, measured by the steps themselves; and its work still gets done.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_limited_across_the_fleet_never_runs_more_at_once_with_four_runners() {
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (now, peak) = (Arc::clone(&running), Arc::clone(&most));
+    let flow = Workflow::builder("partner")
+        .unique_runs(false)
+        .start(
+            Step::new("call", move |n: u64, _ctx: StepContext| {
+                let (now, peak) = (Arc::clone(&now), Arc::clone(&peak));
+                async move {
+                    let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(at_once, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, StepError>(n)
+                }
+            })
+            .fleet_concurrency(3),
+        )
+        .build()
+        .unwrap();
+    let broker = TestBroker::new();
+    let mut runners = Vec::new();
+    for _ in 0..4 {
+        runners.push(broker.start_runner(&flow).await);
+    }
+    let observer = broker.client().await;
+    let mut events = Events::subscribe(&observer).await;
+    for i in 0..20_u64 {
+        observer
+            .trigger(flow.name(), run_id(format!("f{i}")), &i)
+            .await
+            .unwrap();
+    }
+    for i in 0..20 {
+        events
+            .wait_for(&format!("f{i}"), "call", EventKind::Succeeded)
+            .await;
+    }
+    assert_eq!(most.load(Ordering::SeqCst), 3, "three at once, never four");
+    for runner in runners {
+        runner.shutdown().await.unwrap();
+    }
+}

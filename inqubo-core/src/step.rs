@@ -312,6 +312,8 @@ pub(crate) struct StepSpec {
     pub(crate) timeout: Duration,
     /// At most this many attempts of the step at once in one runner process.
     pub(crate) concurrency: Option<std::num::NonZeroU16>,
+    /// At most this many attempts of the step at once across every runner.
+    pub(crate) fleet_concurrency: Option<std::num::NonZeroU16>,
     pub(crate) input_type: &'static str,
     pub(crate) output_type: &'static str,
 }
@@ -402,6 +404,7 @@ where
                 retry: RetryPolicy::default(),
                 timeout: DEFAULT_STEP_TIMEOUT,
                 concurrency: None,
+                fleet_concurrency: None,
                 input_type: std::any::type_name::<I>(),
                 output_type: std::any::type_name::<O>(),
             },
@@ -434,6 +437,22 @@ impl<I, O> Step<I, O> {
     #[must_use]
     pub fn concurrency(mut self, limit: u16) -> Self {
         self.spec.concurrency = std::num::NonZeroU16::new(limit.max(1));
+        self
+    }
+
+    /// Runs at most `limit` attempts of this step at once across the whole fleet of runners
+    /// (0 counts as 1), enforced by the broker: the step's queue gets a single active
+    /// consumer, whose prefetch is `limit`, so one runner at a time takes the step's inputs
+    /// (another takes over if it stops) and never holds more than `limit` of them. For a
+    /// partner API that allows 3 calls at once, say. The step's work is not spread over the
+    /// runners; the rest of the workflow still is.
+    ///
+    /// Adding it to a step whose queue exists changes the queue's arguments: stop the step's
+    /// runners and delete its queue (`inqubo topology`) first, or the broker refuses the
+    /// declaration (a topology mismatch).
+    #[must_use]
+    pub fn fleet_concurrency(mut self, limit: u16) -> Self {
+        self.spec.fleet_concurrency = std::num::NonZeroU16::new(limit.max(1));
         self
     }
 

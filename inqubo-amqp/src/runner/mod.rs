@@ -133,9 +133,10 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
             .topology
             .step_queue(shared.workflow.name(), node.name());
         // A step limited per runner fetches no more than it may start.
-        let prefetch = node
-            .concurrency()
-            .map_or(shared.prefetch, |limit| limit.min(shared.prefetch));
+        let prefetch = [node.concurrency(), node.fleet_concurrency()]
+            .into_iter()
+            .flatten()
+            .fold(shared.prefetch, u16::min);
         let (channel, consumer) = consume_on(&session, &queue, prefetch).await?;
         let worker = Arc::new(StepWorker {
             topology: shared.topology.clone(),

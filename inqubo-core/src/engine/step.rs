@@ -17,6 +17,9 @@ enum Lane {
     Step,
     /// The workflow's redelivered queue.
     Redelivered,
+    /// The queue of a step limited across the fleet (a single active consumer): its
+    /// redeliveries are counted where they are.
+    InPlace,
 }
 
 /// What to do with a delivery on a step's queue.
@@ -123,7 +126,18 @@ impl Engine {
         }
         let workflow = self.workflow.name();
         let carried = incoming.carried_redeliveries();
+        // A step limited across the fleet has one consumer whose prefetch it all starts: a
+        // delivery there started, so its redeliveries count where they are.
+        let in_place = self
+            .workflow
+            .step(step.as_str())
+            .is_some_and(|node| node.fleet_concurrency().is_some());
+        let lane = match lane {
+            Lane::Step if in_place => Lane::InPlace,
+            other => other,
+        };
         let deliveries = match lane {
+            Lane::InPlace => carried.saturating_add(incoming.returned()),
             Lane::Step if incoming.returned() > 0 => {
                 // Whether it started on the runner that held it is unknown: find out alone.
                 let moved = protocol::redelivered(workflow, step, incoming, carried);
@@ -156,10 +170,13 @@ impl Engine {
             };
             return Admission::Settle(self.park(step, incoming, failure, trace));
         }
-        if lane == Lane::Redelivered && incoming.redelivered && !incoming.counted_by_broker() {
+        if lane != Lane::Step && incoming.redelivered && !incoming.counted_by_broker() {
             // A classic queue does not count redeliveries: send the message round again with
             // our own count, so that a message that keeps crashing its runner is parked.
-            let again = protocol::redelivered(workflow, step, incoming, deliveries);
+            let again = match lane {
+                Lane::InPlace => protocol::recounted(workflow, step, incoming, deliveries),
+                _ => protocol::redelivered(workflow, step, incoming, deliveries),
+            };
             return Admission::Settle(Effects::publish(vec![again]));
         }
         let checked = incoming

@@ -282,6 +282,43 @@ fn a_redelivery_on_a_step_queue_moves_to_the_redelivered_queue_uncounted() {
 }
 
 #[test]
+fn a_step_limited_across_the_fleet_counts_its_redeliveries_in_place() {
+    let flow = Workflow::builder("wf")
+        .start(Step::new("a", id).fleet_concurrency(3))
+        .build()
+        .unwrap();
+    let engine = Engine::new(flow, Limits::default());
+    let returned = |n: u32| delivery(run("r").with(header::X_DELIVERY_COUNT, n), b"1");
+    assert!(
+        matches!(
+            engine.admit(&step("a"), &returned(5), "t", RunState::default()),
+            Admission::Run(_)
+        ),
+        "not moved: run where it is"
+    );
+    let Admission::Settle(parked) =
+        engine.admit(&step("a"), &returned(6), "t", RunState::default())
+    else {
+        panic!("past the limit");
+    };
+    assert_eq!(
+        parked.failure.unwrap().reason,
+        FailureReason::RedeliveryLimit
+    );
+    let mut classic = delivery(run("r").with(header::REDELIVERY_COUNT, 1_u32), b"1");
+    classic.redelivered = true;
+    let Admission::Settle(again) = engine.admit(&step("a"), &classic, "t", RunState::default())
+    else {
+        panic!("a classic redelivery goes round its own queue with its count");
+    };
+    assert_eq!(keys(&again), ["step a after 0ns"]);
+    assert_eq!(
+        again.publish[0].headers.int(header::REDELIVERY_COUNT),
+        Some(2)
+    );
+}
+
+#[test]
 fn in_the_redelivered_queue_each_unacknowledged_start_counts_up_to_the_limit() {
     let engine = chain();
     let lane = |carried: u32, returned: u32| {

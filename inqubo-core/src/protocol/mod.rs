@@ -36,8 +36,8 @@ pub use names::{
 };
 pub use outgoing::{
     Address, AttemptId, Destination, MAX_ERROR_HEADER_LEN, MAX_MESSAGE_ID_LEN, Outgoing,
-    announcement, cut_error, delayed_trigger, fit_message_id, json, parked, redelivered, run_event,
-    run_failed, trigger, unstarted,
+    announcement, cut_error, delayed_trigger, fit_message_id, json, parked, recounted, redelivered,
+    run_event, run_failed, trigger, unstarted,
 };
 
 /// The default prefix: the name of the topic exchange and the first word of every queue name.

@@ -406,6 +406,31 @@ pub fn redelivered(
     }
 }
 
+/// A redelivered input sent round its own step's queue again with its redelivery count, for a
+/// classic queue, which does not count redeliveries (a step limited across the fleet, whose
+/// redeliveries are counted where they are).
+pub fn recounted(
+    workflow: &WorkflowName,
+    step: &StepName,
+    received: &super::Incoming<'_>,
+    count: u32,
+) -> Outgoing {
+    Outgoing {
+        destination: Destination::Step {
+            workflow: workflow.clone(),
+            step: step.clone(),
+            delay: Duration::ZERO,
+        },
+        body: received.body.to_vec(),
+        headers: Headers::new().with(header::REDELIVERY_COUNT, count),
+        inherit_headers: true,
+        message_id: received
+            .message_id
+            .map_or_else(|| format!("redelivery:{workflow}:{step}"), str::to_owned),
+        mandatory: true,
+    }
+}
+
 /// An input a runner received but never started, put back at the end of its step's queue
 /// as it was (a runner shutting down): a new copy, whose deliveries the broker counts from
 /// zero, so that the input is not taken for one that crashed its runner.

@@ -141,6 +141,13 @@ impl StepNode {
         self.spec.concurrency.map(std::num::NonZeroU16::get)
     }
 
+    /// How many attempts of the step the whole fleet may run at once, if limited
+    /// ([`Step::fleet_concurrency`](crate::Step::fleet_concurrency)): its queue then has a
+    /// single active consumer.
+    pub fn fleet_concurrency(&self) -> Option<u16> {
+        self.spec.fleet_concurrency.map(std::num::NonZeroU16::get)
+    }
+
     pub(crate) fn handler(&self) -> &dyn ErasedStep {
         &*self.spec.handler
     }
