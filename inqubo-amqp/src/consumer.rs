@@ -81,6 +81,35 @@ pub(crate) struct StepWorker {
     pub(crate) node: StepNode,
     pub(crate) publisher: Publisher,
     pub(crate) metrics: StepMetrics,
+    /// For a step with a fleet-wide rate: when its next attempt may start.
+    pub(crate) pace: Option<Pace>,
+}
+
+/// Spaces the starts of a step's attempts evenly: at most `per_second` a second.
+#[derive(Debug)]
+pub(crate) struct Pace {
+    gap: Duration,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pace {
+    /// At most `per_second` starts a second (at least one).
+    pub(crate) fn per_second(per_second: u32) -> Self {
+        Self {
+            gap: Duration::from_secs(1) / per_second.max(1),
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Waits for this start's turn.
+    async fn turn(&self) {
+        let mut next = self.next.lock().await;
+        let now = tokio::time::Instant::now();
+        let at = (*next).max(now);
+        *next = at + self.gap;
+        drop(next);
+        tokio::time::sleep_until(at).await;
+    }
 }
 
 impl StepWorker {
@@ -344,6 +373,15 @@ pub(crate) async fn consume(
         };
         let Ok(permit) = permit else { break };
         worker.publisher.until_unblocked(&cancel).await;
+        if let Some(pace) = &worker.pace {
+            tokio::select! {
+                () = pace.turn() => {}
+                () = cancel.cancelled() => {
+                    worker.return_unstarted(delivery).await;
+                    break;
+                }
+            }
+        }
         let worker = Arc::clone(&worker);
         // The delivery is settled on this channel: keep it open until it is, even when the
         // consumer stops first (a graceful shutdown lets attempts finish and ack).

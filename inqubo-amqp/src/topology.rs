@@ -205,7 +205,7 @@ impl Topology {
         for step in workflow.steps() {
             let queue = self.step_queue(name, step.name());
             let mut args = self.step_queue_args(name);
-            if step.fleet_concurrency().is_some() {
+            if step.single_consumer() {
                 // One runner at a time takes this step's inputs: its prefetch is the limit.
                 args.insert(
                     argument::SINGLE_ACTIVE_CONSUMER.into(),

@@ -719,3 +719,56 @@ async fn a_step_limited_across_the_fleet_never_runs_more_at_once_with_four_runne
         runner.shutdown().await.unwrap();
     }
 }
+
+/// A step limited to 50 starts a second across the fleet, with two runners and a backlog,
+/// starts 500 ± 5 % of them in 10 s, measured by the steps themselves.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_limited_to_a_rate_across_the_fleet_keeps_it() {
+    let starts = Arc::new(std::sync::Mutex::new(Vec::<std::time::Instant>::new()));
+    let seen = Arc::clone(&starts);
+    let flow = Workflow::builder("metered")
+        .unique_runs(false)
+        .start(
+            Step::new("call", move |n: u64, _ctx: StepContext| {
+                seen.lock().unwrap().push(std::time::Instant::now());
+                async move { Ok::<_, StepError>(n) }
+            })
+            .fleet_rate(50),
+        )
+        .build()
+        .unwrap();
+    let broker = TestBroker::new();
+    let runners = [
+        broker.start_runner(&flow).await,
+        broker.start_runner(&flow).await,
+    ];
+    let observer = broker.client().await;
+    let mut events = Events::subscribe(&observer).await;
+    for i in 0..700_u64 {
+        observer
+            .trigger(flow.name(), run_id(format!("m{i}")), &i)
+            .await
+            .unwrap();
+    }
+    events
+        .until(|seen| {
+            seen.iter()
+                .filter(|e| e.kind == EventKind::Succeeded)
+                .count()
+                >= 560
+        })
+        .await;
+    let starts = starts.lock().unwrap().clone();
+    let first = starts[0];
+    let in_ten_seconds = starts
+        .iter()
+        .filter(|at| at.duration_since(first) < Duration::from_secs(10))
+        .count();
+    assert!(
+        (475..=525).contains(&in_ten_seconds),
+        "{in_ten_seconds} starts in 10 s at 50/s"
+    );
+    for runner in runners {
+        runner.shutdown().await.unwrap();
+    }
+}

@@ -314,6 +314,8 @@ pub(crate) struct StepSpec {
     pub(crate) concurrency: Option<std::num::NonZeroU16>,
     /// At most this many attempts of the step at once across every runner.
     pub(crate) fleet_concurrency: Option<std::num::NonZeroU16>,
+    /// At most this many attempts of the step start per second across every runner.
+    pub(crate) fleet_rate: Option<std::num::NonZeroU32>,
     pub(crate) input_type: &'static str,
     pub(crate) output_type: &'static str,
 }
@@ -405,6 +407,7 @@ where
                 timeout: DEFAULT_STEP_TIMEOUT,
                 concurrency: None,
                 fleet_concurrency: None,
+                fleet_rate: None,
                 input_type: std::any::type_name::<I>(),
                 output_type: std::any::type_name::<O>(),
             },
@@ -453,6 +456,17 @@ impl<I, O> Step<I, O> {
     #[must_use]
     pub fn fleet_concurrency(mut self, limit: u16) -> Self {
         self.spec.fleet_concurrency = std::num::NonZeroU16::new(limit.max(1));
+        self
+    }
+
+    /// Starts at most `per_second` attempts of this step per second across the whole fleet
+    /// (0 counts as 1), evenly spaced: for an API with a rate limit. Like
+    /// [`Step::fleet_concurrency`] (and combinable with it), the step's queue gets a single
+    /// active consumer, here one that paces what it starts; it fetches about a fifth of a
+    /// second's worth of inputs ahead, so none waits long unacknowledged.
+    #[must_use]
+    pub fn fleet_rate(mut self, per_second: u32) -> Self {
+        self.spec.fleet_rate = std::num::NonZeroU32::new(per_second.max(1));
         self
     }
 

@@ -131,7 +131,7 @@ impl Engine {
         let in_place = self
             .workflow
             .step(step.as_str())
-            .is_some_and(|node| node.fleet_concurrency().is_some());
+            .is_some_and(StepNode::single_consumer);
         let lane = match lane {
             Lane::Step if in_place => Lane::InPlace,
             other => other,

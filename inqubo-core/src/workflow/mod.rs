@@ -148,6 +148,18 @@ impl StepNode {
         self.spec.fleet_concurrency.map(std::num::NonZeroU16::get)
     }
 
+    /// How many attempts of the step the whole fleet may start per second, if limited
+    /// ([`Step::fleet_rate`](crate::Step::fleet_rate)).
+    pub fn fleet_rate(&self) -> Option<u32> {
+        self.spec.fleet_rate.map(std::num::NonZeroU32::get)
+    }
+
+    /// Whether the step's queue has a single active consumer: one runner at a time takes its
+    /// inputs, because of a fleet-wide limit.
+    pub fn single_consumer(&self) -> bool {
+        self.spec.fleet_concurrency.is_some() || self.spec.fleet_rate.is_some()
+    }
+
     pub(crate) fn handler(&self) -> &dyn ErasedStep {
         &*self.spec.handler
     }
