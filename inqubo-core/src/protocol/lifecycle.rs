@@ -12,7 +12,7 @@ use crate::{
         Destination, Incoming, Names, Outgoing, RUN_JOIN, RoutingKey,
         header::{self, Headers},
         json,
-        outgoing::PARKED_ID,
+        set_aside::PARKED_ID,
     },
 };
 

@@ -19,6 +19,7 @@ mod key;
 mod lifecycle;
 mod names;
 mod outgoing;
+mod set_aside;
 
 pub mod argument;
 pub mod header;
@@ -35,10 +36,10 @@ pub use names::{
     RUN_JOIN,
 };
 pub use outgoing::{
-    Address, AttemptId, Destination, MAX_ERROR_HEADER_LEN, MAX_MESSAGE_ID_LEN, Outgoing,
-    announcement, cut_error, delayed_trigger, fit_message_id, json, parked, recounted, redelivered,
-    run_event, run_failed, trigger, unstarted,
+    Address, AttemptId, Destination, MAX_MESSAGE_ID_LEN, Outgoing, announcement, delayed_trigger,
+    fit_message_id, json, run_event, run_failed, trigger,
 };
+pub use set_aside::{MAX_ERROR_HEADER_LEN, cut_error, parked, recounted, redelivered, unstarted};
 
 /// The default prefix: the name of the topic exchange and the first word of every queue name.
 pub const DEFAULT_PREFIX: &str = "inqubo";
