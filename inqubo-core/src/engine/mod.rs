@@ -40,10 +40,11 @@
 //! A run's state beyond its joins (cancelled, resumed) will enter the same way: as one more
 //! input the engine consults, never as a rule in a driver.
 
+mod admission;
 mod join;
 mod step;
 
-pub use step::{Admission, Attempt};
+pub use admission::{Admission, Attempt};
 
 use crate::{event::FailedBody, name::StepName, protocol::Outgoing, workflow::Workflow};
 
