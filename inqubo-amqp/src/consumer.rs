@@ -281,6 +281,26 @@ fn attempt_trace(span: &Span, incoming: &Incoming<'_>) -> String {
     child_traceparent(incoming.traceparent())
 }
 
+/// The next delivery, or `None` once `cancel` fires; an error if the consumer failed or the
+/// broker cancelled it (its queue was deleted).
+async fn next_delivery(
+    consumer: &mut Consumer,
+    cancel: &CancellationToken,
+) -> Result<Option<Delivery>> {
+    let next = tokio::select! {
+        biased;
+        () = cancel.cancelled() => return Ok(None),
+        next = consumer.next() => next,
+    };
+    match next {
+        Some(Ok(delivery)) => Ok(Some(delivery)),
+        Some(Err(error)) => Err(error.into()),
+        None => Err(Error::ConsumerStopped {
+            queue: consumer.queue().to_string(),
+        }),
+    }
+}
+
 /// `future`'s output, or the message of its panic.
 async fn caught<T>(future: impl std::future::Future<Output = T>) -> std::result::Result<T, String> {
     use futures_util::FutureExt;
@@ -352,18 +372,7 @@ pub(crate) async fn consume(
     in_flight: Arc<Semaphore>,
 ) -> Result<()> {
     let cancel = signals.stop.clone();
-    let queue = consumer.queue().to_string();
-    loop {
-        let next = tokio::select! {
-            biased;
-            () = cancel.cancelled() => break,
-            next = consumer.next() => next,
-        };
-        let delivery = match next {
-            Some(Ok(delivery)) => delivery,
-            Some(Err(error)) => return Err(error.into()),
-            None => return Err(Error::ConsumerStopped { queue }),
-        };
+    while let Some(delivery) = next_delivery(&mut consumer, &cancel).await? {
         let permit = tokio::select! {
             permit = Arc::clone(&in_flight).acquire_owned() => permit,
             () = cancel.cancelled() => {
@@ -414,18 +423,7 @@ pub(crate) async fn consume_redelivered(
     tracker: TaskTracker,
 ) -> Result<()> {
     let cancel = signals.stop.clone();
-    let queue = consumer.queue().to_string();
-    loop {
-        let next = tokio::select! {
-            biased;
-            () = cancel.cancelled() => break,
-            next = consumer.next() => next,
-        };
-        let delivery = match next {
-            Some(Ok(delivery)) => delivery,
-            Some(Err(error)) => return Err(error.into()),
-            None => return Err(Error::ConsumerStopped { queue }),
-        };
+    while let Some(delivery) = next_delivery(&mut consumer, &cancel).await? {
         let named = wire::headers(delivery.properties.headers().as_ref())
             .text(protocol::header::REDELIVERED_STEP)
             .map(str::to_owned);
