@@ -113,26 +113,28 @@ impl Engine {
         known: RunState,
     ) -> Admission {
         let attempt = incoming.attempt().unwrap_or(0);
-        if incoming.body.len() > self.limits.max_input_bytes {
+        let refuse = |reason, attempt, error| {
             let failure = FailedBody {
-                error: format!(
-                    "input is {} bytes, more than the {} accepted",
-                    incoming.body.len(),
-                    self.limits.max_input_bytes
-                ),
+                error,
                 attempt,
-                reason: FailureReason::TooLarge,
+                reason,
             };
-            return Admission::Settle(self.park(step, incoming, failure, trace));
+            Admission::Settle(self.park(step, incoming, failure, trace))
+        };
+        if incoming.body.len() > self.limits.max_input_bytes {
+            let error = format!(
+                "input is {} bytes, more than the {} accepted",
+                incoming.body.len(),
+                self.limits.max_input_bytes
+            );
+            return refuse(FailureReason::TooLarge, attempt, error);
         }
+        let node = self.workflow.step(step.as_str());
         let workflow = self.workflow.name();
         let carried = incoming.carried_redeliveries();
         // A step limited across the fleet has one consumer whose prefetch it all starts: a
         // delivery there started, so its redeliveries count where they are.
-        let in_place = self
-            .workflow
-            .step(step.as_str())
-            .is_some_and(StepNode::single_consumer);
+        let in_place = node.is_some_and(StepNode::single_consumer);
         let lane = match lane {
             Lane::Step if in_place => Lane::InPlace,
             other => other,
@@ -147,29 +149,21 @@ impl Engine {
             Lane::Step => carried,
             Lane::Redelivered => {
                 if incoming.headers.text(header::REDELIVERED_STEP) != Some(step.as_str()) {
-                    let failure = FailedBody {
-                        error: format!(
-                            "in the redelivered queue without `{}` naming this workflow's step",
-                            header::REDELIVERED_STEP
-                        ),
-                        attempt,
-                        reason: FailureReason::Undecodable,
-                    };
-                    return Admission::Settle(self.park(step, incoming, failure, trace));
+                    let error = format!(
+                        "in the redelivered queue without `{}` naming this workflow's step",
+                        header::REDELIVERED_STEP
+                    );
+                    return refuse(FailureReason::Undecodable, attempt, error);
                 }
                 carried.saturating_add(incoming.returned())
             }
         };
         if deliveries > self.limits.max_redeliveries {
-            let failure = FailedBody {
-                error: format!(
-                    "redelivered {deliveries} times without being acknowledged; \
-                     its attempts keep killing or disconnecting their runner"
-                ),
-                attempt,
-                reason: FailureReason::RedeliveryLimit,
-            };
-            return Admission::Settle(self.park(step, incoming, failure, trace));
+            let error = format!(
+                "redelivered {deliveries} times without being acknowledged; \
+                 its attempts keep killing or disconnecting their runner"
+            );
+            return refuse(FailureReason::RedeliveryLimit, attempt, error);
         }
         if lane != Lane::Step && incoming.redelivered && !incoming.counted_by_broker() {
             // A classic queue does not count redeliveries: send the message round again with
@@ -185,14 +179,7 @@ impl Engine {
             .and_then(|run_id| Ok((run_id, incoming.attempt()?)));
         let (run_id, attempt) = match checked {
             Ok(found) => found,
-            Err(error) => {
-                let failure = FailedBody {
-                    error: error.to_string(),
-                    attempt: 0,
-                    reason: FailureReason::Undecodable,
-                };
-                return Admission::Settle(self.park(step, incoming, failure, trace));
-            }
+            Err(error) => return refuse(FailureReason::Undecodable, 0, error.to_string()),
         };
         if let Some(gate) = self.gate(step, incoming, &run_id, attempt, trace) {
             return Admission::Settle(gate);
@@ -242,13 +229,9 @@ impl Engine {
                 failure: Some(failure),
             });
         }
-        if self.workflow.step(step.as_str()).is_none() {
-            let failure = FailedBody {
-                error: format!("workflow `{}` has no step `{step}`", self.workflow.name()),
-                attempt,
-                reason: FailureReason::Undecodable,
-            };
-            return Admission::Settle(self.park(step, incoming, failure, trace));
+        if node.is_none() {
+            let error = format!("workflow `{}` has no step `{step}`", self.workflow.name());
+            return refuse(FailureReason::Undecodable, attempt, error);
         }
         Admission::Run(Attempt {
             id: AttemptId {
