@@ -36,7 +36,9 @@ pub fn event_from_delivery(
         number(header::ATTEMPT),
         &delivery.data,
     )?;
-    Ok(event.with_generation(number(header::RUN_GENERATION).unwrap_or(1)))
+    Ok(event
+        .with_generation(number(header::RUN_GENERATION).unwrap_or(1))
+        .with_element(number(header::MAP_INDEX)))
 }
 
 /// A live stream of lifecycle events; see [`Client::subscribe`](crate::Client::subscribe).

@@ -213,9 +213,10 @@ impl Topology {
                 );
             }
             declare_queue(channel, &queue, args).await?;
-            // A join step's input comes from its join shards, through the retry exchange.
+            // A join step's input comes from its join shards, a map's elements from its
+            // parent's runner, both through the retry exchange.
             let mut inputs: Vec<RoutingKey> = Vec::new();
-            if !step.is_join() {
+            if step.listens_to_parents() {
                 inputs.extend(
                     step.parents()
                         .iter()

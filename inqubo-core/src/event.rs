@@ -268,6 +268,9 @@ pub struct LifecycleEvent {
     /// The run's generation: 1, and one more each time the run is resumed (the
     /// `run-generation` header; absent means 1).
     pub generation: u32,
+    /// For an event of a map step: the element's place in its list (the `map-index`
+    /// header).
+    pub element: Option<u32>,
     /// The JSON body: the run input, the step output, or one of the bodies above.
     pub body: serde_json::Value,
 }
@@ -346,8 +349,16 @@ impl LifecycleEvent {
             run_id,
             attempt,
             generation: 1,
+            element: None,
             body,
         })
+    }
+
+    /// The event with the map element it concerns (from the `map-index` header).
+    #[must_use]
+    pub fn with_element(mut self, element: Option<u32>) -> Self {
+        self.element = element;
+        self
     }
 
     /// The event with its run generation (from the `run-generation` header).
@@ -384,9 +395,12 @@ impl LifecycleEvent {
 }
 
 impl fmt::Display for LifecycleEvent {
-    /// One line: `run <id> <routing key> [attempt n] <body>`.
+    /// One line: `run <id> <routing key> [element i] [attempt n] <body>`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "run {} {}", self.run_id, self.routing_key())?;
+        if let Some(element) = self.element {
+            write!(f, " element {element}")?;
+        }
         if let Some(attempt) = self.attempt {
             write!(f, " attempt {attempt}")?;
         }

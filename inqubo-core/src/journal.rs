@@ -107,6 +107,14 @@ enum Logged {
         failure: RunFailedBody,
         generation: u32,
     },
+    Element {
+        run: RunId,
+        parent: StepName,
+        index: u32,
+        size: u32,
+        output: Box<RawValue>,
+        generation: u32,
+    },
     Cancel {
         run: RunId,
         reason: String,
@@ -141,6 +149,20 @@ impl Logged {
                 failure: failure.clone(),
                 generation: *generation,
             },
+            Piece::Element {
+                parent,
+                element,
+                output,
+                generation,
+            } => Logged::Element {
+                run,
+                parent: parent.clone(),
+                index: element.index,
+                size: element.size,
+                output: RawValue::from_string(String::from_utf8_lossy(output).into_owned())
+                    .unwrap_or_else(|_| RawValue::NULL.to_owned()),
+                generation: *generation,
+            },
             Piece::Cancel { reason } => Logged::Cancel {
                 run,
                 reason: reason.clone(),
@@ -172,6 +194,22 @@ impl Logged {
                 run,
                 Piece::Failed {
                     failure,
+                    generation,
+                },
+            ),
+            Logged::Element {
+                run,
+                parent,
+                index,
+                size,
+                output,
+                generation,
+            } => (
+                run,
+                Piece::Element {
+                    parent,
+                    element: crate::protocol::Element { index, size },
+                    output: output.get().as_bytes().to_vec(),
                     generation,
                 },
             ),

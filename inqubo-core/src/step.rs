@@ -128,14 +128,27 @@ pub struct StepContext {
     pub step: StepName,
     /// The attempt number, from 1.
     pub attempt: u32,
+    /// For a map step: the element's place in its list, from 0.
+    element: Option<u32>,
     /// Fires when the run is cancelled, or fails elsewhere in a workflow that fails fast.
     cancel: CancellationToken,
 }
 
 impl PartialEq for StepContext {
     fn eq(&self, other: &Self) -> bool {
-        (&self.run_id, &self.workflow, &self.step, self.attempt)
-            == (&other.run_id, &other.workflow, &other.step, other.attempt)
+        (
+            &self.run_id,
+            &self.workflow,
+            &self.step,
+            self.attempt,
+            self.element,
+        ) == (
+            &other.run_id,
+            &other.workflow,
+            &other.step,
+            other.attempt,
+            other.element,
+        )
     }
 }
 
@@ -147,8 +160,22 @@ impl StepContext {
             workflow,
             step,
             attempt,
+            element: None,
             cancel: CancellationToken::new(),
         }
+    }
+
+    /// The same context, for the map element at `index` (the runtime sets it).
+    #[must_use]
+    pub fn with_element(mut self, index: Option<u32>) -> Self {
+        self.element = index;
+        self
+    }
+
+    /// For an attempt of a map step: the element's place in the list the map's parent
+    /// returned, from 0. `None` for any other step.
+    pub fn element(&self) -> Option<u32> {
+        self.element
     }
 
     /// The same context, cancelled when `cancel` is (the runtime passes the run's token).
@@ -180,12 +207,16 @@ impl StepContext {
         self.cancel.cancelled().await;
     }
 
-    /// A key that is the same for every attempt and redelivery of this step in this run.
+    /// A key that is the same for every attempt and redelivery of this step in this run (of
+    /// this element, for a map step: `<workflow>:<step>[<index>]:<run>`).
     ///
     /// Pass it to external systems that deduplicate requests, so that an at-least-once
     /// redelivery does not do the work twice.
     pub fn idempotency_key(&self) -> String {
-        format!("{}:{}:{}", self.workflow, self.step, self.run_id)
+        match self.element {
+            Some(index) => format!("{}:{}[{index}]:{}", self.workflow, self.step, self.run_id),
+            None => format!("{}:{}:{}", self.workflow, self.step, self.run_id),
+        }
     }
 }
 

@@ -32,8 +32,10 @@ struct Scenario {
     cancel_on: Option<&'static str>,
     /// Resume the run this many times when it fails.
     resumes: u32,
-    /// After the run's end, wait for this event too (one that follows the end).
+    /// After the run's end, wait for this event too (one that follows the end)...
     then_wait_for: Option<&'static str>,
+    /// ... this many times.
+    then_wait_times: usize,
 }
 
 impl Scenario {
@@ -47,6 +49,7 @@ impl Scenario {
             cancel_on: None,
             resumes: 0,
             then_wait_for: None,
+            then_wait_times: 1,
         }
     }
 }
@@ -218,6 +221,7 @@ impl Backend for RabbitMq {
         let mut events = Vec::new();
         let mut resumes = scenario.resumes;
         let mut waiting_for = scenario.then_wait_for;
+        let mut wait_times = scenario.then_wait_times;
         let mut outcome = None;
         let finished = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(event) = stream.next().await {
@@ -237,7 +241,10 @@ impl Backend for RabbitMq {
                         .unwrap();
                 }
                 if waiting_for == Some(name.as_str()) {
-                    waiting_for = None;
+                    wait_times = wait_times.saturating_sub(1);
+                    if wait_times == 0 {
+                        waiting_for = None;
+                    }
                 }
                 if let Some(ended) = ended {
                     if matches!(ended, RunOutcome::Failed(_)) && resumes > 0 {
@@ -641,6 +648,226 @@ async fn a_failure_stops_a_sibling_that_is_retrying(backend: impl Backend) {
     assert!(c.len() < 9 * 2, "c stopped retrying: {c:?}");
 }
 
+// Maps: a step run once per element of its parent's list, and the step that collects them.
+
+async fn list(n: u64, _: StepContext) -> Result<Vec<u64>, StepError> {
+    Ok((0..n).collect())
+}
+
+/// Squares its element; later elements finish first, so results arrive out of order.
+async fn square(x: u64, ctx: StepContext) -> Result<u64, StepError> {
+    assert_eq!(
+        ctx.element(),
+        Some(u32::try_from(x).unwrap()),
+        "element index"
+    );
+    tokio::time::sleep(Duration::from_millis(20u64.saturating_sub(x * 2))).await;
+    Ok(x * x)
+}
+
+/// Fails element 3 for good on its first attempt.
+async fn square_but_three_fails_once(x: u64, ctx: StepContext) -> Result<u64, StepError> {
+    if ctx.element() == Some(3) && ctx.attempt == 1 {
+        return Err(StepError::fatal("three is unlucky"));
+    }
+    Ok(x * x)
+}
+
+async fn collect(results: Vec<u64>, _: StepContext) -> Result<Vec<u64>, StepError> {
+    Ok(results)
+}
+
+fn squares(element: Step<u64, u64>) -> Workflow {
+    Workflow::builder("squares")
+        .start(Step::new("list", list))
+        .map(element)
+        .reduce(Step::new("collect", collect))
+        .build()
+        .unwrap()
+}
+
+fn elements_of(seen: &Observed, step: &str, kind: EventKind) -> Vec<u32> {
+    let mut elements: Vec<u32> = seen
+        .events
+        .iter()
+        .filter(|e| e.kind == kind && e.step.as_ref().is_some_and(|s| s.as_str() == step))
+        .map(|e| e.element.expect("a map event carries its element"))
+        .collect();
+    elements.sort_unstable();
+    elements
+}
+
+async fn a_map_runs_each_element_once_and_reduces_in_order(backend: impl Backend) {
+    let seen = backend
+        .run(Scenario::new(squares(Step::new("square", square)), b"10"))
+        .await;
+    let expected: Vec<u64> = (0..10).map(|x| x * x).collect();
+    assert_eq!(
+        seen.outcome,
+        RunOutcome::Succeeded(json!({ "collect": expected }))
+    );
+    let all: Vec<u32> = (0..10).collect();
+    assert_eq!(elements_of(&seen, "square", EventKind::Succeeded), all);
+    assert_eq!(elements_of(&seen, "square", EventKind::Started), all);
+    assert_eq!(
+        seen.trail_of("collect"),
+        ["collect.started", "collect.succeeded"]
+    );
+}
+
+async fn an_empty_map_reaches_the_reduce_with_an_empty_list(backend: impl Backend) {
+    let seen = backend
+        .run(Scenario::new(squares(Step::new("square", square)), b"0"))
+        .await;
+    assert_eq!(
+        seen.outcome,
+        RunOutcome::Succeeded(json!({ "collect": [] }))
+    );
+    assert_eq!(seen.trail_of("square"), Vec::<String>::new());
+    assert_eq!(
+        seen.trail_of("collect"),
+        ["collect.started", "collect.succeeded"]
+    );
+}
+
+async fn a_map_of_one_element(backend: impl Backend) {
+    let seen = backend
+        .run(Scenario::new(squares(Step::new("square", square)), b"1"))
+        .await;
+    assert_eq!(
+        seen.outcome,
+        RunOutcome::Succeeded(json!({ "collect": [0] }))
+    );
+    assert_eq!(elements_of(&seen, "square", EventKind::Succeeded), [0]);
+}
+
+async fn a_map_of_ten_thousand_elements(backend: impl Backend) {
+    async fn inc(x: u64, _: StepContext) -> Result<u64, StepError> {
+        Ok(x + 1)
+    }
+    let seen = backend
+        .run(Scenario::new(squares(Step::new("square", inc)), b"10000"))
+        .await;
+    let expected: Vec<u64> = (1..=10_000).collect();
+    assert_eq!(
+        seen.outcome,
+        RunOutcome::Succeeded(json!({ "collect": expected }))
+    );
+    assert_eq!(
+        elements_of(&seen, "square", EventKind::Succeeded).len(),
+        10_000
+    );
+}
+
+async fn a_map_as_last_step_ends_the_run_with_every_result(backend: impl Backend) {
+    let flow = Workflow::builder("leafmap")
+        .start(Step::new("list", list))
+        .map(Step::new("square", square))
+        .build()
+        .unwrap();
+    let seen = backend.run(Scenario::new(flow, b"4")).await;
+    assert_eq!(
+        seen.outcome,
+        RunOutcome::Succeeded(json!({ "square": [0, 1, 4, 9] }))
+    );
+}
+
+async fn a_failed_element_fails_the_run_once(backend: impl Backend) {
+    let mut scenario = Scenario::new(
+        squares(Step::new("square", square_but_three_fails_once)),
+        b"6",
+    );
+    scenario.workflow = Workflow::builder("squares")
+        .fail_fast(false)
+        .start(Step::new("list", list))
+        .map(Step::new("square", square_but_three_fails_once))
+        .reduce(Step::new("collect", collect))
+        .build()
+        .unwrap();
+    let seen = backend.run(scenario).await;
+    let failure = seen.failure();
+    assert_eq!(failure.step.as_str(), "square");
+    assert_eq!(failure.reason, FailureReason::Fatal);
+    assert_eq!(elements_of(&seen, "square", EventKind::Failed), [3]);
+    assert_eq!(seen.trail_of("collect"), Vec::<String>::new());
+    assert_eq!(seen.trail_of("run"), ["run.triggered", "run.failed"]);
+}
+
+async fn a_resumed_failed_element_completes_the_map(backend: impl Backend) {
+    let mut scenario = Scenario::new(
+        squares(Step::new("square", square_but_three_fails_once)),
+        b"6",
+    );
+    scenario.resumes = 1;
+    let seen = backend.run(scenario).await;
+    assert_eq!(
+        seen.outcome,
+        RunOutcome::Succeeded(json!({ "collect": [0, 1, 4, 9, 16, 25] }))
+    );
+    assert_eq!(
+        seen.trail_of("run"),
+        [
+            "run.triggered",
+            "run.failed",
+            "run.resumed",
+            "run.succeeded"
+        ]
+    );
+    let three: Vec<String> = seen
+        .events
+        .iter()
+        .filter(|e| e.element == Some(3))
+        .map(LifecycleEvent::short_name)
+        .collect();
+    assert_eq!(
+        three,
+        [
+            "square.started",
+            "square.failed",
+            "square.started",
+            "square.succeeded"
+        ]
+    );
+    assert_eq!(
+        seen.trail_of("list"),
+        ["list.started", "list.succeeded"],
+        "list ran once"
+    );
+}
+
+async fn a_cancelled_map_takes_no_new_element(backend: impl Backend) {
+    let flow = Workflow::builder("cancelmap")
+        .start(Step::new("list", list))
+        .map(Step::new("wait", waits_for_its_cancellation).concurrency(1))
+        .reduce(Step::new("sum", |v: Vec<u64>, _: StepContext| async move {
+            Ok::<u64, StepError>(v.iter().sum())
+        }))
+        .build()
+        .unwrap();
+    let mut scenario = Scenario::new(flow, b"5");
+    scenario.cancel_on = Some("wait.started");
+    // One runner, one element at a time: the first waits for the cancel, the other four are
+    // skipped (the harness, which cancels later, runs them all).
+    scenario.then_wait_for = Some("wait.skipped");
+    scenario.then_wait_times = 4;
+    let seen = backend.run(scenario).await;
+    assert!(
+        matches!(seen.outcome, RunOutcome::Cancelled(_)),
+        "{:?}",
+        seen.outcome
+    );
+    // Each element either ran before the cancel reached it or was skipped, never both.
+    let mut settled = elements_of(&seen, "wait", EventKind::Started);
+    settled.extend(elements_of(&seen, "wait", EventKind::Skipped));
+    settled.sort_unstable();
+    assert_eq!(settled, [0, 1, 2, 3, 4], "{:#?}", seen.events);
+    assert!(
+        !seen.trail_of("sum").contains(&"sum.started".to_owned()),
+        "the reduce of a cancelled run never starts"
+    );
+    assert_eq!(seen.trail_of("run"), ["run.triggered", "run.cancelled"]);
+}
+
 macro_rules! on_both_backends {
     ($($scenario:ident),+ $(,)?) => {
         mod harness {
@@ -682,6 +909,14 @@ on_both_backends!(
     a_failed_chain_resumes_from_its_failed_step,
     a_cancelled_run_takes_no_new_step,
     a_failure_stops_a_sibling_that_is_retrying,
+    a_map_runs_each_element_once_and_reduces_in_order,
+    an_empty_map_reaches_the_reduce_with_an_empty_list,
+    a_map_of_one_element,
+    a_map_of_ten_thousand_elements,
+    a_map_as_last_step_ends_the_run_with_every_result,
+    a_failed_element_fails_the_run_once,
+    a_resumed_failed_element_completes_the_map,
+    a_cancelled_map_takes_no_new_element,
 );
 
 #[tokio::test(start_paused = true)]

@@ -63,6 +63,7 @@ impl Attempt {
             self.id.step.clone(),
             self.id.attempt,
         )
+        .with_element(self.id.element.map(|e| e.index))
     }
 }
 
@@ -207,6 +208,7 @@ impl Engine {
                 run_id,
                 attempt,
                 generation,
+                element: incoming.element(),
                 trace: trace.to_owned(),
             };
             let failure = FailedBody {
@@ -240,6 +242,7 @@ impl Engine {
                 run_id,
                 attempt,
                 generation,
+                element: incoming.element(),
                 trace: trace.to_owned(),
             },
         })

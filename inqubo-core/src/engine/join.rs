@@ -286,6 +286,14 @@ impl Engine {
             .ok_or_else(|| format!("join piece without a `{}` header", header::JOIN_PARENT))?;
         let parent = StepName::new(parent)
             .map_err(|e| format!("invalid `{}` header: {e}", header::JOIN_PARENT))?;
+        if let Some(element) = incoming.element() {
+            return Ok(Piece::Element {
+                parent,
+                element,
+                output: incoming.body.to_vec(),
+                generation,
+            });
+        }
         Ok(Piece::Output {
             parent,
             output: incoming.body.to_vec(),

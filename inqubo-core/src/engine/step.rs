@@ -46,9 +46,17 @@ impl Engine {
                 };
                 self.park(&attempt.id.step, incoming, failure, &attempt.id.trace)
             }
-            AttemptOutcome::Succeeded { output } => {
-                Effects::publish(self.success_messages(attempt, output))
-            }
+            AttemptOutcome::Succeeded { output } => match self.success_messages(attempt, output) {
+                Ok(messages) => Effects::publish(messages),
+                Err((error, reason)) => {
+                    let failure = FailedBody {
+                        error,
+                        attempt: number,
+                        reason,
+                    };
+                    self.park(&attempt.id.step, incoming, failure, &attempt.id.trace)
+                }
+            },
             AttemptOutcome::Retry { error, delay } => {
                 let delay = effective_delay(delay);
                 let body = crate::event::RetryingBody {
@@ -109,51 +117,115 @@ impl Engine {
     }
 
     /// `succeeded` (which a queue must receive if a plain child listens for it), a piece for
-    /// every join child, and the run's end when this is a last step.
-    fn success_messages(&self, attempt: &Attempt, output: Vec<u8>) -> Vec<Outgoing> {
+    /// every join child, the elements of every map child, and the run's end when this is a
+    /// last step. A list a map child cannot take (not a list, or too long) fails the step.
+    fn success_messages(
+        &self,
+        attempt: &Attempt,
+        output: Vec<u8>,
+    ) -> Result<Vec<Outgoing>, (String, FailureReason)> {
         let id = &attempt.id;
-        let workflow = self.workflow.name();
         let Some(node) = self.workflow.step(id.step.as_str()) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let mut plain_children = false;
         let mut messages = Vec::with_capacity(2);
         for child in node.children() {
-            if self
-                .workflow
-                .step(child.as_str())
-                .is_some_and(StepNode::is_join)
-            {
-                messages.push(protocol::join_piece(
-                    workflow,
-                    child.as_str(),
-                    &id.run_id,
-                    id.generation,
-                    &id.step,
-                    output.clone(),
-                    false,
-                ));
+            let Some(child_node) = self.workflow.step(child.as_str()) else {
+                continue;
+            };
+            if child_node.is_map() {
+                messages.extend(self.map_opening(id, child_node, &output)?);
+            } else if child_node.is_join() {
+                messages.push(self.piece_of(id, child.as_str(), output.clone()));
             } else {
                 plain_children = true;
             }
         }
         if node.children().is_empty() {
             // The run join decides how a run ends, for chains too: exactly once.
-            messages.push(protocol::join_piece(
+            messages.push(self.piece_of(id, RUN_JOIN, output.clone()));
+        }
+        messages.insert(0, id.event(EventKind::Succeeded, output, plain_children));
+        Ok(messages
+            .into_iter()
+            .map(|m| m.with_trace(&id.trace))
+            .collect())
+    }
+
+    /// The piece that brings the output of attempt `id` to `join`: an element's result when
+    /// the attempt ran on one.
+    fn piece_of(&self, id: &AttemptId, join: &str, output: Vec<u8>) -> Outgoing {
+        let workflow = self.workflow.name();
+        match id.element {
+            Some(element) => protocol::element_piece(
                 workflow,
-                RUN_JOIN,
+                join,
                 &id.run_id,
                 id.generation,
                 &id.step,
-                output.clone(),
+                element,
+                output,
+            ),
+            None => protocol::join_piece(
+                workflow,
+                join,
+                &id.run_id,
+                id.generation,
+                &id.step,
+                output,
                 false,
-            ));
+            ),
         }
-        messages.insert(0, id.event(EventKind::Succeeded, output, plain_children));
-        messages
+    }
+
+    /// What starts `map` after attempt `id` returned `list`: one input per element; for an
+    /// empty list, the map's empty result straight to its collectors.
+    fn map_opening(
+        &self,
+        id: &AttemptId,
+        map: &StepNode,
+        list: &[u8],
+    ) -> Result<Vec<Outgoing>, (String, FailureReason)> {
+        let workflow = self.workflow.name();
+        let elements =
+            protocol::map_elements(workflow, map.name(), &id.run_id, id.generation, list).map_err(
+                |error| {
+                    let reason = match error {
+                        protocol::SplitError::TooLong { .. } => FailureReason::TooLarge,
+                        _ => FailureReason::Internal,
+                    };
+                    (error.to_string(), reason)
+                },
+            )?;
+        if !elements.is_empty() {
+            return Ok(elements);
+        }
+        Ok(self
+            .collectors(map)
             .into_iter()
-            .map(|m| m.with_trace(&id.trace))
-            .collect()
+            .map(|join| {
+                protocol::join_piece(
+                    workflow,
+                    join,
+                    &id.run_id,
+                    id.generation,
+                    map.name(),
+                    b"[]".to_vec(),
+                    false,
+                )
+            })
+            .collect())
+    }
+
+    /// Where a map's results are collected: the steps after it, or the run join if it is a
+    /// last step.
+    fn collectors<'a>(&self, map: &'a StepNode) -> Vec<&'a str> {
+        if map.children().is_empty() {
+            vec![RUN_JOIN]
+        } else {
+            map.children().iter().map(StepName::as_str).collect()
+        }
     }
 
     /// Parks `incoming` with `failure`: the parked copy, and, when the run is known, `failed`
@@ -179,6 +251,7 @@ impl Engine {
                 run_id,
                 attempt: failure.attempt,
                 generation: incoming.generation(),
+                element: incoming.element(),
                 trace: trace.to_owned(),
             };
             publish.push(id.notice(EventKind::Failed, &failure));

@@ -33,8 +33,42 @@ pub use snapshot::SnapshotError;
 use crate::{
     event::RunFailedBody,
     name::{RunId, StepName},
+    protocol::Element,
     workflow::JoinShape,
 };
+
+/// The results of one map's elements received so far, for one run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct MapResults {
+    /// How many elements the map has.
+    size: u32,
+    /// Each element's output, by its place in the list.
+    results: std::collections::BTreeMap<u32, Box<RawValue>>,
+}
+
+impl MapResults {
+    /// The list of every element's output in order (a JSON array), once all have reported.
+    fn complete(&self) -> Option<Box<RawValue>> {
+        if self.results.len() < self.size as usize {
+            return None;
+        }
+        let mut list = String::from("[");
+        for (i, output) in self.results.values().enumerate() {
+            if i > 0 {
+                list.push(',');
+            }
+            list.push_str(output.get());
+        }
+        list.push(']');
+        RawValue::from_string(list).ok()
+    }
+}
+
+/// `output` as the book keeps it: our own serialisation, so garbage counts as JSON null.
+fn raw(output: &[u8]) -> Box<RawValue> {
+    RawValue::from_string(String::from_utf8_lossy(output).into_owned())
+        .unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
 
 /// The most runs that ended a book remembers, whatever [`RunMemory`] says: a guard against
 /// running out of memory, far above what a day of runs at a million a day puts in one shard.
@@ -97,6 +131,18 @@ pub enum Piece {
     Output {
         /// The parent.
         parent: StepName,
+        /// Its output.
+        output: Vec<u8>,
+        /// The run generation it belongs to.
+        generation: u32,
+    },
+    /// One element of a map succeeded with this output (JSON bytes). The map's output, for
+    /// the join, is the list of every element's output in order, once all have reported.
+    Element {
+        /// The map step.
+        parent: StepName,
+        /// Which element, of how many.
+        element: Element,
         /// Its output.
         output: Vec<u8>,
         /// The run generation it belongs to.
@@ -207,6 +253,9 @@ struct Ended {
 pub struct JoinBook {
     /// Outputs received per run that has not fired (waiting, or aborted and kept for a resume).
     pending: HashMap<RunId, HashMap<StepName, Box<RawValue>>>,
+    /// Per run that has not fired, the results of each map parent's elements, until every
+    /// element has reported (the list then moves to `pending` as the map's output).
+    maps: HashMap<RunId, HashMap<StepName, MapResults>>,
     /// Runs that succeeded or were cancelled here, oldest first, forgotten after
     /// [`RunMemory::ended`].
     finished: VecDeque<RunId>,
@@ -266,6 +315,7 @@ impl JoinBook {
                 let generation = self.generations.get(run).copied().unwrap_or(1);
                 self.end(run, Ending::Cancelled, generation);
                 self.pending.remove(run);
+                self.maps.remove(run);
                 JoinDecision::Cancel { reason, generation }
             }
             (
@@ -300,29 +350,70 @@ impl JoinBook {
                 },
                 ended,
             ) => {
-                // Outputs come from our own serialisation; treat garbage as JSON null.
-                let output = RawValue::from_string(String::from_utf8_lossy(&output).into_owned())
-                    .unwrap_or_else(|_| RawValue::NULL.to_owned());
                 self.pending
                     .entry(run.clone())
                     .or_default()
-                    .insert(parent, output);
-                match ended {
-                    Some(aborted) if generation <= aborted.generation => JoinDecision::Ignore,
-                    _ => {
-                        // A later generation reopens an aborted run (rare: a resume), which
-                        // leaves the finished list until it ends again.
-                        if self.ended.remove(run).is_some() {
-                            self.failed.retain(|failed| failed != run);
+                    .insert(parent, raw(&output));
+                self.received(run, generation, ended, target)
+            }
+            (
+                Piece::Element {
+                    parent,
+                    element,
+                    output,
+                    generation,
+                },
+                ended,
+            ) => {
+                let outputs = self.pending.entry(run.clone()).or_default();
+                // Once the map's list is complete, a late copy of an element changes nothing.
+                if let std::collections::hash_map::Entry::Vacant(slot) =
+                    outputs.entry(parent.clone())
+                {
+                    let maps = self.maps.entry(run.clone()).or_default();
+                    let results = maps.entry(parent.clone()).or_insert_with(|| MapResults {
+                        size: element.size,
+                        results: std::collections::BTreeMap::new(),
+                    });
+                    if element.index < results.size {
+                        results.results.insert(element.index, raw(&output));
+                    }
+                    if let Some(list) = results.complete() {
+                        maps.remove(&parent);
+                        if maps.is_empty() {
+                            self.maps.remove(run);
                         }
-                        let current = self.generations.get(run).copied().unwrap_or(1);
-                        let generation = generation.max(current);
-                        if generation > 1 {
-                            self.generations.insert(run.clone(), generation);
-                        }
-                        self.try_fire(run, target, generation)
+                        slot.insert(list);
                     }
                 }
+                self.received(run, generation, ended, target)
+            }
+        }
+    }
+
+    /// What follows an output recorded for `run` in `generation`: fire if it completes the
+    /// join; nothing if the run's generation already ended.
+    fn received(
+        &mut self,
+        run: &RunId,
+        generation: u32,
+        ended: Option<Ended>,
+        target: JoinTarget<'_>,
+    ) -> JoinDecision {
+        match ended {
+            Some(aborted) if generation <= aborted.generation => JoinDecision::Ignore,
+            _ => {
+                // A later generation reopens an aborted run (rare: a resume), which leaves
+                // the finished list until it ends again.
+                if self.ended.remove(run).is_some() {
+                    self.failed.retain(|failed| failed != run);
+                }
+                let current = self.generations.get(run).copied().unwrap_or(1);
+                let generation = generation.max(current);
+                if generation > 1 {
+                    self.generations.insert(run.clone(), generation);
+                }
+                self.try_fire(run, target, generation)
             }
         }
     }
@@ -361,6 +452,7 @@ impl JoinBook {
             return JoinDecision::Wait;
         };
         self.pending.remove(run);
+        self.maps.remove(run);
         self.end(run, Ending::Fired, generation);
         JoinDecision::Fire { body, generation }
     }
@@ -401,6 +493,7 @@ impl JoinBook {
     fn forget(&mut self, run: &RunId) {
         self.ended.remove(run);
         self.pending.remove(run);
+        self.maps.remove(run);
         self.generations.remove(run);
     }
 
@@ -866,5 +959,94 @@ mod tests {
             third.add(&run, piece("y"), JoinTarget::Run(&leaves)),
             JoinDecision::Fire { .. }
         ));
+    }
+
+    fn element(index: u32, size: u32, json: &str, generation: u32) -> Piece {
+        Piece::Element {
+            parent: name("m"),
+            element: Element { index, size },
+            output: json.as_bytes().to_vec(),
+            generation,
+        }
+    }
+
+    #[test]
+    fn a_map_fires_once_every_element_reported_with_results_in_order() {
+        let shape = JoinShape::Step(name("m"));
+        let target = JoinTarget::Step(&shape);
+        let mut book = JoinBook::new();
+        let r = run("r");
+        assert_eq!(
+            book.add(&r, element(2, 3, "\"c\"", 1), target),
+            JoinDecision::Wait
+        );
+        assert_eq!(
+            book.add(&r, element(0, 3, "\"a\"", 1), target),
+            JoinDecision::Wait
+        );
+        // A redelivered element counts once.
+        assert_eq!(
+            book.add(&r, element(0, 3, "\"a\"", 1), target),
+            JoinDecision::Wait
+        );
+        // An index past the list is not an element of it.
+        assert_eq!(
+            book.add(&r, element(7, 3, "\"x\"", 1), target),
+            JoinDecision::Wait
+        );
+        assert_eq!(
+            book.add(&r, element(1, 3, "\"b\"", 1), target),
+            fire(br#"["a","b","c"]"#)
+        );
+        assert_eq!(
+            book.add(&r, element(1, 3, "\"b\"", 1), target),
+            JoinDecision::Ignore
+        );
+        assert_eq!(book.pending_runs(), 0);
+        assert!(book.maps.is_empty(), "nothing of the map is left");
+    }
+
+    #[test]
+    fn a_resumed_element_completes_a_map_its_failure_aborted() {
+        let shape = JoinShape::Step(name("m"));
+        let target = JoinTarget::Step(&shape);
+        let mut book = JoinBook::new();
+        let r = run("r");
+        book.add(&r, element(0, 2, "1", 1), target);
+        let failure = RunFailedBody {
+            step: name("m"),
+            error: "boom".into(),
+            attempt: 1,
+            reason: FailureReason::Fatal,
+        };
+        assert!(matches!(
+            book.add(
+                &r,
+                Piece::Failed {
+                    failure,
+                    generation: 1
+                },
+                target
+            ),
+            JoinDecision::Abort { .. }
+        ));
+        // A late element of the failed generation is kept, but fires nothing.
+        assert_eq!(
+            book.add(&r, element(1, 2, "2", 1), target),
+            JoinDecision::Ignore
+        );
+        let mut rebuilt = JoinBook::restore(&book.snapshot()).unwrap();
+        assert_eq!(
+            rebuilt.content(),
+            book.content(),
+            "map results survive a snapshot"
+        );
+        assert_eq!(
+            rebuilt.add(&r, element(1, 2, "2", 2), target),
+            JoinDecision::Fire {
+                body: b"[1,2]".to_vec(),
+                generation: 2
+            }
+        );
     }
 }

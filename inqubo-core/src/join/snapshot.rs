@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{Ended, Ending, JoinBook};
+use super::{Ended, Ending, JoinBook, MapResults};
 use crate::name::{RunId, StepName};
 
 /// A finished run in a snapshot: `[id, at]` when it fired in its first generation (nearly
@@ -24,6 +24,8 @@ enum FinishedRun {
 #[derive(Serialize)]
 struct SnapshotOf<'a> {
     pending: &'a HashMap<RunId, HashMap<StepName, Box<RawValue>>>,
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    maps: &'a HashMap<RunId, HashMap<StepName, MapResults>>,
     finished: FinishedOf<'a>,
     #[serde(skip_serializing_if = "HashMap::is_empty")]
     generations: &'a HashMap<RunId, u32>,
@@ -61,6 +63,8 @@ impl Serialize for FinishedOf<'_> {
 #[derive(Debug, Deserialize)]
 struct Snapshot {
     pending: HashMap<RunId, HashMap<StepName, Box<RawValue>>>,
+    #[serde(default)]
+    maps: HashMap<RunId, HashMap<StepName, MapResults>>,
     finished: Vec<FinishedRun>,
     #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     generations: HashMap<RunId, u32>,
@@ -107,6 +111,7 @@ impl JoinBook {
         // Written straight from the book, borrowing: no copy of what it holds.
         let snapshot = SnapshotOf {
             pending: &self.pending,
+            maps: &self.maps,
             finished: FinishedOf(self),
             generations: &self.generations,
             clock: self.clock,
@@ -138,6 +143,7 @@ impl JoinBook {
         let snapshot: Snapshot = serde_json::from_slice(snapshot).map_err(SnapshotError)?;
         let mut book = Self {
             pending: snapshot.pending,
+            maps: snapshot.maps,
             generations: snapshot.generations,
             clock: snapshot.clock,
             epoch: snapshot.epoch,

@@ -72,6 +72,11 @@ pub const JOURNAL_TIME: &str = "journal-time";
 pub const JOURNAL_PART: &str = "journal-part";
 /// On a journal snapshot part: how many parts the snapshot has (integer).
 pub const JOURNAL_PARTS: &str = "journal-parts";
+/// On a map element (its input, its events, its join piece, its retries): the element's place
+/// in the list its map's parent returned (integer, from 0).
+pub const MAP_INDEX: &str = "map-index";
+/// On a map element, beside `map-index`: how many elements the list has (integer).
+pub const MAP_SIZE: &str = "map-size";
 /// Set by quorum queues on a redelivered message: how many times it was returned.
 pub const X_DELIVERY_COUNT: &str = "x-delivery-count";
 

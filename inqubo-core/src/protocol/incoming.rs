@@ -2,6 +2,7 @@
 
 use crate::{
     name::{NameError, RunId},
+    protocol::Element,
     protocol::header::{self, Headers},
 };
 
@@ -70,6 +71,14 @@ impl Incoming<'_> {
             .and_then(|n| u32::try_from(n).ok())
             .filter(|n| *n >= 1)
             .unwrap_or(1)
+    }
+
+    /// The map element this message is, if it is one: `map-index` and `map-size`, both
+    /// present, with the index below the size.
+    pub fn element(&self) -> Option<Element> {
+        let index = self.int(header::MAP_INDEX)?;
+        let size = self.int(header::MAP_SIZE)?;
+        (index < size).then_some(Element { index, size })
     }
 
     /// How many times the broker delivered this copy before without an acknowledgement:

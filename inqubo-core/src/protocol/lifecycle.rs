@@ -95,6 +95,9 @@ pub fn resume(workflow: &WorkflowName, parked: &Incoming<'_>, generation: u32) -
             headers.insert(name, value);
         }
     }
+    if let Some(element) = parked.element() {
+        element.mark(&mut headers);
+    }
     let failed_attempt = parked
         .headers
         .int(header::PARKED_ATTEMPT)

@@ -16,7 +16,7 @@ use crate::{
     event::{EventKind, RunFailedBody},
     name::{RunId, StepName, WorkflowName},
     protocol::{
-        Names, RoutingKey,
+        Element, Names, RoutingKey,
         header::{self, Headers},
     },
     workflow::Workflow,
@@ -256,11 +256,27 @@ pub struct AttemptId {
     pub attempt: u32,
     /// The run's generation, from 1.
     pub generation: u32,
+    /// For an attempt of a map step: the element it runs on.
+    pub element: Option<Element>,
     /// The attempt's `traceparent`: the run's trace, a span of its own.
     pub trace: String,
 }
 
 impl AttemptId {
+    /// The headers every message of this attempt carries: the run's, and the element's.
+    fn headers(&self) -> Headers {
+        let mut headers = run_headers(&self.run_id, self.generation);
+        if let Some(element) = self.element {
+            element.mark(&mut headers);
+        }
+        headers
+    }
+
+    /// The step as it shows in `message_id`s: its name, and `[<index>]` for a map element.
+    pub fn step_label(&self) -> String {
+        format!("{}{}", self.step, Element::suffix(self.element))
+    }
+
     /// A lifecycle event of this attempt with `body` (JSON bytes).
     pub fn event(&self, kind: EventKind, body: Vec<u8>, mandatory: bool) -> Outgoing {
         Outgoing {
@@ -270,11 +286,14 @@ impl AttemptId {
                 kind,
             )),
             body,
-            headers: run_headers(&self.run_id, self.generation).with(header::ATTEMPT, self.attempt),
+            headers: self.headers().with(header::ATTEMPT, self.attempt),
             inherit_headers: false,
             message_id: format!(
                 "{}:{}:{}:{kind}:{}",
-                self.run_id, self.workflow, self.step, self.attempt
+                self.run_id,
+                self.workflow,
+                self.step_label(),
+                self.attempt
             ),
             mandatory,
         }
@@ -297,11 +316,13 @@ impl AttemptId {
                 delay,
             },
             body: input,
-            headers: run_headers(&self.run_id, self.generation).with(header::RETRY_ATTEMPT, next),
+            headers: self.headers().with(header::RETRY_ATTEMPT, next),
             inherit_headers: false,
             message_id: format!(
                 "{}:{}:{}:retry:{next}",
-                self.run_id, self.workflow, self.step
+                self.run_id,
+                self.workflow,
+                self.step_label()
             ),
             mandatory: true,
         }

@@ -101,7 +101,7 @@ impl<'a> Broker<'a> {
         workflow
             .steps()
             .iter()
-            .filter(|s| !s.is_join() && !self.runner.unbound.contains(s.name()))
+            .filter(|s| s.listens_to_parents() && !self.runner.unbound.contains(s.name()))
             .filter(|s| {
                 if s.parents().is_empty() {
                     workflow.takes_trigger(s)
@@ -209,12 +209,10 @@ impl<'a> Broker<'a> {
         else {
             return;
         };
-        let event = event.with_generation(
-            headers
-                .int(header::RUN_GENERATION)
-                .and_then(|n| u32::try_from(n).ok())
-                .unwrap_or(1),
-        );
+        let number = |name| headers.int(name).and_then(|n| u32::try_from(n).ok());
+        let event = event
+            .with_generation(number(header::RUN_GENERATION).unwrap_or(1))
+            .with_element(number(header::MAP_INDEX));
         if let Some(outcome) = RunOutcome::from_event(&event) {
             self.outcome = Some(outcome);
         }

@@ -19,6 +19,8 @@ pub struct StageSpec(StageKind);
 
 enum StageKind {
     Step(StepSpec),
+    /// A step run once per element of its parent's list.
+    Map(StepSpec),
     Parallel(Vec<StageSpec>),
     Sequence(Vec<StageSpec>),
 }
@@ -27,6 +29,7 @@ impl fmt::Debug for StageSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             StageKind::Step(spec) => write!(f, "{}", spec.name),
+            StageKind::Map(spec) => write!(f, "map({})", spec.name),
             StageKind::Parallel(stages) => f.debug_tuple("Parallel").field(stages).finish(),
             StageKind::Sequence(stages) => f.debug_tuple("Sequence").field(stages).finish(),
         }
@@ -262,6 +265,17 @@ impl<T> WorkflowBuilder<T> {
         }
     }
 
+    /// Appends the step that receives a map's results, in the order of the elements, once
+    /// every element has succeeded: the same as [`then`](Self::then) with one step, named for
+    /// what it does after [`map`](Self::map).
+    #[must_use]
+    pub fn reduce<O>(self, step: Step<T, O>) -> WorkflowBuilder<O>
+    where
+        T: Started,
+    {
+        self.then(step)
+    }
+
     /// Validates the graph and builds the workflow.
     ///
     /// Only a started builder can be built, so that a workflow has at least one step:
@@ -288,6 +302,17 @@ impl<T> WorkflowBuilder<T> {
             &Tail::Start,
             &mut drafts,
         );
+        for draft in &drafts {
+            if draft.map
+                && let Tail::One(parent) = draft.input
+                && drafts[parent].map
+            {
+                return Err(WorkflowError::MapAfterMap {
+                    map: draft.spec.name.clone(),
+                    parent: drafts[parent].spec.name.clone(),
+                });
+            }
+        }
         let mut names = Vec::with_capacity(drafts.len());
         let mut index_of = HashMap::new();
         for (index, draft) in drafts.iter().enumerate() {
@@ -319,8 +344,12 @@ impl<T> WorkflowBuilder<T> {
                     .into_iter()
                     .map(|p| names[p].clone())
                     .collect();
+                // A step after a map collects its results: it waits for every element.
                 let join = match &draft.input {
                     Tail::Many(_) => Some(draft.input.shape(&names)),
+                    Tail::One(parent) if drafts[*parent].map => {
+                        Some(JoinShape::Step(names[*parent].clone()))
+                    }
                     Tail::Start | Tail::One(_) => None,
                 };
                 StepNode {
@@ -328,6 +357,7 @@ impl<T> WorkflowBuilder<T> {
                     parents,
                     children: Vec::new(),
                     join,
+                    map: draft.map,
                     spec: draft.spec.clone(),
                 }
             })
@@ -341,8 +371,47 @@ impl<T> WorkflowBuilder<T> {
     }
 }
 
+// Only a stage that returns a `Vec` can be mapped over: its JSON is the list of elements.
+impl<I> WorkflowBuilder<Vec<I>> {
+    /// Appends a *map*: `step` runs once per element of the list the previous stage returns,
+    /// in parallel across runners, and what follows receives its results as a list, in the
+    /// order of the elements (see [`reduce`](Self::reduce)).
+    ///
+    /// The list's length is known only when the run gets there; an empty list runs no
+    /// element and hands `[]` on. Each element has its own attempts, retries and events
+    /// (marked `map-index`); an element failing for good fails the run, once.
+    ///
+    /// ```
+    /// use inqubo_core::{Step, StepContext, StepError, Workflow};
+    ///
+    /// async fn list(n: u32, _: StepContext) -> Result<Vec<u32>, StepError> { Ok((0..n).collect()) }
+    /// async fn square(x: u32, _: StepContext) -> Result<u64, StepError> { Ok(u64::from(x * x)) }
+    /// async fn total(v: Vec<u64>, _: StepContext) -> Result<u64, StepError> { Ok(v.iter().sum()) }
+    ///
+    /// let flow = Workflow::builder("squares")
+    ///     .start(Step::new("list", list))
+    ///     .map(Step::new("square", square))
+    ///     .reduce(Step::new("total", total))
+    ///     .build()?;
+    /// assert!(flow.step("square").unwrap().is_map());
+    /// # Ok::<(), inqubo_core::WorkflowError>(())
+    /// ```
+    #[must_use]
+    pub fn map<O>(mut self, step: Step<I, O>) -> WorkflowBuilder<Vec<O>> {
+        self.stages.push(StageSpec(StageKind::Map(step.spec)));
+        WorkflowBuilder {
+            name: self.name,
+            stages: self.stages,
+            rules: self.rules,
+            _tail: PhantomData,
+        }
+    }
+}
+
 struct Draft {
     spec: StepSpec,
+    /// Whether the step runs once per element of its parent's list.
+    map: bool,
     /// What the step receives: the run input, one parent's output, or a join of several.
     input: Tail,
 }
@@ -386,6 +455,15 @@ fn attach(stage: StageSpec, tail: &Tail, drafts: &mut Vec<Draft>) -> Tail {
         StageKind::Step(spec) => {
             drafts.push(Draft {
                 spec,
+                map: false,
+                input: tail.clone(),
+            });
+            Tail::One(drafts.len() - 1)
+        }
+        StageKind::Map(spec) => {
+            drafts.push(Draft {
+                spec,
+                map: true,
                 input: tail.clone(),
             });
             Tail::One(drafts.len() - 1)

@@ -77,6 +77,17 @@ pub enum WorkflowError {
         /// The longest allowed.
         max: std::time::Duration,
     },
+    /// A map follows another map directly: put a step between them that turns the first
+    /// map's results into the second one's list.
+    #[error(
+        "map `{map}` follows map `{parent}` directly; put a step between them that returns the list to map over"
+    )]
+    MapAfterMap {
+        /// The second map.
+        map: String,
+        /// The map before it.
+        parent: String,
+    },
 }
 
 /// One step of a built workflow, with its place in the graph.
@@ -86,6 +97,7 @@ pub struct StepNode {
     parents: Vec<StepName>,
     children: Vec<StepName>,
     join: Option<JoinShape>,
+    map: bool,
     spec: StepSpec,
 }
 
@@ -120,9 +132,22 @@ impl StepNode {
         self.join.as_ref()
     }
 
-    /// Whether this step waits for several parents.
+    /// Whether this step waits for several parents, or for every element of a map.
     pub fn is_join(&self) -> bool {
         self.join.is_some()
+    }
+
+    /// Whether the step's queue takes its input from its parents' `succeeded` events. A join
+    /// step's input comes from its join shards, and a map's elements from its parent's runner,
+    /// both through the retry exchange.
+    pub fn listens_to_parents(&self) -> bool {
+        !self.is_join() && !self.map
+    }
+
+    /// Whether this step is a map: it runs once per element of its parent's list
+    /// ([`WorkflowBuilder::map`]).
+    pub fn is_map(&self) -> bool {
+        self.map
     }
 
     /// The step's retry policy.
@@ -192,7 +217,10 @@ impl Default for RunRules {
 /// One first step, no fan-out, no join.
 fn is_chain(steps: &[StepNode]) -> bool {
     let roots = steps.iter().filter(|s| s.parents.is_empty()).count();
-    roots == 1 && steps.iter().all(|s| s.children.len() <= 1 && !s.is_join())
+    roots == 1
+        && steps
+            .iter()
+            .all(|s| s.children.len() <= 1 && !s.is_join() && !s.map)
 }
 
 /// A validated workflow: a named graph of steps. Cheap to clone.

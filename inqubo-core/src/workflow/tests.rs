@@ -214,3 +214,52 @@ fn definition_serialises_steps_edges_and_retry_policies() {
     let back: WorkflowDefinition = serde_json::from_value(json).unwrap();
     assert_eq!(back, flow.definition());
 }
+
+#[test]
+fn a_map_is_collected_by_the_step_after_it() {
+    async fn list(n: u32, _: StepContext) -> Result<Vec<u32>, StepError> {
+        Ok((0..n).collect())
+    }
+    async fn total(v: Vec<u32>, _: StepContext) -> Result<u32, StepError> {
+        Ok(v.iter().sum())
+    }
+    let flow = Workflow::builder("m")
+        .start(Step::new("list", list))
+        .map(Step::new("inc", inc))
+        .reduce(Step::new("total", total))
+        .build()
+        .unwrap();
+    let map = flow.step("inc").unwrap();
+    assert!(map.is_map() && !map.listens_to_parents());
+    let reduce = flow.step("total").unwrap();
+    assert_eq!(
+        reduce.join(),
+        Some(&JoinShape::Step(StepName::new("inc").unwrap()))
+    );
+    assert!(!reduce.listens_to_parents());
+    assert!(!flow.is_chain());
+    assert!(flow.step("list").unwrap().listens_to_parents());
+}
+
+#[test]
+fn a_map_right_after_a_map_is_refused() {
+    async fn list(n: u32, _: StepContext) -> Result<Vec<Vec<u32>>, StepError> {
+        Ok(vec![vec![n]])
+    }
+    async fn same(v: Vec<u32>, _: StepContext) -> Result<Vec<u32>, StepError> {
+        Ok(v)
+    }
+    let error = Workflow::builder("mm")
+        .start(Step::new("list", list))
+        .map(Step::new("a", same))
+        .map(Step::new("b", same))
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        error,
+        WorkflowError::MapAfterMap {
+            map: "b".into(),
+            parent: "a".into()
+        }
+    );
+}
