@@ -7,8 +7,10 @@ Start a runner of the quickstart workflow first, for example
 
 then run this script. It triggers a run of `simple` exactly as docs/protocol.md says, follows
 its events, checks their routing keys, headers and bodies against the document, and exits 0
-when both last steps succeeded and `simple.run.succeeded` arrived. `--cleanup` only deletes the prefix's queues and exchanges
-(for CI, which uses a throwaway prefix, once the runner has stopped).
+when both last steps succeeded and `simple.run.succeeded` arrived. With `--map`, it also checks
+a map (docs/protocol.md, "Maps") on workflow `thumbnails`, which a runner of the map example
+must serve (`cargo run --example map -- --serve`). `--cleanup` only deletes the prefix's queues
+and exchanges (for CI, which uses a throwaway prefix, once the runners have stopped).
 """
 
 import argparse
@@ -57,14 +59,18 @@ def cancel(ch, prefix, run_id, reason, timeout):
     fail("the answer queue closed")
 
 
+MAP_STEPS = ["list_files", "resize", "index"]
+
+
 def cleanup(ch, prefix):
-    for step in STEPS + ["parked", "redelivered"]:
-        ch.queue_delete(f"{prefix}.simple.{step}")
-    for shard in range(4):
-        ch.queue_delete(f"{prefix}.simple._run.shard-{shard}")
-        ch.queue_delete(f"{prefix}.simple._run.state-{shard}")
-        ch.queue_delete(f"{prefix}.simple._run.journal-{shard}")
-    ch.queue_delete(f"{prefix}.simple.run-states")
+    for workflow, steps, joins in (("simple", STEPS, ["_run"]),
+                                   ("thumbnails", MAP_STEPS, ["_run", "index"])):
+        for step in steps + ["parked", "redelivered", "run-states"]:
+            ch.queue_delete(f"{prefix}.{workflow}.{step}")
+        for join in joins:
+            for shard in range(4):
+                for kind in ("shard", "state", "journal"):
+                    ch.queue_delete(f"{prefix}.{workflow}.{join}.{kind}-{shard}")
     ch.exchange_delete(f"{prefix}.join")
     ch.queue_delete(f"{prefix}.registry")
     for tier in range(25):
@@ -75,12 +81,84 @@ def cleanup(ch, prefix):
     print(f"deleted the topology of prefix {prefix}")
 
 
+def check_map(ch, prefix, timeout):
+    """A run of `thumbnails` (list_files, then resize once per file, then index), as
+    docs/protocol.md's "Maps" says: every event of an element carries `map-index` and
+    `map-size`, its message_id names `resize[<index>]`, and the run ends once with the index
+    of every thumbnail."""
+    files = 3
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ch.queue_declare(f"{prefix}.thumbnails.list_files", passive=True)
+            break
+        except pika.exceptions.ChannelClosedByBroker:
+            if time.monotonic() > deadline:
+                fail("no runner declared workflow thumbnails")
+            time.sleep(0.2)
+            ch = ch.connection.channel()
+            ch.confirm_delivery()
+    events = ch.queue_declare(queue="", exclusive=True).method.queue
+    for key in ["thumbnails.step.#", "thumbnails.run.succeeded", "thumbnails.run.failed"]:
+        ch.queue_bind(events, prefix, routing_key=key)
+    run_id = str(uuid.uuid4())
+    ch.basic_publish(
+        exchange=prefix,
+        routing_key="thumbnails.run.triggered",
+        body=json.dumps({"folder": "check", "files": files}),
+        properties=pika.BasicProperties(
+            headers={"run-id": run_id}, delivery_mode=2, content_type="application/json"),
+        mandatory=True,
+    )
+    elements = set()
+    for method, props, body in ch.consume(events, auto_ack=True, inactivity_timeout=timeout):
+        if method is None:
+            fail(f"no map event for {timeout} s; elements done: {sorted(elements)}")
+        headers = props.headers or {}
+        if headers.get("run-id") != run_id:
+            continue
+        key = method.routing_key
+        payload = json.loads(body)
+        print(key, headers.get("map-index"), json.dumps(payload))
+        if key == "thumbnails.run.succeeded":
+            if elements != set(range(files)):
+                fail(f"run.succeeded before every element: {sorted(elements)}")
+            expected = {"index": {"thumbnails": files, "bytes": 150150,
+                                  "first": "check/photo-0.thumb.jpg"}}
+            if payload != expected:
+                fail(f"thumbnails run.succeeded body is {payload}")
+            break
+        if key == "thumbnails.run.failed":
+            fail(f"the map run failed: {payload}")
+        step, event = key.split(".")[2:4]
+        if step != "resize":
+            if "map-index" in headers:
+                fail(f"{key} carries map-index but {step} is no map")
+            continue
+        index, size = headers.get("map-index"), headers.get("map-size")
+        if not isinstance(index, int) or size != files or not 0 <= index < files:
+            fail(f"{key}: map-index/map-size are {index!r}/{size!r}")
+        expected_id = f"{run_id}:thumbnails:resize[{index}]:{event}:{headers.get('attempt')}"
+        if props.message_id != expected_id:
+            fail(f"{key}: message_id {props.message_id!r}, expected {expected_id!r}")
+        if event == "succeeded":
+            if index in elements:
+                fail(f"element {index} succeeded twice")
+            elements.add(index)
+            if payload != {"path": f"check/photo-{index}.thumb.jpg", "bytes": 50000 + 50 * index}:
+                fail(f"element {index} output is {payload}")
+    ch.cancel()
+    print(f"map checked: run {run_id}, {files} elements, each once, reduced in order")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/%2f")
     parser.add_argument("--prefix", default="inqubo")
     parser.add_argument("--timeout", type=float, default=60)
     parser.add_argument("--cleanup", action="store_true")
+    parser.add_argument("--map", action="store_true",
+                        help="also check a map on workflow thumbnails (the map example)")
     parser.add_argument("--wait-for-runner", type=float, default=0,
                         help="seconds to wait for a runner to declare the workflow")
     args = parser.parse_args()
@@ -283,6 +361,9 @@ def main():
     if started_after is None or started_after < 1.4:
         fail(f"the delayed run started after {started_after} s, not after 1.5 s")
     print(f"delayed trigger checked: {later} started after {started_after:.2f} s (1.5 s asked)")
+
+    if args.map:
+        check_map(ch, args.prefix, args.timeout)
 
     conn.close()
     print(f"protocol check passed: {len(seen)} events for run {run_id}")
