@@ -38,7 +38,10 @@ pub fn event_from_delivery(
     )?;
     Ok(event
         .with_generation(number(header::RUN_GENERATION).unwrap_or(1))
-        .with_element(number(header::MAP_INDEX)))
+        .with_element(inqubo_core::protocol::Element::from_headers(
+            get(header::MAP_INDEX).and_then(integer_value),
+            get(header::MAP_SIZE).and_then(integer_value),
+        )))
 }
 
 /// A live stream of lifecycle events; see [`Client::subscribe`](crate::Client::subscribe).

@@ -115,7 +115,7 @@ async fn an_element_delivered_twice_is_counted_once() {
         events
             .until(|seen| {
                 seen.iter()
-                    .any(|e| e.element == Some(0) && e.kind == EventKind::Succeeded)
+                    .any(|e| e.element_index() == Some(0) && e.kind == EventKind::Succeeded)
             })
             .await;
         // A second copy of element 0's input, as an at-least-once redelivery would bring.
@@ -147,7 +147,7 @@ async fn an_element_delivered_twice_is_counted_once() {
         events
             .until(|seen| {
                 seen.iter()
-                    .filter(|e| e.element == Some(0) && e.kind == EventKind::Succeeded)
+                    .filter(|e| e.element_index() == Some(0) && e.kind == EventKind::Succeeded)
                     .count()
                     == 2
             })

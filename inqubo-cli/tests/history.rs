@@ -560,8 +560,71 @@ macro_rules! on_both_stores {
     )*};
 }
 
+async fn a_map_run_is_recorded_as_one_step_with_counts(store: &str) {
+    async fn list(n: u64, _: StepContext) -> Result<Vec<u64>, StepError> {
+        Ok((0..n).collect())
+    }
+    async fn odd_fails(x: u64, _: StepContext) -> Result<u64, StepError> {
+        if x == 3 {
+            return Err(StepError::fatal("three"));
+        }
+        Ok(x)
+    }
+    async fn total(v: Vec<u64>, _: StepContext) -> Result<u64, StepError> {
+        Ok(v.iter().sum())
+    }
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("mapped")
+        .fail_fast(false)
+        .start(Step::new("list", list))
+        .map(Step::new("check", odd_fails))
+        .reduce(Step::new("total", total))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let mut monitor = start_monitor(&broker, store);
+    let mut events = Events::subscribe_to(runner.client(), Some(runner.workflow().name())).await;
+    runner.trigger(run_id("m"), &6_u64).await.unwrap();
+    events
+        .until(|seen| {
+            seen.iter()
+                .filter(|e| {
+                    e.step.as_ref().is_some_and(|s| s.as_str() == "check")
+                        && matches!(e.kind, EventKind::Succeeded | EventKind::Failed)
+                })
+                .count()
+                == 6
+        })
+        .await;
+    let report = run_report(&broker, store, "m", |r| {
+        r["status"] == "failed" && r["maps"][0]["succeeded"] == 5 && r["maps"][0]["failed"] == 1
+    });
+    let text = run_text(&broker, store, "m");
+    monitor.kill().unwrap();
+    monitor.wait().unwrap();
+    assert_eq!(
+        report["maps"],
+        serde_json::json!([{
+            "step": "check", "elements": 6, "succeeded": 5, "running": 0, "failed": 1, "skipped": 0,
+        }])
+    );
+    assert_eq!(
+        attempts(&report),
+        ["list#1 g1 succeeded"],
+        "elements are counted in the map, not listed one by one"
+    );
+    assert!(
+        text.contains(
+            &"check map of 6 elements: 5 succeeded, 0 running, 1 failed, 0 skipped".to_owned()
+        ),
+        "{text:#?}"
+    );
+    runner.shutdown().await.unwrap();
+}
+
 on_both_stores!(
     history_is_recorded,
+    a_map_run_is_recorded_as_one_step_with_counts,
     a_resumed_run_is_recorded_failed_then_succeeded,
     a_cancelled_run_is_recorded_with_its_skipped_step,
     a_run_first_seen_mid_way_ends_with_its_status,

@@ -268,9 +268,9 @@ pub struct LifecycleEvent {
     /// The run's generation: 1, and one more each time the run is resumed (the
     /// `run-generation` header; absent means 1).
     pub generation: u32,
-    /// For an event of a map step: the element's place in its list (the `map-index`
-    /// header).
-    pub element: Option<u32>,
+    /// For an event of a map step: which element of how many (the `map-index` and
+    /// `map-size` headers).
+    pub element: Option<crate::protocol::Element>,
     /// The JSON body: the run input, the step output, or one of the bodies above.
     pub body: serde_json::Value,
 }
@@ -354,11 +354,17 @@ impl LifecycleEvent {
         })
     }
 
-    /// The event with the map element it concerns (from the `map-index` header).
+    /// The event with the map element it concerns (from the `map-index` and `map-size`
+    /// headers).
     #[must_use]
-    pub fn with_element(mut self, element: Option<u32>) -> Self {
+    pub fn with_element(mut self, element: Option<crate::protocol::Element>) -> Self {
         self.element = element;
         self
+    }
+
+    /// For an event of a map step: the element's place in its list, from 0.
+    pub fn element_index(&self) -> Option<u32> {
+        self.element.map(|e| e.index)
     }
 
     /// The event with its run generation (from the `run-generation` header).
@@ -399,7 +405,7 @@ impl fmt::Display for LifecycleEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "run {} {}", self.run_id, self.routing_key())?;
         if let Some(element) = self.element {
-            write!(f, " element {element}")?;
+            write!(f, " element {} of {}", element.index, element.size)?;
         }
         if let Some(attempt) = self.attempt {
             write!(f, " attempt {attempt}")?;

@@ -691,7 +691,7 @@ fn elements_of(seen: &Observed, step: &str, kind: EventKind) -> Vec<u32> {
         .events
         .iter()
         .filter(|e| e.kind == kind && e.step.as_ref().is_some_and(|s| s.as_str() == step))
-        .map(|e| e.element.expect("a map event carries its element"))
+        .map(|e| e.element_index().expect("a map event carries its element"))
         .collect();
     elements.sort_unstable();
     elements
@@ -816,7 +816,7 @@ async fn a_resumed_failed_element_completes_the_map(backend: impl Backend) {
     let three: Vec<String> = seen
         .events
         .iter()
-        .filter(|e| e.element == Some(3))
+        .filter(|e| e.element_index() == Some(3))
         .map(LifecycleEvent::short_name)
         .collect();
     assert_eq!(

@@ -318,6 +318,17 @@ pub(crate) async fn run(context: &Context, store: &str, run_id: &str) -> anyhow:
     for generation in report["generations"].as_array().into_iter().flatten() {
         println!("  {}", generation_line(generation, created));
     }
+    for map in report["maps"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<28} map of {} elements: {} succeeded, {} running, {} failed, {} skipped",
+            map["step"].as_str().unwrap_or_default(),
+            map["elements"],
+            map["succeeded"],
+            map["running"],
+            map["failed"],
+            map["skipped"],
+        );
+    }
     for attempt in report["attempts"].as_array().into_iter().flatten() {
         let status = attempt["status"].as_str().unwrap_or_default();
         let took = match (

@@ -159,6 +159,7 @@ pub(crate) async fn run_detail(pool: &AnyPool, run_id: &str) -> anyhow::Result<O
     .bind(run_id)
     .fetch_all(pool)
     .await?;
+    let maps = map_counts(pool, &workflow, run_id).await?;
     let definition = definition(pool, &workflow).await?;
     let run_input = parse(run.get::<Option<String>, _>(5));
     let outputs: HashMap<String, Value> = attempts
@@ -210,6 +211,7 @@ pub(crate) async fn run_detail(pool: &AnyPool, run_id: &str) -> anyhow::Result<O
         "outcome": outcome,
         "input": run_input,
         "definition": definition,
+        "maps": maps,
         "attempts": attempts.iter().map(|a| json!({
             "step": a.get::<String, _>(0),
             "attempt": a.get::<i64, _>(1),
@@ -223,6 +225,44 @@ pub(crate) async fn run_detail(pool: &AnyPool, run_id: &str) -> anyhow::Result<O
             "output": parse(a.get::<Option<String>, _>(6)),
         })).collect::<Vec<_>>(),
     })))
+}
+
+/// Each map step of a run as one entry: how many elements its list has, and how many of them
+/// succeeded, are running (started or retrying), failed or were skipped, by their latest attempt.
+async fn map_counts(pool: &AnyPool, workflow: &str, run_id: &str) -> anyhow::Result<Vec<Value>> {
+    let rows = sqlx::query(
+        "SELECT step, MAX(size), status, COUNT(*) FROM map_elements
+         WHERE workflow = $1 AND run_id = $2 GROUP BY step, status ORDER BY step",
+    )
+    .bind(workflow)
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?;
+    let mut maps: Vec<Value> = Vec::new();
+    for row in rows {
+        let step: String = row.get(0);
+        if maps.last().is_none_or(|m| m["step"] != step.as_str()) {
+            maps.push(json!({
+                "step": step, "elements": 0, "succeeded": 0, "running": 0, "failed": 0, "skipped": 0,
+            }));
+        }
+        let Some(entry) = maps.last_mut() else {
+            continue;
+        };
+        let size = row.get::<i64, _>(1);
+        if entry["elements"].as_i64().unwrap_or(0) < size {
+            entry["elements"] = json!(size);
+        }
+        let column = match row.get::<String, _>(2).as_str() {
+            "succeeded" => "succeeded",
+            "failed" => "failed",
+            "skipped" => "skipped",
+            _ => "running",
+        };
+        let count = entry[column].as_i64().unwrap_or(0) + row.get::<i64, _>(3);
+        entry[column] = json!(count);
+    }
+    Ok(maps)
 }
 
 /// What each step of a run received: the run input for first steps, the parent's output

@@ -140,6 +140,21 @@ pub(crate) async fn record(
         _ => return Ok(None),
     };
     let finished = (status != "started").then_some(now);
+    if let Some(element) = event.element {
+        let row = ElementRow {
+            workflow,
+            run,
+            step: step.as_str(),
+            element,
+            attempt,
+            generation,
+            status,
+            now,
+            finished,
+            error,
+        };
+        return record_element(pool, row).await;
+    }
     // Attempt numbers go on across generations (a resume sends the next attempt), so an
     // attempt is one row. Its events may come in any order: `started` never undoes an
     // outcome, and an event of another generation than the row's never mixes into it.
@@ -199,10 +214,86 @@ pub(crate) async fn record(
     Ok(took)
 }
 
+/// What one event of a map element says of it.
+struct ElementRow<'a> {
+    workflow: &'a str,
+    run: &'a str,
+    step: &'a str,
+    element: inqubo::protocol::Element,
+    attempt: i64,
+    generation: i64,
+    status: &'static str,
+    now: i64,
+    finished: Option<i64>,
+    error: Option<String>,
+}
+
+/// Records an event of a map element: its row holds its latest attempt (a later attempt or
+/// generation replaces it; `started` never undoes the outcome of the same attempt). Returns how
+/// long the attempt took, as [`record`] does.
+async fn record_element(pool: &AnyPool, row: ElementRow<'_>) -> anyhow::Result<Option<Duration>> {
+    let stored = sqlx::query(
+        "INSERT INTO map_elements (workflow, run_id, step, element, size, attempt, generation,
+                                   status, started_ms, finished_ms, error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (workflow, run_id, step, element) DO UPDATE SET
+           status = CASE
+             WHEN excluded.attempt > map_elements.attempt
+               OR excluded.generation > map_elements.generation THEN excluded.status
+             WHEN excluded.attempt < map_elements.attempt
+               OR excluded.generation < map_elements.generation
+               OR excluded.status = 'started' THEN map_elements.status
+             ELSE excluded.status END,
+           started_ms = CASE
+             WHEN excluded.attempt > map_elements.attempt
+               OR excluded.generation > map_elements.generation THEN excluded.started_ms
+             ELSE map_elements.started_ms END,
+           finished_ms = CASE
+             WHEN excluded.attempt > map_elements.attempt
+               OR excluded.generation > map_elements.generation THEN excluded.finished_ms
+             WHEN excluded.attempt < map_elements.attempt
+               OR excluded.generation < map_elements.generation THEN map_elements.finished_ms
+             ELSE COALESCE(excluded.finished_ms, map_elements.finished_ms) END,
+           error = CASE
+             WHEN excluded.attempt >= map_elements.attempt
+               AND excluded.generation >= map_elements.generation
+               THEN COALESCE(excluded.error, map_elements.error)
+             ELSE map_elements.error END,
+           attempt = CASE WHEN excluded.attempt > map_elements.attempt
+             THEN excluded.attempt ELSE map_elements.attempt END,
+           generation = CASE WHEN excluded.generation > map_elements.generation
+             THEN excluded.generation ELSE map_elements.generation END
+         RETURNING started_ms, finished_ms",
+    )
+    .bind(row.workflow)
+    .bind(row.run)
+    .bind(row.step)
+    .bind(i64::from(row.element.index))
+    .bind(i64::from(row.element.size))
+    .bind(row.attempt)
+    .bind(row.generation)
+    .bind(row.status)
+    .bind(row.now)
+    .bind(row.finished)
+    .bind(row.error)
+    .fetch_one(pool)
+    .await?;
+    let took = match (stored.get::<i64, _>(0), stored.get::<Option<i64>, _>(1)) {
+        (start, Some(end)) if !matches!(row.status, "started" | "skipped") && end >= start => Some(
+            Duration::from_millis(u64::try_from(end - start).unwrap_or(0)),
+        ),
+        _ => None,
+    };
+    Ok(took)
+}
+
 /// Deletes runs that finished more than `retention` ago, with their attempts and generations.
 pub(crate) async fn expire(pool: &AnyPool, retention: Duration) -> anyhow::Result<u64> {
     let cutoff = now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     for statement in [
+        "DELETE FROM map_elements WHERE EXISTS (SELECT 1 FROM runs r
+           WHERE r.workflow = map_elements.workflow AND r.run_id = map_elements.run_id
+           AND r.finished_ms IS NOT NULL AND r.finished_ms < $1)",
         "DELETE FROM attempts WHERE EXISTS (SELECT 1 FROM runs r WHERE r.workflow = attempts.workflow
            AND r.run_id = attempts.run_id AND r.finished_ms IS NOT NULL AND r.finished_ms < $1)",
         "DELETE FROM run_generations WHERE EXISTS (SELECT 1 FROM runs r

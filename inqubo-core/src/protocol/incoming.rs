@@ -76,9 +76,10 @@ impl Incoming<'_> {
     /// The map element this message is, if it is one: `map-index` and `map-size`, both
     /// present, with the index below the size.
     pub fn element(&self) -> Option<Element> {
-        let index = self.int(header::MAP_INDEX)?;
-        let size = self.int(header::MAP_SIZE)?;
-        (index < size).then_some(Element { index, size })
+        Element::from_headers(
+            self.headers.int(header::MAP_INDEX),
+            self.headers.int(header::MAP_SIZE),
+        )
     }
 
     /// How many times the broker delivered this copy before without an acknowledgement:

@@ -42,6 +42,14 @@ impl Element {
         headers.insert(header::MAP_SIZE, self.size);
     }
 
+    /// The element `map-index` and `map-size` name, if both are there and the index is below
+    /// the size.
+    pub fn from_headers(index: Option<i64>, size: Option<i64>) -> Option<Self> {
+        let index = u32::try_from(index?).ok()?;
+        let size = u32::try_from(size?).ok()?;
+        (index < size).then_some(Self { index, size })
+    }
+
     /// How the element shows in a `message_id` and an idempotency key: `[<index>]`.
     pub fn suffix(element: Option<Self>) -> String {
         element.map_or_else(String::new, |e| format!("[{}]", e.index))

@@ -212,7 +212,10 @@ impl<'a> Broker<'a> {
         let number = |name| headers.int(name).and_then(|n| u32::try_from(n).ok());
         let event = event
             .with_generation(number(header::RUN_GENERATION).unwrap_or(1))
-            .with_element(number(header::MAP_INDEX));
+            .with_element(protocol::Element::from_headers(
+                headers.int(header::MAP_INDEX),
+                headers.int(header::MAP_SIZE),
+            ));
         if let Some(outcome) = RunOutcome::from_event(&event) {
             self.outcome = Some(outcome);
         }

@@ -335,6 +335,7 @@ impl Workflow {
                 output_type: node.spec.output_type.to_owned(),
                 retry: node.spec.retry.spec(),
                 timeout_ms: u64::try_from(node.spec.timeout.as_millis()).unwrap_or(u64::MAX),
+                map: node.map,
             })
             .collect();
         let edges = self
@@ -381,6 +382,9 @@ pub struct StepDefinition {
     pub retry: RetrySpec,
     /// How long one attempt may run, in milliseconds.
     pub timeout_ms: u64,
+    /// Whether the step is a map, run once per element of its parent's list.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub map: bool,
 }
 
 /// A parent-to-child edge.

@@ -95,8 +95,9 @@ function notice(text, isError) {
 // --- the workflow graph ----------------------------------------------------------------------
 
 // Draws a definition's steps in columns by depth (longest path from a first step), with each
-// step coloured by `states[step]` (pending when absent).
-function graph(definition, states) {
+// step coloured by `states[step]` (pending when absent). A map is one node, labelled with its
+// counts from `maps` (elements done of all, failed) when given.
+function graph(definition, states, maps) {
   const steps = definition ? definition.steps : [];
   const depth = {};
   for (const step of steps) {
@@ -130,9 +131,15 @@ function graph(definition, states) {
     const { x, y } = position[step.name];
     const state = (states && states[step.name]) || "pending";
     const group = svg("g", { "data-step": step.name, "data-state": state });
+    const counts = maps && maps.find((m) => m.step === step.name);
+    const label = step.map
+      ? `${step.name} ⧉ ${counts ? `${counts.succeeded}/${counts.elements}${counts.failed ? ` ✗${counts.failed}` : ""}` : "map"}`
+      : step.name;
     group.append(svg("rect", { x, y, width, height, rx: 6, class: "fill-" + state }));
-    group.append(svg("text", { x: x + 10, y: y + height / 2 + 4 }, step.name));
-    group.append(svg("title", {}, `${step.name}: ${state}`));
+    group.append(svg("text", { x: x + 10, y: y + height / 2 + 4 }, label));
+    group.append(svg("title", {}, counts
+      ? `${step.name}: map of ${counts.elements} elements, ${counts.succeeded} succeeded, ${counts.running} running, ${counts.failed} failed, ${counts.skipped} skipped`
+      : `${step.name}: ${state}`));
     picture.append(group);
   }
   return picture;
@@ -193,11 +200,32 @@ async function runsPage(main) {
   );
 }
 
-// The state of each step in a run: that of its latest attempt.
+// The state of each step in a run: that of its latest attempt; for a map, failed if an
+// element failed, succeeded once every element did, running (started) otherwise.
 function stepStates(run) {
   const states = {};
   for (const attempt of run.attempts) states[attempt.step] = attempt.status;
+  for (const map of run.maps || []) {
+    states[map.step] = map.failed ? "failed"
+      : map.succeeded === map.elements ? "succeeded"
+      : map.skipped && !map.running ? "skipped"
+      : "started";
+  }
   return states;
+}
+
+// One row per map step of a run: its elements by state.
+function mapTable(run) {
+  if (!run.maps || !run.maps.length) return null;
+  return [
+    el("h2", {}, "Maps"),
+    el("table", { id: "maps" },
+      el("thead", {}, el("tr", {}, ["Step", "Elements", "Succeeded", "Running", "Failed", "Skipped"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, run.maps.map((map) =>
+        el("tr", { "data-map": map.step },
+          el("td", { class: "mono" }, map.step),
+          ["elements", "succeeded", "running", "failed", "skipped"].map((k) => el("td", { "data-count": k }, String(map[k]))))))),
+  ];
 }
 
 function timeline(run) {
@@ -253,7 +281,8 @@ async function runPage(main, runId) {
       `workflow ${run.workflow} · started ${when(run.created_ms)}`,
       run.finished_ms ? ` · took ${took(run.created_ms, run.finished_ms)}` : ""),
     runActions(run),
-    graph(run.definition, stepStates(run)),
+    graph(run.definition, stepStates(run), run.maps),
+    mapTable(run),
     el("h2", {}, "Attempts"),
     el("table", { id: "attempts" },
       el("thead", {}, el("tr", {}, ["Step", "Attempt", "Status", "Took", "Error / input and output"].map((h) => el("th", {}, h)))),
