@@ -806,3 +806,62 @@ async fn browser_shows_runs_replays_resumes_and_cancels() {
     eprintln!("screenshots in {}", shots.display());
     runner.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn browser_shows_a_map_as_one_node_with_its_counts() {
+    async fn list(n: u64, _: StepContext) -> Result<Vec<u64>, StepError> {
+        Ok((0..n).collect())
+    }
+    async fn resize(x: u64, _: StepContext) -> Result<u64, StepError> {
+        if x == 3 {
+            return Err(StepError::fatal("photo 3 is corrupt"));
+        }
+        Ok(x)
+    }
+    async fn index(v: Vec<u64>, _: StepContext) -> Result<usize, StepError> {
+        Ok(v.len())
+    }
+    let broker = TestBroker::new();
+    let flow = Workflow::builder("album")
+        .fail_fast(false)
+        .start(Step::new("list", list))
+        .map(Step::new("resize", resize))
+        .reduce(Step::new("index", index))
+        .build()
+        .unwrap();
+    let runner = broker.start_runner(&flow).await;
+    let monitor = Monitor::start(&broker);
+    runner.trigger(run_id("album-6"), &6_u64).await.unwrap();
+    let run = run_when(&monitor, "album-6", |r| {
+        r["status"] == "failed" && r["maps"][0]["succeeded"] == 5 && r["maps"][0]["failed"] == 1
+    })
+    .await;
+    assert_eq!(run["maps"][0]["elements"], 6);
+
+    let mut browser = browser::Browser::launch().await;
+    browser
+        .open(&format!("{}/runs/album-6#token={TOKEN}", monitor.base))
+        .await;
+    let node = browser
+        .wait_until(
+            "document.querySelector('svg [data-step=\"resize\"]')?.textContent.includes('5/6') ? document.querySelector('svg [data-step=\"resize\"] text').textContent : null",
+            "the map's node with its counts",
+        )
+        .await;
+    assert_eq!(node, "resize (map) 5/6 ✗1");
+    let states = browser
+        .eval("[...document.querySelectorAll('svg [data-step]')].map(g => g.dataset.step + '=' + g.dataset.state).join(',')")
+        .await;
+    assert_eq!(states, "list=succeeded,resize=failed,index=pending");
+    let counts = browser
+        .eval("[...document.querySelectorAll('[data-map=\"resize\"] [data-count]')].map(c => c.dataset.count + '=' + c.textContent).join(',')")
+        .await;
+    assert_eq!(
+        counts,
+        "elements=6,succeeded=5,running=0,failed=1,skipped=0"
+    );
+    browser
+        .screenshot(&screenshot_dir().join("run-map.png"))
+        .await;
+    runner.shutdown().await.unwrap();
+}

@@ -133,7 +133,7 @@ function graph(definition, states, maps) {
     const group = svg("g", { "data-step": step.name, "data-state": state });
     const counts = maps && maps.find((m) => m.step === step.name);
     const label = step.map
-      ? `${step.name} ⧉ ${counts ? `${counts.succeeded}/${counts.elements}${counts.failed ? ` ✗${counts.failed}` : ""}` : "map"}`
+      ? `${step.name} (map)${counts ? ` ${counts.succeeded}/${counts.elements}${counts.failed ? ` ✗${counts.failed}` : ""}` : ""}`
       : step.name;
     group.append(svg("rect", { x, y, width, height, rx: 6, class: "fill-" + state }));
     group.append(svg("text", { x: x + 10, y: y + height / 2 + 4 }, label));
