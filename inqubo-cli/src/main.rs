@@ -585,6 +585,8 @@ async fn watch(
                     "at": at.to_string(),
                     "workflow": event.workflow, "step": event.step, "event": event.kind,
                     "run_id": event.run_id, "attempt": event.attempt, "body": event.body,
+                    "map_index": event.element.map(|e| e.index),
+                    "map_size": event.element.map(|e| e.size),
                 })
             );
         } else if colour {
