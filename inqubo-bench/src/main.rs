@@ -13,6 +13,7 @@
 #![allow(clippy::print_stdout)]
 
 mod joins;
+mod map;
 mod raw;
 mod scenario;
 
@@ -38,7 +39,8 @@ pub(crate) struct Cli {
     #[arg(long, env = "AMQP_URL", default_value = inqubo::DEFAULT_AMQP_URL)]
     pub(crate) url: String,
     /// Only this scenario (hop, chain, fanout, latency, scale), or `joins`: the seed workflow
-    /// through 100,000 runs (10,000 with --quick), which no other run includes.
+    /// through 100,000 runs (10,000 with --quick), or `map`: one run of 10,000 elements and
+    /// 1,000 runs of 10 (a tenth with --quick); no other run includes these two.
     #[arg(long)]
     only: Option<String>,
     /// Prefetch of runners and of the raw relay.
@@ -149,6 +151,17 @@ async fn main() -> anyhow::Result<()> {
         joins::book_memory(100_000)?;
         for queue_type in [QueueType::Quorum, QueueType::Classic] {
             joins::joins(&cli, queue_type, total).await?;
+        }
+        return Ok(());
+    }
+    if cli.only.as_deref() == Some("map") {
+        let scale = if cli.quick { 10 } else { 1 };
+        println!(
+            "inqubo-bench map: one runner, prefetch {}, elements per second",
+            cli.prefetch
+        );
+        for queue_type in [QueueType::Quorum, QueueType::Classic] {
+            map::map(&cli, queue_type, scale).await?;
         }
         return Ok(());
     }

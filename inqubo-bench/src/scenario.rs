@@ -184,7 +184,16 @@ impl Prepared {
         count: usize,
         first: usize,
     ) -> anyhow::Result<HashMap<String, Instant>> {
-        let body = payload();
+        self.trigger_with(count, first, payload()).await
+    }
+
+    /// Like [`Prepared::trigger`], with `body` as every run's input.
+    pub(crate) async fn trigger_with(
+        &self,
+        count: usize,
+        first: usize,
+        body: Vec<u8>,
+    ) -> anyhow::Result<HashMap<String, Instant>> {
         let mut sent = HashMap::with_capacity(count);
         let mut pending = Vec::with_capacity(1000);
         for i in first..first + count {
