@@ -43,8 +43,9 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(subcommand)]
     mode: Option<Mode>,
-    /// The workflow: `fanout` (a tree) or `diamond` (a join).
-    #[arg(long, default_value = "fanout", value_parser = ["fanout", "diamond"])]
+    /// The workflow: `fanout` (a tree), `diamond` (a join) or `map` (100 elements per run,
+    /// then a reduce).
+    #[arg(long, default_value = "fanout", value_parser = ["fanout", "diamond", "map"])]
     workflow: String,
     /// Runner processes to keep alive.
     #[arg(long, default_value_t = 2)]
@@ -545,6 +546,12 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "join fired again         {} runs (the join step's first attempt started twice)",
                 tally.repeated_first_starts(workflow::JOIN_STEP)
+            );
+        }
+        if cli.workflow == "map" {
+            println!(
+                "reduce fired again       {} runs (the reduce's first attempt started twice)",
+                tally.repeated_first_starts(workflow::REDUCE_STEP)
             );
         }
         println!(

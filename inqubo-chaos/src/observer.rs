@@ -131,7 +131,11 @@ impl Tally {
         }
         self.last_event
             .insert(run.clone(), (event.short_name(), event.generation));
-        let Some(step) = event.step.as_ref().map(ToString::to_string) else {
+        // A map element is a step of its own here: `resize[7]`.
+        let Some(step) = event.step.as_ref().map(|step| match event.element_index() {
+            Some(index) => format!("{step}[{index}]"),
+            None => step.to_string(),
+        }) else {
             return;
         };
         match event.kind {

@@ -4,6 +4,8 @@
 //! ```text
 //! fanout:   ingest ─┬▶ enrich ─▶ store        diamond:  ingest ─┬▶ price ─┐
 //!                   └▶ notify                                   └▶ pack ──┴▶ invoice
+//!
+//! map:      split ─▶ resize × 100 ─▶ collect  (a map of 100 elements per run, then its reduce)
 //! ```
 //!
 //! A run's input is a number, passed on unchanged from step to step, and it selects what the
@@ -19,19 +21,26 @@ use inqubo::{RetryPolicy, Step, StepContext, StepError, Workflow};
 /// The join step of the diamond, whose starts are counted.
 pub(crate) const JOIN_STEP: &str = "invoice";
 
+/// The reduce of the map workflow, whose starts are counted.
+pub(crate) const REDUCE_STEP: &str = "collect";
+
+/// How many elements the map workflow's list has.
+pub(crate) const MAP_WIDTH: usize = 100;
+
 /// The steps of each workflow, in the order [`input`] numbers them.
 const FANOUT_STEPS: [&str; 4] = ["ingest", "enrich", "store", "notify"];
 const DIAMOND_STEPS: [&str; 4] = ["ingest", "price", "pack", JOIN_STEP];
+const MAP_STEPS: [&str; 3] = ["split", "resize", REDUCE_STEP];
 
 /// The low bits of an input: the run's sequence number.
 const SEQUENCE: u64 = 0xffff_ffff;
 
 /// The steps of workflow `name`, in the order [`input`] numbers them.
 pub(crate) fn steps(name: &str) -> &'static [&'static str] {
-    if name == "diamond" {
-        &DIAMOND_STEPS
-    } else {
-        &FANOUT_STEPS
+    match name {
+        "diamond" => &DIAMOND_STEPS,
+        "map" => &MAP_STEPS,
+        _ => &FANOUT_STEPS,
     }
 }
 
@@ -82,9 +91,33 @@ async fn invoice((price, pack): (u64, u64), ctx: StepContext) -> Result<u64, Ste
     work(price.max(pack), &ctx).await
 }
 
-/// The chaos workflow named `name`: `fanout` or `diamond`.
+async fn split(n: u64, ctx: StepContext) -> Result<Vec<u64>, StepError> {
+    let n = work(n, &ctx).await?;
+    Ok(vec![n; MAP_WIDTH])
+}
+
+/// The reduce: every element's result, once each. A short or long list fails the run, so
+/// that the harness reports it.
+async fn collect(results: Vec<u64>, ctx: StepContext) -> Result<u64, StepError> {
+    if results.len() != MAP_WIDTH {
+        return Err(StepError::fatal(format!(
+            "the map collected {} results, not {MAP_WIDTH}",
+            results.len()
+        )));
+    }
+    work(results[0], &ctx).await
+}
+
+/// The chaos workflow named `name`: `fanout`, `diamond` or `map`.
 pub(crate) fn build(name: &str) -> Result<Workflow, inqubo::WorkflowError> {
     let retry = || RetryPolicy::limited(5, Duration::from_millis(200));
+    if name == "map" {
+        return Workflow::builder("map")
+            .start(Step::new("split", split).retry(retry()))
+            .map(Step::new("resize", enrich).retry(retry()))
+            .reduce(Step::new(REDUCE_STEP, collect).retry(retry()))
+            .build();
+    }
     if name == "diamond" {
         return Workflow::builder("diamond")
             .start(Step::new("ingest", ingest).retry(retry()))
@@ -123,7 +156,7 @@ mod tests {
 
     #[test]
     fn every_step_of_both_workflows_is_numbered() {
-        for name in ["fanout", "diamond"] {
+        for name in ["fanout", "diamond", "map"] {
             let flow = build(name).unwrap();
             let mut built: Vec<&str> = flow.steps().iter().map(|s| s.name().as_str()).collect();
             let mut numbered = steps(name).to_vec();
