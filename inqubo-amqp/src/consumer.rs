@@ -44,7 +44,7 @@ use tracing::{Instrument, Span, debug, info_span, warn};
 use crate::{
     error::{Error, Result},
     metric::{self, StepMetrics},
-    publisher::Publisher,
+    publisher::{CONFIRM_WINDOW, Publisher},
     run_state::RunStates,
     topology::Topology,
     wire::{self, Wire},
@@ -159,7 +159,16 @@ impl StepWorker {
             warn!(step = %self.node.name(), reason = %failure.reason, error = %failure.error, "input parked");
         }
         let messages = Wire::all(self.topology.names(), effects.publish, received);
-        self.publisher.send_all(messages).await
+        self.publisher.send_all(messages).await?;
+        // A map's inputs, a window at a time: a wide map is never in memory all at once.
+        if let Some(fan_out) = effects.fan_out {
+            for start in (0..fan_out.len()).step_by(CONFIRM_WINDOW) {
+                let window = fan_out.inputs(start..start + CONFIRM_WINDOW);
+                let window = Wire::all(self.topology.names(), window, None);
+                self.publisher.send_all(window).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Puts a delivery that never started back at the end of its step's queue as a new copy,

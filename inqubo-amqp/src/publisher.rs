@@ -201,7 +201,9 @@ impl Publisher {
         self.connection.close(200, "bye".into()).await
     }
 
-    /// Sends every message, then waits for all their confirms, pipelined.
+    /// Sends every message and waits for their confirms, pipelined in windows of
+    /// [`CONFIRM_WINDOW`] (so that a map's fan-out of many thousand inputs does not hold as
+    /// many unconfirmed messages at once).
     ///
     /// A message the broker refuses (negative confirm, for example while a quorum queue elects
     /// a new leader) is published again with backoff for up to [`REPUBLISH_PATIENCE`], without
@@ -211,25 +213,28 @@ impl Publisher {
         let deadline = Instant::now() + REPUBLISH_PATIENCE;
         let mut delay = FIRST_REPUBLISH_DELAY;
         loop {
-            let mut pending = Vec::with_capacity(messages.len());
             let mut refused = Vec::new();
             let mut last_error = None;
-            for message in messages {
-                match self.send(&message).await {
-                    Ok(confirm) => pending.push((message, confirm)),
-                    Err(error) => {
-                        refused.push(message);
-                        last_error = Some(error);
+            let mut rest = messages.into_iter().peekable();
+            while rest.peek().is_some() {
+                let mut pending = Vec::with_capacity(CONFIRM_WINDOW);
+                for message in rest.by_ref().take(CONFIRM_WINDOW) {
+                    match self.send(&message).await {
+                        Ok(confirm) => pending.push((message, confirm)),
+                        Err(error) => {
+                            refused.push(message);
+                            last_error = Some(error);
+                        }
                     }
                 }
-            }
-            for (message, confirm) in pending {
-                match confirm.wait().await {
-                    Ok(()) => {}
-                    Err(error @ Error::Unroutable { .. }) => return Err(error),
-                    Err(error) => {
-                        refused.push(message);
-                        last_error = Some(error);
+                for (message, confirm) in pending {
+                    match confirm.wait().await {
+                        Ok(()) => {}
+                        Err(error @ Error::Unroutable { .. }) => return Err(error),
+                        Err(error) => {
+                            refused.push(message);
+                            last_error = Some(error);
+                        }
                     }
                 }
             }
@@ -249,6 +254,9 @@ impl Publisher {
         }
     }
 }
+
+/// The most messages [`Publisher::send_all`] has unconfirmed at once.
+pub(crate) const CONFIRM_WINDOW: usize = 1024;
 
 /// A new channel on `connection`, in confirm mode.
 async fn confirming_channel(connection: &Connection) -> Result<Channel> {

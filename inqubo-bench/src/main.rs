@@ -43,6 +43,9 @@ pub(crate) struct Cli {
     /// 1,000 runs of 10 (a tenth with --quick); no other run includes these two.
     #[arg(long)]
     only: Option<String>,
+    /// With `--only map`: the elements of the one wide run.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) map_width: usize,
     /// Prefetch of runners and of the raw relay.
     #[arg(long, default_value_t = 100)]
     pub(crate) prefetch: u16,

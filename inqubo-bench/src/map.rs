@@ -1,5 +1,5 @@
-//! The `map` scenario: one run whose map has 10,000 elements, and 1,000 runs of 10 elements
-//! each, in elements per second, next to a raw relay that writes as many messages per element.
+//! The `map` scenario: one run whose map has 10,000 elements (`--map-width`), and 1,000 runs
+//! of 10 elements each, in elements per second, next to a raw relay that writes as many messages per element.
 
 use std::time::Instant;
 
@@ -64,7 +64,7 @@ pub(crate) async fn map(cli: &Cli, queue_type: QueueType, scale: usize) -> anyho
     } else {
         "classic"
     };
-    let wide = 10_000 / scale;
+    let wide = cli.map_width / scale;
     let one = through(cli, queue_type, 1, u64::try_from(wide)?).await?;
     let many = through(cli, queue_type, 1_000 / scale, 10).await?;
     let baseline = raw::chain_writing(

@@ -229,6 +229,7 @@ impl Engine {
                     id.notice(EventKind::Skipped, &SkippedBody { attempt, reason }),
                 ],
                 failure: Some(failure),
+                fan_out: None,
             });
         }
         if node.is_none() {

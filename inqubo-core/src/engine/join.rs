@@ -318,6 +318,7 @@ impl Engine {
                 &failure,
             )],
             failure: Some(failure),
+            fan_out: None,
         }
     }
 }

@@ -49,7 +49,8 @@ pub use admission::{Admission, Attempt};
 use crate::{event::FailedBody, name::StepName, protocol::Outgoing, workflow::Workflow};
 
 /// What a driver must do after handing the engine a delivery or an outcome: publish every
-/// message, wait until the broker has confirmed all of them, then acknowledge the delivery.
+/// message (and every input of [`Effects::fan_out`], a window at a time), wait until the
+/// broker has confirmed all of them, then acknowledge the delivery.
 ///
 /// If a publish fails, the driver must not acknowledge: it returns the delivery to its queue,
 /// and the broker delivers it again (at least once, never lost).
@@ -60,6 +61,9 @@ pub struct Effects {
     /// When the delivery is parked: why (for logs and metrics; the parked message is among
     /// [`Effects::publish`]).
     pub failure: Option<FailedBody>,
+    /// The inputs of a map's elements, to publish after [`Effects::publish`], in windows
+    /// ([`FanOut::inputs`](crate::protocol::FanOut::inputs)).
+    pub fan_out: Option<crate::protocol::FanOut>,
 }
 
 impl Effects {
@@ -68,6 +72,7 @@ impl Effects {
         Self {
             publish: messages,
             failure: None,
+            fan_out: None,
         }
     }
 

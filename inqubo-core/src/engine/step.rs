@@ -6,9 +6,17 @@ use crate::{
     engine::{Attempt, Effects, Engine},
     event::{EventKind, FailedBody, FailureReason, RunFailedBody, StartedBody},
     name::StepName,
-    protocol::{self, AttemptId, Incoming, Outgoing, RUN_JOIN, effective_delay, json},
+    protocol::{self, AttemptId, FanOut, Incoming, Outgoing, RUN_JOIN, effective_delay, json},
     workflow::StepNode,
 };
+
+/// How a map starts after its parent succeeded.
+enum MapOpening {
+    /// One input per element.
+    Elements(FanOut),
+    /// The list is empty: the map's output, `[]`, straight to its collectors.
+    Empty(Vec<Outgoing>),
+}
 
 impl Engine {
     /// The `started` event of `attempt`, unless runners are told not to announce attempts.
@@ -47,7 +55,10 @@ impl Engine {
                 self.park(&attempt.id.step, incoming, failure, &attempt.id.trace)
             }
             AttemptOutcome::Succeeded { output } => match self.success_messages(attempt, output) {
-                Ok(messages) => Effects::publish(messages),
+                Ok((messages, fan_out)) => Effects {
+                    fan_out,
+                    ..Effects::publish(messages)
+                },
                 Err((error, reason)) => {
                     let failure = FailedBody {
                         error,
@@ -123,19 +134,23 @@ impl Engine {
         &self,
         attempt: &Attempt,
         output: Vec<u8>,
-    ) -> Result<Vec<Outgoing>, (String, FailureReason)> {
+    ) -> Result<(Vec<Outgoing>, Option<FanOut>), (String, FailureReason)> {
         let id = &attempt.id;
         let Some(node) = self.workflow.step(id.step.as_str()) else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         };
         let mut plain_children = false;
         let mut messages = Vec::with_capacity(2);
+        let mut fan_out = None;
         for child in node.children() {
             let Some(child_node) = self.workflow.step(child.as_str()) else {
                 continue;
             };
             if child_node.is_map() {
-                messages.extend(self.map_opening(id, child_node, &output)?);
+                match self.map_opening(id, child_node, &output)? {
+                    MapOpening::Elements(elements) => fan_out = Some(elements),
+                    MapOpening::Empty(pieces) => messages.extend(pieces),
+                }
             } else if child_node.is_join() {
                 messages.push(self.piece_of(id, child.as_str(), output.clone()));
             } else {
@@ -147,10 +162,11 @@ impl Engine {
             messages.push(self.piece_of(id, RUN_JOIN, output.clone()));
         }
         messages.insert(0, id.event(EventKind::Succeeded, output, plain_children));
-        Ok(messages
+        let messages = messages
             .into_iter()
             .map(|m| m.with_trace(&id.trace))
-            .collect())
+            .collect();
+        Ok((messages, fan_out.map(|f: FanOut| f.with_trace(&id.trace))))
     }
 
     /// The piece that brings the output of attempt `id` to `join`: an element's result when
@@ -186,22 +202,26 @@ impl Engine {
         id: &AttemptId,
         map: &StepNode,
         list: &[u8],
-    ) -> Result<Vec<Outgoing>, (String, FailureReason)> {
+    ) -> Result<MapOpening, (String, FailureReason)> {
         let workflow = self.workflow.name();
-        let elements =
-            protocol::map_elements(workflow, map.name(), &id.run_id, id.generation, list).map_err(
-                |error| {
-                    let reason = match error {
-                        protocol::SplitError::TooLong { .. } => FailureReason::TooLarge,
-                        _ => FailureReason::Internal,
-                    };
-                    (error.to_string(), reason)
-                },
-            )?;
+        let elements = FanOut::new(
+            workflow,
+            map.name(),
+            &id.run_id,
+            id.generation,
+            list.to_vec(),
+        )
+        .map_err(|error| {
+            let reason = match error {
+                protocol::SplitError::TooLong { .. } => FailureReason::TooLarge,
+                _ => FailureReason::Internal,
+            };
+            (error.to_string(), reason)
+        })?;
         if !elements.is_empty() {
-            return Ok(elements);
+            return Ok(MapOpening::Elements(elements));
         }
-        Ok(self
+        let pieces = self
             .collectors(map)
             .into_iter()
             .map(|join| {
@@ -215,7 +235,8 @@ impl Engine {
                     false,
                 )
             })
-            .collect())
+            .collect();
+        Ok(MapOpening::Empty(pieces))
     }
 
     /// Where a map's results are collected: the steps after it, or the run join if it is a
@@ -260,6 +281,7 @@ impl Engine {
         Effects {
             publish,
             failure: Some(failure),
+            fan_out: None,
         }
     }
 

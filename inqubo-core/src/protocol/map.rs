@@ -78,8 +78,113 @@ pub enum SplitError {
     },
 }
 
-/// The elements of `list` (a map's parent's output) as inputs of `map`'s queue, in order,
-/// in generation `generation` of run `run_id`.
+/// The inputs of a map: one per element of its parent's list, made a window at a time, so that
+/// a driver never holds the inputs of a wide map all at once (a map of 100,000 elements keeps
+/// its list and 16 bytes per element).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanOut {
+    workflow: WorkflowName,
+    map: StepName,
+    run_id: RunId,
+    generation: u32,
+    trace: Option<String>,
+    list: Vec<u8>,
+    /// Where each element lies in `list`.
+    spans: Vec<std::ops::Range<usize>>,
+}
+
+impl FanOut {
+    /// The inputs of `map` for `list` (its parent's output, a JSON array), in generation
+    /// `generation` of run `run_id`.
+    pub fn new(
+        workflow: &WorkflowName,
+        map: &StepName,
+        run_id: &RunId,
+        generation: u32,
+        list: Vec<u8>,
+    ) -> Result<Self, SplitError> {
+        let spans = {
+            let items: Vec<&RawValue> =
+                serde_json::from_slice(&list).map_err(|e| SplitError::NotAList {
+                    map: map.to_string(),
+                    reason: e.to_string(),
+                })?;
+            if items.len() > MAX_MAP_ELEMENTS {
+                return Err(SplitError::TooLong {
+                    map: map.to_string(),
+                    len: items.len(),
+                });
+            }
+            let base = list.as_ptr() as usize;
+            items
+                .iter()
+                .map(|item| {
+                    let start = item.get().as_ptr() as usize - base;
+                    start..start + item.get().len()
+                })
+                .collect()
+        };
+        Ok(Self {
+            workflow: workflow.clone(),
+            map: map.clone(),
+            run_id: run_id.clone(),
+            generation,
+            trace: None,
+            list,
+            spans,
+        })
+    }
+
+    /// The same inputs, each with this `traceparent`.
+    #[must_use]
+    pub fn with_trace(mut self, traceparent: &str) -> Self {
+        self.trace = Some(traceparent.to_owned());
+        self
+    }
+
+    /// How many elements the list has.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The inputs of the elements in `range` (of `0..len()`), in order.
+    pub fn inputs(&self, range: std::ops::Range<usize>) -> Vec<Outgoing> {
+        let size = u32::try_from(self.len()).unwrap_or(u32::MAX);
+        let (workflow, map, run_id) = (&self.workflow, &self.map, &self.run_id);
+        let suffix = generation_suffix(self.generation);
+        range
+            .filter_map(|index| Some((index, self.spans.get(index)?.clone())))
+            .map(|(index, span)| {
+                let index = u32::try_from(index).unwrap_or(u32::MAX);
+                let mut headers = run_headers(run_id, self.generation);
+                Element { index, size }.mark(&mut headers);
+                if let Some(trace) = &self.trace {
+                    headers.insert(header::TRACEPARENT, trace.as_str());
+                }
+                Outgoing {
+                    destination: Destination::Step {
+                        workflow: workflow.clone(),
+                        step: map.clone(),
+                        delay: Duration::ZERO,
+                    },
+                    body: self.list.get(span).unwrap_or_default().to_vec(),
+                    headers,
+                    inherit_headers: false,
+                    message_id: format!("{run_id}:{workflow}:{map}[{index}]:element{suffix}"),
+                    mandatory: true,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Every input of `map` for `list` at once (see [`FanOut`], which makes them a window at a
+/// time).
 pub fn map_elements(
     workflow: &WorkflowName,
     map: &StepName,
@@ -87,40 +192,8 @@ pub fn map_elements(
     generation: u32,
     list: &[u8],
 ) -> Result<Vec<Outgoing>, SplitError> {
-    let items: Vec<&RawValue> = serde_json::from_slice(list).map_err(|e| SplitError::NotAList {
-        map: map.to_string(),
-        reason: e.to_string(),
-    })?;
-    let size = u32::try_from(items.len())
-        .ok()
-        .filter(|_| items.len() <= MAX_MAP_ELEMENTS)
-        .ok_or(SplitError::TooLong {
-            map: map.to_string(),
-            len: items.len(),
-        })?;
-    Ok(items
-        .into_iter()
-        .zip(0..)
-        .map(|(item, index)| {
-            let mut headers = run_headers(run_id, generation);
-            Element { index, size }.mark(&mut headers);
-            Outgoing {
-                destination: Destination::Step {
-                    workflow: workflow.clone(),
-                    step: map.clone(),
-                    delay: Duration::ZERO,
-                },
-                body: item.get().as_bytes().to_vec(),
-                headers,
-                inherit_headers: false,
-                message_id: format!(
-                    "{run_id}:{workflow}:{map}[{index}]:element{}",
-                    generation_suffix(generation)
-                ),
-                mandatory: true,
-            }
-        })
-        .collect())
+    let fan_out = FanOut::new(workflow, map, run_id, generation, list.to_vec())?;
+    Ok(fan_out.inputs(0..fan_out.len()))
 }
 
 /// The result of one element of `map`, for the collector `join` (the step after the map, or

@@ -32,7 +32,7 @@ pub use key::RoutingKey;
 pub use lifecycle::{
     CancelReply, cancel_reply, cancel_request, next_generation, resume, resume_run, run_resumed,
 };
-pub use map::{Element, MAX_MAP_ELEMENTS, SplitError, element_piece, map_elements};
+pub use map::{Element, FanOut, MAX_MAP_ELEMENTS, SplitError, element_piece, map_elements};
 pub use names::{
     DelayRoute, JOIN_SHARDS, JOIN_STATE_SLOTS, MAX_PREFIX_LEN, Names, PrefixError, QueueName,
     RUN_JOIN,

@@ -58,7 +58,10 @@ pub(super) struct Broker<'a> {
     runner: &'a TestRunner,
     run_id: RunId,
     names: Names,
-    queued: Vec<Queued>,
+    /// Messages waiting, in the order they become ready (ties: the order they were queued).
+    queued: std::collections::BTreeMap<(Instant, u64), Queued>,
+    /// How many messages were queued so far: the tie-breaker of `queued`.
+    sequence: u64,
     books: HashMap<(String, u32), JoinBook>,
     pub(super) events: Vec<LifecycleEvent>,
     pub(super) parked: Vec<Parked>,
@@ -78,7 +81,8 @@ impl<'a> Broker<'a> {
             runner,
             run_id,
             names: Names::default(),
-            queued: Vec::new(),
+            queued: std::collections::BTreeMap::new(),
+            sequence: 0,
             books: HashMap::new(),
             events: Vec::new(),
             parked: Vec::new(),
@@ -187,14 +191,18 @@ impl<'a> Broker<'a> {
         }
         let ready_at = Instant::now() + delay;
         for queue in queues {
-            self.queued.push(Queued {
-                queue,
-                ready_at,
-                routing_key: routing_key.clone(),
-                headers: headers.clone(),
-                message_id: message.message_id.clone(),
-                body: message.body.clone(),
-            });
+            self.sequence += 1;
+            self.queued.insert(
+                (ready_at, self.sequence),
+                Queued {
+                    queue,
+                    ready_at,
+                    routing_key: routing_key.clone(),
+                    headers: headers.clone(),
+                    message_id: message.message_id.clone(),
+                    body: message.body.clone(),
+                },
+            );
         }
         Ok(())
     }
@@ -271,7 +279,11 @@ impl<'a> Broker<'a> {
     /// took, if any (the others are published regardless, as on RabbitMQ).
     fn execute(&mut self, effects: Effects, received: &Headers) -> Option<String> {
         let mut unroutable = None;
-        for message in effects.publish {
+        let elements = effects
+            .fan_out
+            .map(|fan_out| fan_out.inputs(0..fan_out.len()))
+            .unwrap_or_default();
+        for message in effects.publish.into_iter().chain(elements) {
             if let Err(Unroutable(key)) = self.publish(message, received) {
                 unroutable.get_or_insert(key);
             }
@@ -283,8 +295,7 @@ impl<'a> Broker<'a> {
     /// resumes a failed run if told to, and goes on.
     pub(super) async fn drive(&mut self) {
         loop {
-            while let Some(index) = self.next_ready() {
-                let queued = self.queued.remove(index);
+            while let Some((_, queued)) = self.queued.pop_first() {
                 tokio::time::sleep_until(queued.ready_at).await;
                 self.deliver(queued).await;
             }
@@ -320,14 +331,6 @@ impl<'a> Broker<'a> {
         for message in sent {
             let _ = self.publish(message, &Headers::new());
         }
-    }
-
-    fn next_ready(&self) -> Option<usize> {
-        self.queued
-            .iter()
-            .enumerate()
-            .min_by_key(|(i, q)| (q.ready_at, *i))
-            .map(|(i, _)| i)
     }
 
     async fn deliver(&mut self, queued: Queued) {
