@@ -63,7 +63,7 @@ pub struct Effects {
     pub failure: Option<FailedBody>,
     /// The inputs of a map's elements, to publish after [`Effects::publish`], in windows
     /// ([`FanOut::inputs`](crate::protocol::FanOut::inputs)).
-    pub fan_out: Option<crate::protocol::FanOut>,
+    pub fan_out: Option<Box<crate::protocol::FanOut>>,
 }
 
 impl Effects {

@@ -55,10 +55,7 @@ impl Engine {
                 self.park(&attempt.id.step, incoming, failure, &attempt.id.trace)
             }
             AttemptOutcome::Succeeded { output } => match self.success_messages(attempt, output) {
-                Ok((messages, fan_out)) => Effects {
-                    fan_out,
-                    ..Effects::publish(messages)
-                },
+                Ok(effects) => effects,
                 Err((error, reason)) => {
                     let failure = FailedBody {
                         error,
@@ -134,10 +131,10 @@ impl Engine {
         &self,
         attempt: &Attempt,
         output: Vec<u8>,
-    ) -> Result<(Vec<Outgoing>, Option<FanOut>), (String, FailureReason)> {
+    ) -> Result<Effects, (String, FailureReason)> {
         let id = &attempt.id;
         let Some(node) = self.workflow.step(id.step.as_str()) else {
-            return Ok((Vec::new(), None));
+            return Ok(Effects::default());
         };
         let mut plain_children = false;
         let mut messages = Vec::with_capacity(2);
@@ -166,7 +163,10 @@ impl Engine {
             .into_iter()
             .map(|m| m.with_trace(&id.trace))
             .collect();
-        Ok((messages, fan_out.map(|f: FanOut| f.with_trace(&id.trace))))
+        Ok(Effects {
+            fan_out: fan_out.map(|f: FanOut| Box::new(f.with_trace(&id.trace))),
+            ..Effects::publish(messages)
+        })
     }
 
     /// The piece that brings the output of attempt `id` to `join`: an element's result when
