@@ -793,6 +793,32 @@ async fn a_failed_element_fails_the_run_once(backend: impl Backend) {
     assert_eq!(seen.trail_of("run"), ["run.triggered", "run.failed"]);
 }
 
+async fn a_settled_map_collects_a_failed_element_as_an_error(backend: impl Backend) {
+    async fn oks(
+        results: Vec<Result<u64, FailedBody>>,
+        _: StepContext,
+    ) -> Result<Vec<Option<u64>>, StepError> {
+        if let Some(Err(failure)) = results.get(3) {
+            assert_eq!(failure.error, "three is unlucky");
+            assert_eq!(failure.reason, FailureReason::Fatal);
+        }
+        Ok(results.into_iter().map(Result::ok).collect())
+    }
+    let flow = Workflow::builder("settled")
+        .start(Step::new("list", list))
+        .map_settled(Step::new("square", square_but_three_fails_once))
+        .reduce(Step::new("oks", oks))
+        .build()
+        .unwrap();
+    let seen = backend.run(Scenario::new(flow, b"6")).await;
+    assert_eq!(
+        seen.outcome,
+        RunOutcome::Succeeded(json!({ "oks": [0, 1, 4, null, 16, 25] }))
+    );
+    assert_eq!(elements_of(&seen, "square", EventKind::Failed), [3]);
+    assert_eq!(seen.trail_of("run"), ["run.triggered", "run.succeeded"]);
+}
+
 async fn a_resumed_failed_element_completes_the_map(backend: impl Backend) {
     let mut scenario = Scenario::new(
         squares(Step::new("square", square_but_three_fails_once)),
@@ -916,6 +942,7 @@ on_both_backends!(
     a_map_as_last_step_ends_the_run_with_every_result,
     a_failed_element_fails_the_run_once,
     a_resumed_failed_element_completes_the_map,
+    a_settled_map_collects_a_failed_element_as_an_error,
     a_cancelled_map_takes_no_new_element,
 );
 

@@ -173,6 +173,16 @@ impl Engine {
     /// the attempt ran on one.
     fn piece_of(&self, id: &AttemptId, join: &str, output: Vec<u8>) -> Outgoing {
         let workflow = self.workflow.name();
+        let settled = self
+            .workflow
+            .step(id.step.as_str())
+            .is_some_and(StepNode::collects_errors);
+        let output = if settled && id.element.is_some() {
+            // `Ok(output)`, as serde writes a `Result`.
+            [&b"{\"Ok\":"[..], &output, b"}"].concat()
+        } else {
+            output
+        };
         match id.element {
             Some(element) => protocol::element_piece(
                 workflow,
@@ -193,6 +203,24 @@ impl Engine {
                 false,
             ),
         }
+    }
+
+    /// The piece that brings a failed element's `Err` to `join`, for a map that collects
+    /// errors.
+    fn piece_of_failure(&self, id: &AttemptId, join: &str, error: Vec<u8>) -> Outgoing {
+        match id.element {
+            Some(element) => protocol::element_piece(
+                self.workflow.name(),
+                join,
+                &id.run_id,
+                id.generation,
+                &id.step,
+                element,
+                error,
+            ),
+            None => self.piece_of(id, join, error),
+        }
+        .with_trace(&id.trace)
     }
 
     /// What starts `map` after attempt `id` returned `list`: one input per element; for an
@@ -276,7 +304,20 @@ impl Engine {
                 trace: trace.to_owned(),
             };
             publish.push(id.notice(EventKind::Failed, &failure));
-            publish.extend(self.run_failure_notices(&id, &failure));
+            let settled = self
+                .workflow
+                .step(step.as_str())
+                .filter(|node| node.collects_errors() && id.element.is_some());
+            match settled {
+                // A map that collects errors: the failure is this element's result.
+                Some(map) => {
+                    let error = json(&Result::<(), &FailedBody>::Err(&failure));
+                    for join in self.collectors(map) {
+                        publish.push(self.piece_of_failure(&id, join, error.clone()));
+                    }
+                }
+                None => publish.extend(self.run_failure_notices(&id, &failure)),
+            }
         }
         Effects {
             publish,

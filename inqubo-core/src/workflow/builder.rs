@@ -19,8 +19,9 @@ pub struct StageSpec(StageKind);
 
 enum StageKind {
     Step(StepSpec),
-    /// A step run once per element of its parent's list.
-    Map(StepSpec),
+    /// A step run once per element of its parent's list; `true`: failed elements are
+    /// collected as errors instead of failing the run.
+    Map(StepSpec, bool),
     Parallel(Vec<StageSpec>),
     Sequence(Vec<StageSpec>),
 }
@@ -29,7 +30,7 @@ impl fmt::Debug for StageSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             StageKind::Step(spec) => write!(f, "{}", spec.name),
-            StageKind::Map(spec) => write!(f, "map({})", spec.name),
+            StageKind::Map(spec, _) => write!(f, "map({})", spec.name),
             StageKind::Parallel(stages) => f.debug_tuple("Parallel").field(stages).finish(),
             StageKind::Sequence(stages) => f.debug_tuple("Sequence").field(stages).finish(),
         }
@@ -358,6 +359,7 @@ impl<T> WorkflowBuilder<T> {
                     children: Vec::new(),
                     join,
                     map: draft.map,
+                    settled: draft.settled,
                     spec: draft.spec.clone(),
                 }
             })
@@ -398,7 +400,45 @@ impl<I> WorkflowBuilder<Vec<I>> {
     /// ```
     #[must_use]
     pub fn map<O>(mut self, step: Step<I, O>) -> WorkflowBuilder<Vec<O>> {
-        self.stages.push(StageSpec(StageKind::Map(step.spec)));
+        self.stages
+            .push(StageSpec(StageKind::Map(step.spec, false)));
+        WorkflowBuilder {
+            name: self.name,
+            stages: self.stages,
+            rules: self.rules,
+            _tail: PhantomData,
+        }
+    }
+
+    /// Like [`map`](Self::map), but an element that fails for good does not fail the run: it is
+    /// parked and announced `failed` as usual, and what follows receives it as an `Err` with
+    /// its failure, in its place among the others' `Ok`s.
+    ///
+    /// ```
+    /// use inqubo_core::{FailedBody, Step, StepContext, StepError, Workflow};
+    ///
+    /// async fn list(n: u32, _: StepContext) -> Result<Vec<u32>, StepError> { Ok((0..n).collect()) }
+    /// async fn check(x: u32, _: StepContext) -> Result<u32, StepError> {
+    ///     if x == 3 { Err(StepError::fatal("three")) } else { Ok(x) }
+    /// }
+    /// async fn report(results: Vec<Result<u32, FailedBody>>, _: StepContext) -> Result<usize, StepError> {
+    ///     Ok(results.iter().filter(|r| r.is_err()).count())
+    /// }
+    ///
+    /// let flow = Workflow::builder("checks")
+    ///     .start(Step::new("list", list))
+    ///     .map_settled(Step::new("check", check))
+    ///     .reduce(Step::new("report", report))
+    ///     .build()?;
+    /// assert!(flow.step("check").unwrap().collects_errors());
+    /// # Ok::<(), inqubo_core::WorkflowError>(())
+    /// ```
+    #[must_use]
+    pub fn map_settled<O>(
+        mut self,
+        step: Step<I, O>,
+    ) -> WorkflowBuilder<Vec<Result<O, crate::event::FailedBody>>> {
+        self.stages.push(StageSpec(StageKind::Map(step.spec, true)));
         WorkflowBuilder {
             name: self.name,
             stages: self.stages,
@@ -412,6 +452,8 @@ struct Draft {
     spec: StepSpec,
     /// Whether the step runs once per element of its parent's list.
     map: bool,
+    /// For a map: whether failed elements are collected as errors.
+    settled: bool,
     /// What the step receives: the run input, one parent's output, or a join of several.
     input: Tail,
 }
@@ -456,14 +498,16 @@ fn attach(stage: StageSpec, tail: &Tail, drafts: &mut Vec<Draft>) -> Tail {
             drafts.push(Draft {
                 spec,
                 map: false,
+                settled: false,
                 input: tail.clone(),
             });
             Tail::One(drafts.len() - 1)
         }
-        StageKind::Map(spec) => {
+        StageKind::Map(spec, settled) => {
             drafts.push(Draft {
                 spec,
                 map: true,
+                settled,
                 input: tail.clone(),
             });
             Tail::One(drafts.len() - 1)

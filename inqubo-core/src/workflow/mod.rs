@@ -98,6 +98,7 @@ pub struct StepNode {
     children: Vec<StepName>,
     join: Option<JoinShape>,
     map: bool,
+    settled: bool,
     spec: StepSpec,
 }
 
@@ -142,6 +143,12 @@ impl StepNode {
     /// both through the retry exchange.
     pub fn listens_to_parents(&self) -> bool {
         !self.is_join() && !self.map
+    }
+
+    /// Whether this step is a map whose failed elements are collected as errors
+    /// ([`WorkflowBuilder::map_settled`]) instead of failing the run.
+    pub fn collects_errors(&self) -> bool {
+        self.map && self.settled
     }
 
     /// Whether this step is a map: it runs once per element of its parent's list
