@@ -1,9 +1,10 @@
 //! Join shards: where the parents of a join meet.
 //!
-//! Every join (a join step, or the run join that waits for a run's last steps) has
-//! [`JOIN_SHARDS`](crate::JOIN_SHARDS) shard queues, each with a single active consumer among
-//! all runners; a run's pieces always go to the same shard (a stable hash of its run id). The
-//! active consumer keeps the shard's [`JoinBook`] in memory and works in batches:
+//! Every join (a join step, or the run join that waits for a run's last steps) has a few
+//! shard queues ([`JOIN_SHARDS`](inqubo_core::protocol::JOIN_SHARDS) unless raised), each with a
+//! single active consumer among all runners; a run's pieces always go to the same shard (the
+//! one its slot, a stable hash of its run id, is bound to). The active consumer keeps the
+//! shard's [`JoinBook`] in memory and works in batches:
 //!
 //! 1. take the pieces that have arrived (up to 256; no waiting for more),
 //! 2. add them to the book; publish what fires (a join step's input, `run.succeeded`,
@@ -34,6 +35,7 @@ use inqubo_core::{
     engine::Engine,
     join::{JoinBook, Piece},
     journal::{self, Record},
+    protocol::Names,
     trace::child_traceparent,
 };
 use lapin::{
@@ -69,6 +71,8 @@ pub(crate) struct JoinShard {
     /// A join step's name, or [`RUN_JOIN`](inqubo_core::protocol::RUN_JOIN).
     pub(crate) join: String,
     pub(crate) shard: u32,
+    /// How many shards the join has.
+    pub(crate) shards: u32,
     pub(crate) publisher: Publisher,
     /// Where the journal is read and trimmed (never the consumer's channel, whose batch
     /// acknowledgements are `multiple`).
@@ -413,6 +417,13 @@ pub(crate) async fn consume_shard(
             let incoming = wire::incoming(delivery);
             let trace = child_traceparent(incoming.traceparent());
             let effects = match shard.engine.read_join_piece(&shard.join, &incoming) {
+                // Sent under a former shard count (a client that addresses `run % 4`): on to
+                // the shard that owns the run, once.
+                Ok((run_id, _))
+                    if Names::join_shard(run_id.as_str(), shard.shards) != shard.shard =>
+                {
+                    shard.engine.misrouted_join_piece(&shard.join, &incoming)
+                }
                 Ok((run_id, piece)) => {
                     let effects = shard.engine.apply_join_piece(
                         &shard.join,

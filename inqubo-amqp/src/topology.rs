@@ -9,12 +9,12 @@ use std::ops::Deref;
 use inqubo_core::{
     RoutingKey, Workflow, WorkflowName,
     protocol::{
-        BROKER_DELIVERY_LIMIT, DELAY_TICK, DELAY_TIERS, JOIN_SHARDS, JOIN_STATE_SLOTS, Names,
-        QueueName, argument,
+        BROKER_DELIVERY_LIMIT, DELAY_TICK, DELAY_TIERS, JOIN_SHARDS, JOIN_SLOTS, JOIN_STATE_SLOTS,
+        Names, QueueName, RUN_JOIN, argument,
     },
 };
 use lapin::{
-    Channel, ExchangeKind,
+    Channel, Connection, ExchangeKind,
     options::{
         ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
         QueueDeclareOptions, QueueDeleteOptions,
@@ -189,10 +189,52 @@ impl Topology {
         Ok(())
     }
 
+    /// How many shards each join of `workflow` has: as many as its run join has shard queues
+    /// (consecutive from 0), or [`JOIN_SHARDS`] for a workflow not declared yet. Every runner
+    /// asks when it connects, so that raising the count (`inqubo topology reshard`) reaches
+    /// the whole fleet without a setting to keep in step.
+    pub async fn join_shards(
+        &self,
+        connection: &Connection,
+        workflow: &WorkflowName,
+    ) -> Result<u32> {
+        // A passive declaration of a missing queue closes its channel: the last probe's.
+        let channel = connection.create_channel().await?;
+        let mut found = 0;
+        while found < JOIN_SLOTS {
+            let queue = self.join_queue(workflow, RUN_JOIN, found);
+            let exists = channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .is_ok();
+            if !exists {
+                break;
+            }
+            found += 1;
+        }
+        if channel.status().connected() {
+            let _ = channel.close(200, "probed".into()).await;
+        }
+        Ok(if found == 0 { JOIN_SHARDS } else { found })
+    }
+
     /// Declares the queues and bindings of `workflow`: one queue per step, a redelivered queue
-    /// and a parked queue (and the queues of its joins). Idempotent.
+    /// and a parked queue, and the queues of its joins with `join_shards` shards each (see
+    /// [`Topology::join_shards`]). Idempotent.
     #[instrument(skip_all, fields(prefix = %self.prefix(), workflow = %workflow.name()))]
-    pub async fn declare_workflow(&self, channel: &Channel, workflow: &Workflow) -> Result<()> {
+    pub async fn declare_workflow(
+        &self,
+        channel: &Channel,
+        workflow: &Workflow,
+        join_shards: u32,
+    ) -> Result<()> {
         let name = workflow.name();
         declare_queue(channel, &self.parked_queue(name), self.durable_queue_args()).await?;
         // Like a step's queue: the broker parks what it hands out too often (a backstop).
@@ -288,26 +330,54 @@ impl Topology {
             declare_exchange(channel, &self.join_exchange(), ExchangeKind::Direct).await?;
         }
         for join in joins {
-            for shard in 0..JOIN_SHARDS {
-                let queue = self.join_queue(name, &join, shard);
-                declare_queue(channel, &queue, self.join_queue_args()).await?;
-                channel
-                    .queue_bind(
-                        queue.as_str().into(),
-                        self.join_exchange().into(),
-                        Names::join_key(name, &join, shard).into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
+            for shard in 0..join_shards {
+                self.declare_join_shard(channel, name, &join, shard, join_shards)
                     .await?;
-                let state = self.join_state_queue(name, &join, shard);
-                declare_queue(channel, &state, self.join_state_args()).await?;
-                let journal = self.join_journal_queue(name, &join, shard);
-                declare_queue(channel, &journal, self.durable_queue_args()).await?;
             }
         }
         debug!("workflow topology declared");
         Ok(())
+    }
+
+    /// Declares shard `shard` of `shards` of `join`: its queue, bound to the slots it takes,
+    /// its journal and its former state queue.
+    pub async fn declare_join_shard(
+        &self,
+        channel: &Channel,
+        workflow: &WorkflowName,
+        join: &str,
+        shard: u32,
+        shards: u32,
+    ) -> Result<()> {
+        let queue = self.join_queue(workflow, join, shard);
+        declare_queue(channel, &queue, self.join_queue_args()).await?;
+        for slot in Names::shard_slots(shard, shards) {
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    self.join_exchange().into(),
+                    Names::join_key(workflow, join, slot).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        let state = self.join_state_queue(workflow, join, shard);
+        declare_queue(channel, &state, self.join_state_args()).await?;
+        self.declare_join_journal(channel, workflow, join, shard)
+            .await
+    }
+
+    /// Declares the journal queue of shard `shard` of `join`.
+    pub async fn declare_join_journal(
+        &self,
+        channel: &Channel,
+        workflow: &WorkflowName,
+        join: &str,
+        shard: u32,
+    ) -> Result<()> {
+        let journal = self.join_journal_queue(workflow, join, shard);
+        declare_queue(channel, &journal, self.durable_queue_args()).await
     }
 
     /// Deletes the queues of `workflow`, messages included. For tests and operators.
@@ -316,7 +386,8 @@ impl Topology {
             delete_queue(channel, &self.step_queue(workflow.name(), step.name())).await?;
         }
         for join in Names::joins(workflow) {
-            for shard in 0..JOIN_SHARDS {
+            // However many shards it was given: the queues that exist go.
+            for shard in 0..JOIN_SLOTS {
                 delete_queue(channel, &self.join_queue(workflow.name(), &join, shard)).await?;
                 delete_queue(
                     channel,

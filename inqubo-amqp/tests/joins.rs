@@ -133,8 +133,7 @@ async fn parent_completions_delivered_twice_still_fire_one_join() {
     let mut events = Events::subscribe(runner.client()).await;
     let topology = broker.topology();
     let (connection, channel) = broker.raw_channel().await;
-    let shard = Names::join_shard("dup");
-    let key = Names::join_key(flow.name(), "d", shard);
+    let key = Names::join_key(flow.name(), "d", Names::join_slot("dup"));
     // Pieces as a runner publishes them: b twice (an at-least-once redelivery), then c, then
     // b once more after the join fired.
     for (parent, body) in [("b", "7"), ("b", "7"), ("c", "\"x\""), ("b", "7")] {

@@ -294,7 +294,10 @@ async fn the_broker_parks_a_message_redelivered_past_its_delivery_limit() {
     let (connection, channel) = broker.raw_channel().await;
     let _register_for_cleanup = broker.runner(&flow);
     topology.declare_shared(&channel).await.unwrap();
-    topology.declare_workflow(&channel, &flow).await.unwrap();
+    topology
+        .declare_workflow(&channel, &flow, inqubo_core::protocol::JOIN_SHARDS)
+        .await
+        .unwrap();
     let mut headers = FieldTable::default();
     headers.insert("run-id".into(), text("doomed"));
     broker

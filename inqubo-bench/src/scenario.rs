@@ -121,7 +121,9 @@ impl Prepared {
         let connection = Connection::connect(url, Default::default()).await?;
         let channel = connection.create_channel().await?;
         topology.declare_shared(&channel).await?;
-        topology.declare_workflow(&channel, &workflow).await?;
+        topology
+            .declare_workflow(&channel, &workflow, inqubo::protocol::JOIN_SHARDS)
+            .await?;
         let counter = connection.create_channel().await?;
         let queue = counter
             .queue_declare(

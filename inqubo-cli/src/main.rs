@@ -11,6 +11,7 @@ mod dashboard;
 mod history;
 mod metric;
 mod parked;
+mod reshard;
 mod topology;
 mod workflows;
 
@@ -61,6 +62,19 @@ enum TopologyAction {
         /// them again, empty).
         #[arg(long)]
         force: bool,
+    },
+    /// Raise how many shards each join of a workflow has (4 by default, at most 64), so that
+    /// join work spreads over more runners; every open join moves to its new shard. Stop the
+    /// workflow's runners first. Asks first.
+    Reshard {
+        /// The workflow.
+        workflow: String,
+        /// The new number of shards per join.
+        #[arg(long)]
+        join_shards: u32,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -295,6 +309,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }),
             ..
         } => topology::delete(&context, &workflow, yes, force).await,
+        Command::Topology {
+            action:
+                Some(TopologyAction::Reshard {
+                    workflow,
+                    join_shards,
+                    yes,
+                }),
+            ..
+        } => reshard::reshard(&context, &workflow, join_shards, yes).await,
         Command::Show { workflow, dot } => {
             workflows::show(&context, &workflow, dot).await.map(|()| 0)
         }

@@ -20,6 +20,17 @@ struct Row {
     stats: Option<(u32, u32)>,
 }
 
+/// How many shards the joins of `workflow` have on the broker.
+pub(crate) async fn join_shards(context: &Context, workflow: &str) -> anyhow::Result<u32> {
+    let (connection, _) = context.channel().await?;
+    let shards = context
+        .topology()?
+        .join_shards(&connection, &workflow.parse()?)
+        .await?;
+    let _ = connection.close(200, "done".into()).await;
+    Ok(shards)
+}
+
 /// The queues of `workflow` (or of every announced workflow), then the shared ones.
 pub(crate) async fn show(context: &Context, workflow: Option<&str>) -> anyhow::Result<()> {
     let topology = context.topology()?;
@@ -29,7 +40,8 @@ pub(crate) async fn show(context: &Context, workflow: Option<&str>) -> anyhow::R
         if workflow.is_some_and(|w| w != name) {
             continue;
         }
-        groups.push((name.clone(), topology.workflow_queues(definition)));
+        let shards = join_shards(context, name).await?;
+        groups.push((name.clone(), topology.workflow_queues(definition, shards)));
     }
     if let Some(wanted) = workflow {
         anyhow::ensure!(
@@ -109,7 +121,8 @@ pub(crate) async fn delete(
             context.prefix
         )
     })?;
-    let queues = topology.workflow_queues(definition);
+    let shards = join_shards(context, workflow).await?;
+    let queues = topology.workflow_queues(definition, shards);
     let names: Vec<&str> = queues.iter().map(|(q, _)| q.as_str()).collect();
     let stats = queues_stats(context, &names).await?;
     let present: Vec<(&str, u32, u32)> = names

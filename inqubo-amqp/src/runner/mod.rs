@@ -14,7 +14,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use inqubo_core::{
     RunId, RunOutcome, Workflow,
     engine::{Engine, Limits},
-    protocol::{self, JOIN_SHARDS, Names, QueueName, argument},
+    protocol::{self, Names, QueueName, argument},
 };
 use lapin::{
     options::{BasicConsumeOptions, BasicQosOptions},
@@ -96,9 +96,13 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
     let session = shared.client.session().await?;
     let setup = session.channel().await?;
     shared.topology.declare_shared(&setup).await?;
+    let join_shards = shared
+        .topology
+        .join_shards(&session.connection, shared.workflow.name())
+        .await?;
     shared
         .topology
-        .declare_workflow(&setup, &shared.workflow)
+        .declare_workflow(&setup, &shared.workflow, join_shards)
         .await?;
     drop(setup);
     // Tell tools (`inqubo workflows`) what this workflow looks like.
@@ -183,13 +187,13 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
         shared.tracker.clone(),
     ));
     let joins = Names::joins(&shared.workflow);
-    let held = Arc::new(HeldShards::new(joins.len() * JOIN_SHARDS as usize));
+    let held = Arc::new(HeldShards::new(joins.len() * join_shards as usize));
     *shared
         .held_shards
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::clone(&held);
     for join in joins {
-        for shard in 0..JOIN_SHARDS {
+        for shard in 0..join_shards {
             let queue = shared
                 .topology
                 .join_queue(shared.workflow.name(), &join, shard);
@@ -199,6 +203,7 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
                 engine: Arc::clone(&engine),
                 join: join.clone(),
                 shard,
+                shards: join_shards,
                 publisher: session.publisher.clone(),
                 // Each shard reads and trims its journal with single acknowledgements on a
                 // channel of its own: away from its consumer's `multiple` acknowledgements, and

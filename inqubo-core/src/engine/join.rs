@@ -73,6 +73,31 @@ impl Engine {
         Ok((run_id, piece))
     }
 
+    /// What to do with a piece that reached a shard of `join` that does not own its run (it
+    /// was sent under a former shard count, by a client that addresses `run % 4` say): send it
+    /// on to the shard that owns the run; if it was sent on once already (runners disagree
+    /// on the shard count), park it instead of sending it round again.
+    pub fn misrouted_join_piece(&self, join: &str, incoming: &Incoming<'_>) -> Effects {
+        if incoming.headers.contains(header::JOIN_FORWARDED) {
+            return self.park_piece(
+                join,
+                incoming,
+                "a join piece sent on to the shard owning its run reached another shard; \
+                 runners disagree on how many shards the join has"
+                    .to_owned(),
+            );
+        }
+        match incoming.run_id() {
+            Ok(run_id) => Effects::publish(vec![protocol::forwarded_piece(
+                self.workflow.name(),
+                join,
+                &run_id,
+                incoming,
+            )]),
+            Err(error) => self.park_piece(join, incoming, error.to_string()),
+        }
+    }
+
     /// Replays a journaled piece into `book` (a new owner rebuilding a shard): the book
     /// changes as it did when the piece first came; nothing is published.
     pub fn replay_join_piece(&self, join: &str, book: &mut JoinBook, run_id: &RunId, piece: Piece) {

@@ -57,6 +57,9 @@ pub const JOIN_FAILED: &str = "join-failed";
 pub const JOIN_BEGIN: &str = "join-begin";
 /// On a trigger sent on to the run join: the trigger had been delivered before (true).
 pub const TRIGGER_REDELIVERED: &str = "trigger-redelivered";
+/// On a join piece a shard sent on to the shard that owns its run (it arrived under a former
+/// shard count): present (true). A piece forwarded once is never forwarded again.
+pub const JOIN_FORWARDED: &str = "join-forwarded";
 /// On a first step's input sent by the run join: the run was admitted as new (true), so the
 /// step runs it instead of asking the run join again.
 pub const RUN_ADMITTED: &str = "run-admitted";

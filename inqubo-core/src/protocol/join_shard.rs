@@ -30,7 +30,7 @@ pub fn run_begin(
         destination: Destination::Join {
             workflow: workflow.clone(),
             join: super::RUN_JOIN.to_owned(),
-            shard: Names::join_shard(run_id.as_str()),
+            slot: Names::join_slot(run_id.as_str()),
         },
         body: trigger.body.to_vec(),
         headers,
@@ -85,7 +85,7 @@ pub fn join_piece(
         destination: Destination::Join {
             workflow: workflow.clone(),
             join: join.to_owned(),
-            shard: Names::join_shard(run_id.as_str()),
+            slot: Names::join_slot(run_id.as_str()),
         },
         body,
         headers,
@@ -93,6 +93,31 @@ pub fn join_piece(
         message_id: format!(
             "{run_id}:{workflow}:{from}:{kind}:{join}{}",
             generation_suffix(generation)
+        ),
+        mandatory: true,
+    }
+}
+
+/// A piece (or cancel request) `incoming` that reached a shard of `join` that does not own its
+/// run, sent on by slot to the shard that does, marked `join-forwarded`.
+pub fn forwarded_piece(
+    workflow: &WorkflowName,
+    join: &str,
+    run_id: &RunId,
+    incoming: &super::Incoming<'_>,
+) -> Outgoing {
+    Outgoing {
+        destination: Destination::Join {
+            workflow: workflow.clone(),
+            join: join.to_owned(),
+            slot: Names::join_slot(run_id.as_str()),
+        },
+        body: incoming.body.to_vec(),
+        headers: Headers::new().with(header::JOIN_FORWARDED, true),
+        inherit_headers: true,
+        message_id: incoming.message_id.map_or_else(
+            || format!("{run_id}:{workflow}:{join}:forwarded"),
+            str::to_owned,
         ),
         mandatory: true,
     }

@@ -34,7 +34,7 @@ pub fn cancel_request(
         destination: Destination::Join {
             workflow: workflow.clone(),
             join: RUN_JOIN.to_owned(),
-            shard: Names::join_shard(run_id.as_str()),
+            slot: Names::join_slot(run_id.as_str()),
         },
         body: json(&RunCancelledBody {
             reason: reason.to_owned(),

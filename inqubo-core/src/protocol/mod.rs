@@ -27,15 +27,17 @@ pub mod header;
 
 pub use header::{HeaderValue, Headers};
 pub use incoming::{HeaderError, Incoming};
-pub use join_shard::{admitted, join_piece, joined_input, journal_record, run_begin};
+pub use join_shard::{
+    admitted, forwarded_piece, join_piece, joined_input, journal_record, run_begin,
+};
 pub use key::RoutingKey;
 pub use lifecycle::{
     CancelReply, cancel_reply, cancel_request, next_generation, resume, resume_run, run_resumed,
 };
 pub use map::{Element, FanOut, MAX_MAP_ELEMENTS, SplitError, element_piece, map_elements};
 pub use names::{
-    DelayRoute, JOIN_SHARDS, JOIN_STATE_SLOTS, MAX_PREFIX_LEN, Names, PrefixError, QueueName,
-    RUN_JOIN,
+    DelayRoute, JOIN_SHARDS, JOIN_SLOTS, JOIN_STATE_SLOTS, MAX_PREFIX_LEN, Names, PrefixError,
+    QueueName, RUN_JOIN,
 };
 pub use outgoing::{
     Address, AttemptId, Destination, MAX_MESSAGE_ID_LEN, Outgoing, announcement, delayed_trigger,

@@ -35,9 +35,16 @@ use crate::{
     workflow::{Workflow, WorkflowDefinition},
 };
 
-/// Shards per join: each has its own queue and single active consumer, so the joins of one
-/// step spread over up to this many runners.
+/// Shards per join unless an operator raised them (`inqubo topology reshard`): each has its
+/// own queue and single active consumer, so the joins of one step spread over up to this many
+/// runners.
 pub const JOIN_SHARDS: u32 = 4;
+
+/// Routing slots per join: a run's pieces are routed by its slot (FNV-1a of the run id, modulo
+/// 64), and shard `k` of `n` takes the slots `s` with `s % n == k`. Publishers never need to
+/// know how many shards a join has, and raising the count only rebinds slots. Also the most
+/// shards a join may have.
+pub const JOIN_SLOTS: u32 = 64;
 
 /// Snapshots a join state queue keeps: the newest few, so that a stale one published late by
 /// a consumer that lost its shard cannot push the current one out (see
@@ -206,7 +213,11 @@ impl Names {
     /// Every queue a runner declares for the workflow `definition` describes (not those the
     /// prefix's workflows share), each with what it is for: what `inqubo topology` shows and
     /// `inqubo topology delete` removes.
-    pub fn workflow_queues(&self, definition: &WorkflowDefinition) -> Vec<(QueueName, String)> {
+    pub fn workflow_queues(
+        &self,
+        definition: &WorkflowDefinition,
+        join_shards: u32,
+    ) -> Vec<(QueueName, String)> {
         let workflow = &definition.name;
         let mut queues = Vec::new();
         for step in &definition.steps {
@@ -246,10 +257,12 @@ impl Names {
             self.run_state_queue(workflow),
             "stream of failed, cancelled and resumed runs, which every runner reads".to_owned(),
         ));
+        // A join step waits for several parents, or collects a map's elements.
+        let is_map = |name: &StepName| definition.steps.iter().any(|s| s.map && s.name == *name);
         let joins = definition
             .steps
             .iter()
-            .filter(|s| s.parents.len() > 1)
+            .filter(|s| s.parents.len() > 1 || s.parents.iter().any(is_map))
             .map(|s| s.name.to_string())
             .chain([RUN_JOIN.to_owned()]);
         for join in joins {
@@ -258,7 +271,7 @@ impl Names {
             } else {
                 format!("join `{join}`")
             };
-            for shard in 0..JOIN_SHARDS {
+            for shard in 0..join_shards {
                 queues.push((
                     self.join_queue(workflow, &join, shard),
                     format!("{what}: pieces of runs of shard {shard}"),
@@ -313,17 +326,28 @@ impl Names {
             .collect()
     }
 
-    /// The shard of `run_id` among [`JOIN_SHARDS`] (FNV-1a, stable across versions).
-    pub fn join_shard(run_id: &str) -> u32 {
+    /// The routing slot of `run_id` among [`JOIN_SLOTS`] (FNV-1a, stable across versions).
+    pub fn join_slot(run_id: &str) -> u32 {
         let hash = run_id.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
             (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
         });
-        hash % JOIN_SHARDS
+        hash % JOIN_SLOTS
     }
 
-    /// The routing key of join `join`'s shard `shard` on the join exchange.
-    pub fn join_key(workflow: &WorkflowName, join: &str, shard: u32) -> String {
-        format!("{workflow}.{join}.{shard}")
+    /// The shard of `run_id` in a join of `shards` shards: the shard its slot is bound to.
+    pub fn join_shard(run_id: &str, shards: u32) -> u32 {
+        Self::join_slot(run_id) % shards.clamp(1, JOIN_SLOTS)
+    }
+
+    /// The slots shard `shard` of `shards` takes.
+    pub fn shard_slots(shard: u32, shards: u32) -> impl Iterator<Item = u32> {
+        let step = usize::try_from(shards.clamp(1, JOIN_SLOTS)).unwrap_or(1);
+        (shard..JOIN_SLOTS).step_by(step)
+    }
+
+    /// The routing key of slot `slot` of join `join` on the join exchange.
+    pub fn join_key(workflow: &WorkflowName, join: &str, slot: u32) -> String {
+        format!("{workflow}.{join}.{slot}")
     }
 
     /// The queue of shard `shard` of join `join`.
@@ -455,14 +479,19 @@ mod tests {
 
     #[test]
     fn join_shards_are_stable_and_spread() {
-        assert_eq!(Names::join_shard("run-1"), Names::join_shard("run-1"));
+        assert_eq!(Names::join_shard("run-1", 4), Names::join_shard("run-1", 4));
         let mut seen = [0; JOIN_SHARDS as usize];
         for i in 0..1000 {
-            seen[Names::join_shard(&format!("run-{i}")) as usize] += 1;
+            seen[Names::join_shard(&format!("run-{i}"), JOIN_SHARDS) as usize] += 1;
         }
         assert!(seen.iter().all(|n| *n > 150), "{seen:?}");
         // FNV-1a of the empty string, so the hash never changes between versions.
-        assert_eq!(Names::join_shard(""), 0x811c_9dc5 % JOIN_SHARDS);
+        // Slots refine the former `% 4`: a run keeps its shard while a join has 4 shards.
+        assert_eq!(Names::join_shard("", 4), 0x811c_9dc5 % 4);
+        assert_eq!(Names::join_slot(""), 0x811c_9dc5 % JOIN_SLOTS);
+        let slots: Vec<u32> = Names::shard_slots(5, 8).collect();
+        assert_eq!(slots, [5, 13, 21, 29, 37, 45, 53, 61]);
+        assert_eq!(Names::shard_slots(0, 4).count(), 16);
         let names = Names::default();
         assert_eq!(
             names.join_queue(&wf(), "d", 2).as_str(),
@@ -532,5 +561,36 @@ mod tests {
                 assert_eq!(words[position], expected, "ticks {ticks} tier {tier}");
             }
         }
+    }
+
+    #[test]
+    fn the_step_after_a_map_has_join_shards_in_the_listing() {
+        use crate::{Step, StepContext, StepError, Workflow};
+        async fn list(n: u32, _: StepContext) -> Result<Vec<u32>, StepError> {
+            Ok((0..n).collect())
+        }
+        async fn inc(x: u32, _: StepContext) -> Result<u32, StepError> {
+            Ok(x + 1)
+        }
+        async fn total(v: Vec<u32>, _: StepContext) -> Result<u32, StepError> {
+            Ok(v.iter().sum())
+        }
+        let flow = Workflow::builder("m")
+            .start(Step::new("list", list))
+            .map(Step::new("inc", inc))
+            .reduce(Step::new("total", total))
+            .build()
+            .unwrap();
+        let listed: Vec<String> = Names::default()
+            .workflow_queues(&flow.definition(), JOIN_SHARDS)
+            .into_iter()
+            .map(|(queue, _)| queue.as_str().to_owned())
+            .collect();
+        assert!(
+            listed.contains(&"inqubo.m.total.shard-0".to_owned()),
+            "{listed:?}"
+        );
+        assert!(!listed.iter().any(|q| q.starts_with("inqubo.m.inc.shard")));
+        assert_eq!(Names::joins(&flow), ["total", "_run"]);
     }
 }

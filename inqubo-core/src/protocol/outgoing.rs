@@ -38,14 +38,15 @@ pub enum Destination {
         /// How long the message waits first (rounded up to the delay tick).
         delay: Duration,
     },
-    /// One shard of a join (a join step's name, or the run join).
+    /// A join (a join step's name, or the run join), routed by the run's slot to the shard
+    /// that owns it.
     Join {
         /// The join's workflow.
         workflow: WorkflowName,
         /// The join step, or [`RUN_JOIN`](crate::protocol::RUN_JOIN).
         join: String,
-        /// The shard owning the run.
-        shard: u32,
+        /// The run's slot ([`Names::join_slot`]).
+        slot: u32,
     },
     /// The journal queue of one shard of a join.
     JoinJournal {
@@ -105,10 +106,10 @@ impl Names {
             Destination::Join {
                 workflow,
                 join,
-                shard,
+                slot,
             } => Address {
                 exchange: self.join_exchange(),
-                routing_key: Names::join_key(workflow, join, *shard),
+                routing_key: Names::join_key(workflow, join, *slot),
             },
             Destination::Parked(workflow) => Address {
                 exchange: String::new(),

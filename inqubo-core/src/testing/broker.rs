@@ -13,7 +13,8 @@ use crate::{
     engine::{Admission, Effects, Engine, RunEnd, RunEnding, RunState},
     join::JoinBook,
     protocol::{
-        self, Destination, Headers, Incoming, Names, Outgoing, RoutingKey, effective_delay, header,
+        self, Destination, Headers, Incoming, JOIN_SHARDS, Names, Outgoing, RoutingKey,
+        effective_delay, header,
     },
     run_attempt,
     trace::child_traceparent,
@@ -149,8 +150,8 @@ impl<'a> Broker<'a> {
                     queues.push(Queue::Step(step.clone()));
                 }
             }
-            Destination::Join { join, shard, .. } => {
-                queues.push(Queue::Join(join.clone(), *shard));
+            Destination::Join { join, slot, .. } => {
+                queues.push(Queue::Join(join.clone(), *slot % JOIN_SHARDS));
             }
             // A trigger that waits: the queues bound to the trigger, after the delay.
             Destination::DelayedTrigger {

@@ -194,7 +194,7 @@ fn a_trigger_goes_to_the_run_join_which_admits_a_new_run_once() {
         Destination::Join {
             workflow: engine.workflow().name().clone(),
             join: RUN_JOIN_NAME.to_owned(),
-            shard: crate::protocol::Names::join_shard("r"),
+            slot: crate::protocol::Names::join_slot("r"),
         }
     );
     assert!(begin.headers.contains(header::JOIN_BEGIN));
