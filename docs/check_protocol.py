@@ -30,12 +30,12 @@ def fail(message):
     sys.exit(1)
 
 
-def shard_of(run_id):
-    """The run join shard of a run: FNV-1a (32 bit) of the run id, modulo 4."""
+def slot_of(run_id):
+    """The join slot of a run: FNV-1a (32 bit) of the run id, modulo 64."""
     h = 0x811C9DC5
     for byte in run_id.encode():
         h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
-    return h % 4
+    return h % 64
 
 
 def cancel(ch, prefix, run_id, reason, timeout):
@@ -43,7 +43,7 @@ def cancel(ch, prefix, run_id, reason, timeout):
     replies = ch.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
     ch.basic_publish(
         exchange=f"{prefix}.join",
-        routing_key=f"simple._run.{shard_of(run_id)}",
+        routing_key=f"simple._run.{slot_of(run_id)}",
         body=json.dumps({"reason": reason}),
         properties=pika.BasicProperties(
             headers={"run-id": run_id, "join-cancel": True, "reply-to": replies},
