@@ -351,17 +351,21 @@ impl Topology {
     ) -> Result<()> {
         let queue = self.join_queue(workflow, join, shard);
         declare_queue(channel, &queue, self.join_queue_args()).await?;
-        for slot in Names::shard_slots(shard, shards) {
-            channel
-                .queue_bind(
-                    queue.as_str().into(),
-                    self.join_exchange().into(),
-                    Names::join_key(workflow, join, slot).into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
+        // One binding per slot the shard takes, pipelined.
+        let exchange = self.join_exchange();
+        let keys: Vec<String> = Names::shard_slots(shard, shards)
+            .map(|slot| Names::join_key(workflow, join, slot))
+            .collect();
+        futures_util::future::try_join_all(keys.iter().map(|key| {
+            channel.queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+        }))
+        .await?;
         let state = self.join_state_queue(workflow, join, shard);
         declare_queue(channel, &state, self.join_state_args()).await?;
         self.declare_join_journal(channel, workflow, join, shard)
@@ -386,20 +390,21 @@ impl Topology {
             delete_queue(channel, &self.step_queue(workflow.name(), step.name())).await?;
         }
         for join in Names::joins(workflow) {
-            // However many shards it was given: the queues that exist go.
-            for shard in 0..JOIN_SLOTS {
-                delete_queue(channel, &self.join_queue(workflow.name(), &join, shard)).await?;
-                delete_queue(
-                    channel,
-                    &self.join_state_queue(workflow.name(), &join, shard),
-                )
-                .await?;
-                delete_queue(
-                    channel,
-                    &self.join_journal_queue(workflow.name(), &join, shard),
-                )
-                .await?;
-            }
+            // However many shards it was given, the queues that exist go (deleting a queue that
+            // does not exist is no error); the requests are pipelined.
+            let queues: Vec<QueueName> = (0..JOIN_SLOTS)
+                .flat_map(|shard| {
+                    [
+                        self.join_queue(workflow.name(), &join, shard),
+                        self.join_state_queue(workflow.name(), &join, shard),
+                        self.join_journal_queue(workflow.name(), &join, shard),
+                    ]
+                })
+                .collect();
+            futures_util::future::try_join_all(
+                queues.iter().map(|queue| delete_queue(channel, queue)),
+            )
+            .await?;
         }
         delete_queue(channel, &self.run_state_queue(workflow.name())).await?;
         delete_queue(channel, &self.redelivered_queue(workflow.name())).await?;

@@ -22,6 +22,7 @@
 
 mod lifecycle;
 mod observer;
+mod scheduler;
 mod workflow;
 
 use std::{
@@ -109,6 +110,26 @@ enum Mode {
         workflow: String,
         #[arg(long)]
         join_snapshot_every: Option<u64>,
+        /// Fire a cron schedule every second, and keep a file named after this process's id
+        /// in this folder while it leads (started by the `scheduler` scenario).
+        #[arg(long)]
+        schedule_leader_dir: Option<PathBuf>,
+    },
+    /// Runners firing a schedule every second while their leader is SIGKILLed: each tick runs
+    /// at most once, every run ends, and ticks are lost only while no runner leads.
+    Scheduler {
+        /// The broker (a test broker: the scenario's prefix is deleted afterwards).
+        #[arg(long, env = "CHAOS_AMQP_URL", default_value = inqubo::DEFAULT_AMQP_URL)]
+        url: String,
+        /// Runner processes to keep alive.
+        #[arg(long, default_value_t = 3)]
+        runners: usize,
+        /// How long the schedule runs.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// How many times the leader is killed.
+        #[arg(long, default_value_t = 3)]
+        leader_kills: usize,
     },
 }
 
@@ -127,7 +148,31 @@ async fn main() -> anyhow::Result<()> {
             prefix,
             workflow,
             join_snapshot_every,
-        }) => run_runner(url, prefix, workflow, *join_snapshot_every).await,
+            schedule_leader_dir,
+        }) => {
+            run_runner(
+                url,
+                prefix,
+                workflow,
+                *join_snapshot_every,
+                schedule_leader_dir.as_deref(),
+            )
+            .await
+        }
+        Some(Mode::Scheduler {
+            url,
+            runners,
+            seconds,
+            leader_kills,
+        }) => {
+            scheduler::orchestrate(scheduler::Settings {
+                url: url.clone(),
+                runners: *runners,
+                seconds: *seconds,
+                leader_kills: *leader_kills,
+            })
+            .await
+        }
         None => {
             let private_node = cli.url.is_none().then(|| PrivateNode::at(cli.node_port));
             // Interrupted, the harness still stops its private node (its runners die with it).
@@ -156,6 +201,7 @@ async fn run_runner(
     prefix: &str,
     workflow_name: &str,
     join_snapshot_every: Option<u64>,
+    schedule_leader_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let flow = workflow::build(workflow_name)?;
     let runner = loop {
@@ -167,6 +213,9 @@ async fn run_runner(
         if let Some(every) = join_snapshot_every {
             builder = builder.join_snapshot_every(usize::try_from(every).unwrap_or(usize::MAX));
         }
+        if schedule_leader_dir.is_some() {
+            builder = builder.schedule(scheduler::schedule()?);
+        }
         match builder.connect().await {
             Ok(runner) => break runner,
             Err(error) if error.is_transient() => {
@@ -176,6 +225,14 @@ async fn run_runner(
             Err(error) => return Err(error.into()),
         }
     };
+    if let Some(dir) = schedule_leader_dir {
+        tokio::select! {
+            () = scheduler::mark_leadership(&runner, dir) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        runner.shutdown().await?;
+        return Ok(());
+    }
     runner
         .run(async {
             let _ = tokio::signal::ctrl_c().await;
