@@ -27,11 +27,14 @@ use futures_util::StreamExt;
 use inqubo_core::{
     WorkflowName,
     protocol::{QueueName, argument},
-    schedule::Schedule,
+    schedule::{Schedule, ScheduleDefinition},
 };
 use lapin::{
     BasicProperties, Channel,
-    options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions},
+    options::{
+        BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+        QueueDeclareOptions,
+    },
     types::{AMQPValue, FieldTable},
 };
 use tokio_util::sync::CancellationToken;
@@ -48,6 +51,9 @@ pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How long after its last probe a runner still counts as the leader.
 pub(crate) const LEASE: Duration = Duration::from_secs(2);
+
+/// How often the leader reads the schedules stored with `inqubo schedule add`.
+const REFRESH_STORED: Duration = Duration::from_secs(2);
 
 /// How often the leader looks for due ticks.
 const TICK_CHECK: Duration = Duration::from_millis(100);
@@ -77,11 +83,15 @@ pub(crate) async fn run(
     cancel: CancellationToken,
 ) -> Result<()> {
     let queue = topology.scheduler_queue(&workflow);
+    let stored_queue = topology.schedules_queue(&workflow);
     let mut probes = follow(&channel, &queue).await?;
     let mut last_probe: Option<Instant> = None;
     let mut fired: HashMap<String, SystemTime> = HashMap::new();
     let mut probe = tokio::time::interval(PROBE_INTERVAL);
     let mut check = tokio::time::interval(TICK_CHECK);
+    let mut refresh = tokio::time::interval(REFRESH_STORED);
+    // The schedules in the code, then those stored with `inqubo schedule add`.
+    let mut active: Vec<Schedule> = schedules.to_vec();
     let result = loop {
         tokio::select! {
             () = cancel.cancelled() => break Ok(()),
@@ -101,6 +111,21 @@ pub(crate) async fn run(
                 Some(Err(error)) => break Err(error.into()),
                 None => break Err(Error::ConsumerStopped { queue: queue.as_str().to_owned() }),
             },
+            _ = refresh.tick(), if leadership.is_leader() => {
+                match stored(&channel, &stored_queue).await {
+                    Ok(found) => {
+                        active = schedules.to_vec();
+                        for schedule in found {
+                            if active.iter().any(|s| s.name() == schedule.name()) {
+                                warn!(%workflow, schedule = schedule.name(), "a stored schedule has the name of one in the code; the code's is fired");
+                            } else {
+                                active.push(schedule);
+                            }
+                        }
+                    }
+                    Err(error) => warn!(%workflow, %error, "stored schedules not read; firing the known ones"),
+                }
+            }
             _ = check.tick() => {
                 let leading = last_probe.is_some_and(|at| at.elapsed() < LEASE);
                 if leading != leadership.is_leader() {
@@ -113,13 +138,43 @@ pub(crate) async fn run(
                     }
                 }
                 if leading {
-                    fire_due(&client, &workflow, &schedules, &mut fired).await;
+                    fire_due(&client, &workflow, &active, &mut fired).await;
                 }
             }
         }
     };
     leadership.0.store(false, Ordering::Relaxed);
     result
+}
+
+/// The schedules stored in `queue` (`inqubo schedule add`), read without taking them: each
+/// message is taken and given back. One that does not read is skipped with a warning.
+async fn stored(channel: &Channel, queue: &QueueName) -> Result<Vec<Schedule>> {
+    let mut taken = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions::default())
+        .await?
+    {
+        taken.push(message.delivery);
+    }
+    let mut found = Vec::with_capacity(taken.len());
+    for delivery in &taken {
+        let read = serde_json::from_slice::<ScheduleDefinition>(&delivery.data)
+            .map_err(|e| e.to_string())
+            .and_then(|d| Schedule::from_definition(&d).map_err(|e| e.to_string()));
+        match read {
+            Ok(schedule) => found.push(schedule),
+            Err(error) => warn!(queue = %queue, %error, "a stored schedule does not read; skipped"),
+        }
+    }
+    if let Some(last) = taken.last() {
+        last.nack(BasicNackOptions {
+            multiple: true,
+            requeue: true,
+        })
+        .await?;
+    }
+    Ok(found)
 }
 
 /// Declares the scheduler queue and consumes it as a single active consumer (no acks: a probe

@@ -312,6 +312,12 @@ impl Topology {
                     .await?;
             }
         }
+        declare_queue(
+            channel,
+            &self.schedules_queue(name),
+            self.durable_queue_args(),
+        )
+        .await?;
         let states = self.run_state_queue(name);
         declare_queue(channel, &states, run_state_args()).await?;
         for key in RoutingKey::run_states(name) {
@@ -409,6 +415,7 @@ impl Topology {
         delete_queue(channel, &self.run_state_queue(workflow.name())).await?;
         delete_queue(channel, &self.redelivered_queue(workflow.name())).await?;
         delete_queue(channel, &self.scheduler_queue(workflow.name())).await?;
+        delete_queue(channel, &self.schedules_queue(workflow.name())).await?;
         delete_queue(channel, &self.parked_queue(workflow.name())).await
     }
 

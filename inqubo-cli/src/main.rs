@@ -12,6 +12,7 @@ mod history;
 mod metric;
 mod parked;
 mod reshard;
+mod schedule;
 mod topology;
 mod workflows;
 
@@ -98,6 +99,12 @@ enum Command {
         /// Print Graphviz DOT.
         #[arg(long)]
         dot: bool,
+    },
+    /// A workflow's cron schedules: list them with their next fire times, add and remove
+    /// stored ones.
+    Schedule {
+        #[command(subcommand)]
+        action: schedule::ScheduleAction,
     },
     /// Start a run; prints its run id.
     Trigger {
@@ -318,6 +325,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }),
             ..
         } => reshard::reshard(&context, &workflow, join_shards, yes).await,
+        Command::Schedule { action } => schedule::run(&context, action).await,
         Command::Show { workflow, dot } => {
             workflows::show(&context, &workflow, dot).await.map(|()| 0)
         }

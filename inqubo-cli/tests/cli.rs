@@ -885,8 +885,8 @@ async fn topology_lists_a_workflow_s_queues_and_deletes_them_only_when_asked() {
     let declared = queues.iter().filter(|q| q["exists"] == true).count();
     assert_eq!(
         declared,
-        queues.len() - 1,
-        "all but the scheduler queue (no schedules)"
+        queues.len(),
+        "every runner stands for the schedules' leadership, so the scheduler queue exists too"
     );
     assert_eq!(deleted["deleted"].as_array().unwrap().len(), declared);
     let after = stdout_json(&inqubo(&broker, &["--json", "topology", "doubling"]));
@@ -942,5 +942,91 @@ async fn trigger_in_a_while_is_held_by_the_broker_then_runs() {
     events
         .wait_for("later-text", "again", EventKind::Succeeded)
         .await;
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schedules_are_listed_added_fired_and_removed() {
+    let broker = TestBroker::new();
+    let runner = broker
+        .runner(&doubling())
+        .schedule(inqubo::Schedule::cron("hourly", "0 * * * *").unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut events = Events::subscribe(runner.client()).await;
+    let added = inqubo(
+        &broker,
+        &[
+            "--json",
+            "schedule",
+            "add",
+            "doubling",
+            "every",
+            "* * * * * *",
+            "--input",
+            "21",
+        ],
+    );
+    let added = stdout_json(&added);
+    assert_eq!(added["added"]["source"], "stored");
+    assert_eq!(added["added"]["next"].as_array().unwrap().len(), 3);
+    let again = inqubo(
+        &broker,
+        &["schedule", "add", "doubling", "every", "* * * * * *"],
+    );
+    assert_eq!(again.status.code(), Some(3), "{again:?}");
+    let clash = inqubo(
+        &broker,
+        &["schedule", "add", "doubling", "hourly", "@daily"],
+    );
+    assert_eq!(
+        clash.status.code(),
+        Some(1),
+        "a name in the code: {clash:?}"
+    );
+    // The leader reads the stored schedule and fires it: a run `every@<tick>` doubles 21.
+    let fired = events
+        .until(|seen| {
+            seen.iter().any(|e| {
+                e.run_id.as_str().starts_with("every@") && e.kind == EventKind::RunSucceeded
+            })
+        })
+        .await
+        .iter()
+        .find(|e| e.run_id.as_str().starts_with("every@") && e.kind == EventKind::RunSucceeded)
+        .cloned()
+        .unwrap();
+    assert_eq!(fired.body, json!({"again": 84}));
+
+    let listed = stdout_json(&inqubo(
+        &broker,
+        &["--json", "schedule", "list", "doubling"],
+    ));
+    let names: Vec<(&str, &str)> = listed[0]["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["source"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, [("hourly", "code"), ("every", "stored")]);
+    let text = inqubo(&broker, &["schedule", "list"]);
+    assert!(text.status.success());
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("0 * * * *"),
+        "{text:?}"
+    );
+
+    let removed = inqubo(&broker, &["schedule", "remove", "doubling", "every"]);
+    assert!(removed.status.success(), "{removed:?}");
+    let gone = inqubo(&broker, &["schedule", "remove", "doubling", "every"]);
+    assert_eq!(gone.status.code(), Some(3), "{gone:?}");
+    let in_code = inqubo(&broker, &["schedule", "remove", "doubling", "hourly"]);
+    assert_eq!(in_code.status.code(), Some(1), "{in_code:?}");
+    let listed = stdout_json(&inqubo(
+        &broker,
+        &["--json", "schedule", "list", "doubling"],
+    ));
+    assert_eq!(listed[0]["schedules"].as_array().unwrap().len(), 1);
     runner.shutdown().await.unwrap();
 }

@@ -46,6 +46,22 @@ pub enum ScheduleError {
     Input(#[source] serde_json::Error),
 }
 
+/// A schedule as data: announced by runners for the schedules in their code, stored by
+/// `inqubo schedule add` (one message per schedule in `<prefix>.<workflow>.schedules`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ScheduleDefinition {
+    /// The schedule's name, the first part of its runs' ids.
+    pub name: String,
+    /// The cron pattern.
+    pub pattern: String,
+    /// The IANA time zone the pattern is read in.
+    pub time_zone: String,
+    /// The input of its runs.
+    pub input: serde_json::Value,
+    /// How late a new leader still fires a tick nobody fired, in seconds.
+    pub catch_up_s: u64,
+}
+
 /// A cron schedule of a workflow: its runs start at the times `pattern` names, in a time zone
 /// (UTC unless told otherwise), each with the same input.
 ///
@@ -157,6 +173,25 @@ impl Schedule {
             .find_previous_occurrence(&now, true)
             .ok()
             .map(|tick| tick.with_timezone(&Utc).into())
+    }
+
+    /// The schedule as data: what runners announce, and what `inqubo schedule add` stores.
+    pub fn definition(&self) -> ScheduleDefinition {
+        ScheduleDefinition {
+            name: self.name.clone(),
+            pattern: self.pattern.clone(),
+            time_zone: self.time_zone.name().to_owned(),
+            input: serde_json::from_slice(&self.input).unwrap_or(serde_json::Value::Null),
+            catch_up_s: self.catch_up.as_secs(),
+        }
+    }
+
+    /// The schedule `definition` describes, checked as [`Schedule::cron`] checks a new one.
+    pub fn from_definition(definition: &ScheduleDefinition) -> Result<Self, ScheduleError> {
+        Ok(Self::cron(&definition.name, &definition.pattern)?
+            .in_time_zone(&definition.time_zone)?
+            .with_input(&definition.input)?
+            .catch_up(std::time::Duration::from_secs(definition.catch_up_s)))
     }
 
     /// The first tick after `after`, if the pattern has one.

@@ -36,7 +36,7 @@ pub use inqubo_amqp::{
     RESUME_SCAN_LIMIT, RESUME_SETTLE, Result, Resumed, Runner, RunnerBuilder,
     STEP_DURATION_BUCKETS, Topology, open_connection, redact_url, shutdown_signal,
 };
-pub use inqubo_core::schedule::{Schedule, ScheduleError};
+pub use inqubo_core::schedule::{Schedule, ScheduleDefinition, ScheduleError};
 pub use inqubo_core::{
     Chain, DEFAULT_STEP_TIMEOUT, DecodeError, EventDecodeError, EventKind, ExponentialBackoff,
     FailedBody, FailureReason, JoinShape, LifecycleEvent, LimitedRetries, MAX_STEP_TIMEOUT,

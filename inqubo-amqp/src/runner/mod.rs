@@ -106,9 +106,11 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
         .await?;
     drop(setup);
     // Tell tools (`inqubo workflows`) what this workflow looks like.
+    let mut definition = shared.workflow.definition();
+    definition.schedules = shared.schedules.iter().map(|s| s.definition()).collect();
     let announcement = Wire::new(
         shared.topology.names(),
-        protocol::announcement(&shared.workflow),
+        protocol::announcement_of(&definition),
         None,
     );
     session.publisher.send_all(vec![announcement]).await?;
@@ -165,7 +167,9 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
             Arc::clone(&shared.in_flight),
         ));
     }
-    if !shared.schedules.is_empty() {
+    // Every runner stands for the schedules' leadership: the schedules `inqubo schedule add`
+    // stores need a leader as much as those in the code.
+    {
         consumers.spawn(scheduler::run(
             shared.topology.clone(),
             shared.client.clone(),

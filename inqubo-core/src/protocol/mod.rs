@@ -40,8 +40,8 @@ pub use names::{
     QueueName, RUN_JOIN,
 };
 pub use outgoing::{
-    Address, AttemptId, Destination, MAX_MESSAGE_ID_LEN, Outgoing, announcement, delayed_trigger,
-    fit_message_id, json, run_event, run_failed, trigger,
+    Address, AttemptId, Destination, MAX_MESSAGE_ID_LEN, Outgoing, announcement, announcement_of,
+    delayed_trigger, fit_message_id, json, run_event, run_failed, trigger,
 };
 pub use set_aside::{MAX_ERROR_HEADER_LEN, cut_error, parked, recounted, redelivered, unstarted};
 

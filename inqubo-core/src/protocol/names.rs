@@ -184,6 +184,12 @@ impl Names {
         QueueName(format!("{}.{workflow}.scheduler", self.prefix))
     }
 
+    /// The queue of `workflow`'s schedules added at run time (`inqubo schedule add`): one
+    /// message per schedule, read by the runner that leads the schedules.
+    pub fn schedules_queue(&self, workflow: &WorkflowName) -> QueueName {
+        QueueName(format!("{}.{workflow}.schedules", self.prefix))
+    }
+
     /// The stream of `workflow`'s `run.failed` and `run.cancelled` events, which every runner
     /// reads from its start, so that a runner started late knows which runs ended.
     pub fn run_state_queue(&self, workflow: &WorkflowName) -> QueueName {
@@ -251,7 +257,11 @@ impl Names {
         ));
         queues.push((
             self.scheduler_queue(workflow),
-            "elects the runner that fires the workflow's cron schedules (if it has any)".to_owned(),
+            "elects the runner that fires the workflow's cron schedules".to_owned(),
+        ));
+        queues.push((
+            self.schedules_queue(workflow),
+            "the schedules added with `inqubo schedule add`, one message each".to_owned(),
         ));
         queues.push((
             self.run_state_queue(workflow),

@@ -369,6 +369,18 @@ pub fn run_failed(
     )
 }
 
+/// A runner's announcement of its workflow's definition, with the schedules it was given.
+pub fn announcement_of(definition: &crate::workflow::WorkflowDefinition) -> Outgoing {
+    Outgoing {
+        destination: Destination::Registry,
+        body: json(definition),
+        headers: Headers::new().with(header::WORKFLOW, definition.name.as_str()),
+        inherit_headers: false,
+        message_id: format!("announce:{}", definition.name),
+        mandatory: true,
+    }
+}
+
 /// A runner's announcement of its workflow's definition, for tools.
 pub fn announcement(workflow: &Workflow) -> Outgoing {
     Outgoing {

@@ -359,6 +359,7 @@ impl Workflow {
             name: self.inner.name.clone(),
             steps,
             edges,
+            schedules: Vec::new(),
         }
     }
 }
@@ -372,6 +373,10 @@ pub struct WorkflowDefinition {
     pub steps: Vec<StepDefinition>,
     /// Parent-to-child edges.
     pub edges: Vec<Edge>,
+    /// The cron schedules the announcing runner was given in its code (runners fill this in;
+    /// a workflow alone has none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<crate::schedule::ScheduleDefinition>,
 }
 
 /// The JSON form of one step.
