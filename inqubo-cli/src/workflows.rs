@@ -58,15 +58,20 @@ pub(crate) async fn announced(
 ) -> anyhow::Result<BTreeMap<String, WorkflowDefinition>> {
     let topology = context.topology()?;
     let registry = topology.registry_queue();
-    let Some((count, _)) = queue_stats(context, registry.as_str()).await? else {
+    if queue_stats(context, registry.as_str()).await?.is_none() {
         return Ok(BTreeMap::new());
-    };
+    }
     let (connection, channel) = context.channel().await?;
-    let definitions = read_all(&channel, registry.as_str(), count).await;
+    // Until the queue has nothing left to hand out: the count a declaration reports can lag
+    // behind an announcement just confirmed. The registry holds at most 1,000.
+    let definitions = read_all(&channel, registry.as_str(), REGISTRY_MAX).await;
     // Closing the channel without acknowledging returns every announcement to the registry.
     let _ = connection.close(200, "read".into()).await;
     definitions
 }
+
+/// The most announcements the registry keeps (its `x-max-length`).
+const REGISTRY_MAX: u32 = 1000;
 
 async fn read_all(
     channel: &Channel,

@@ -865,3 +865,80 @@ async fn browser_shows_a_map_as_one_node_with_its_counts() {
         .await;
     runner.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn browser_lists_schedules_with_next_fire_times_and_last_runs() {
+    let broker = TestBroker::new();
+    let runner = broker
+        .runner(&shop())
+        .schedule(inqubo::Schedule::cron("every-second", "* * * * * *").unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let monitor = Monitor::start(&broker);
+    // The registry may not count the runner's announcement at once: try a few times.
+    let mut added = None;
+    for _ in 0..20 {
+        let output = Command::new(env!("CARGO_BIN_EXE_inqubo"))
+            .args(["--amqp-url", broker.url(), "--prefix", broker.prefix()])
+            .args([
+                "schedule",
+                "add",
+                "shop",
+                "nightly",
+                "0 2 * * *",
+                "--time-zone",
+                "Europe/Berlin",
+            ])
+            .output()
+            .unwrap();
+        if output.status.success() {
+            added = Some(output);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(added.is_some(), "inqubo schedule add never succeeded");
+
+    let mut browser = browser::Browser::launch().await;
+    browser
+        .open(&format!("{}/schedules#token={TOKEN}", monitor.base))
+        .await;
+    browser
+        .wait_until(
+            "document.querySelector('[data-schedules]') ? true : null",
+            "the schedules page, the token taken",
+        )
+        .await;
+    // Reloaded until the history holds a run of the every-second schedule.
+    let mut found = Value::Null;
+    for _ in 0..60 {
+        browser.open(&format!("{}/schedules", monitor.base)).await;
+        found = browser
+            .wait_until(
+                "document.querySelector('[data-schedule=\"every-second\"] [data-last-runs]') ? document.querySelector('[data-schedule=\"every-second\"] [data-last-runs]').dataset.lastRuns : null",
+                "the schedules table",
+            )
+            .await;
+        if found != "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_ne!(found, "0", "the every-second schedule's runs are listed");
+    let rows = browser
+        .eval("[...document.querySelectorAll('[data-schedules=\"shop\"] [data-schedule]')].map(r => r.dataset.schedule + ':' + r.children[1].textContent + ':' + r.querySelector('[data-next]').dataset.next).join(',')")
+        .await;
+    assert_eq!(rows, "every-second:code:3,nightly:stored:3");
+    let first_run = browser
+        .eval("document.querySelector('[data-schedule=\"every-second\"] [data-last-runs] a').textContent")
+        .await;
+    assert!(
+        first_run.as_str().unwrap().starts_with("every-second@"),
+        "{first_run}"
+    );
+    browser
+        .screenshot(&screenshot_dir().join("schedules.png"))
+        .await;
+    runner.shutdown().await.unwrap();
+}

@@ -175,6 +175,21 @@ pub(super) async fn workflows(Extract(state): Extract<State>) -> ApiResult {
     Ok(Json(report))
 }
 
+/// `GET /api/schedules`: every workflow's schedules (in its runners' code, and stored with
+/// `inqubo schedule add`), each with its next fire times and its last runs in the history.
+pub(super) async fn schedules(Extract(state): Extract<State>) -> ApiResult {
+    let mut workflows = crate::schedule::all(&state.context, None).await?;
+    for workflow in &mut workflows {
+        let name = workflow["workflow"].as_str().unwrap_or_default().to_owned();
+        for schedule in workflow["schedules"].as_array_mut().into_iter().flatten() {
+            let prefix = format!("{}@", schedule["name"].as_str().unwrap_or_default());
+            let last = query::runs_starting_with(&state.pool, &name, &prefix, 5).await?;
+            schedule["last_runs"] = last;
+        }
+    }
+    Ok(Json(json!({ "workflows": workflows })))
+}
+
 /// `GET /api/workflows/{workflow}/parked`: parked messages with their reasons.
 pub(super) async fn parked(
     Extract(state): Extract<State>,

@@ -265,6 +265,46 @@ async fn map_counts(pool: &AnyPool, workflow: &str, run_id: &str) -> anyhow::Res
     Ok(maps)
 }
 
+/// The newest `limit` runs of `workflow` whose id starts with `prefix` (a schedule's runs:
+/// `<name>@`), newest first: id, status and times.
+pub(crate) async fn runs_starting_with(
+    pool: &AnyPool,
+    workflow: &str,
+    prefix: &str,
+    limit: i64,
+) -> anyhow::Result<Value> {
+    // `LIKE` with the prefix's own `%` and `_` escaped.
+    let pattern = format!(
+        "{}%",
+        prefix
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    );
+    let rows = sqlx::query(
+        "SELECT run_id, status, created_ms, finished_ms FROM runs
+         WHERE workflow = $1 AND run_id LIKE $2 ESCAPE '\\'
+         ORDER BY created_ms DESC LIMIT $3",
+    )
+    .bind(workflow)
+    .bind(pattern)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(Value::Array(
+        rows.iter()
+            .map(|r| {
+                json!({
+                    "run_id": r.get::<String, _>(0),
+                    "status": r.get::<String, _>(1),
+                    "created_ms": r.get::<i64, _>(2),
+                    "finished_ms": r.get::<Option<i64>, _>(3),
+                })
+            })
+            .collect(),
+    ))
+}
+
 /// What each step of a run received: the run input for first steps, the parent's output
 /// otherwise, a JSON array of the parents' outputs for a join.
 fn step_inputs(

@@ -420,6 +420,36 @@ async function workflowsPage(main) {
   );
 }
 
+// Every workflow's schedules: where each comes from, its next fire times and its last runs.
+async function schedulesPage(main) {
+  const data = await api("/schedules");
+  const sections = data.workflows.map((workflow) =>
+    el("section", { "data-schedules": workflow.workflow },
+      el("h2", {}, workflow.workflow),
+      workflow.schedules.length
+        ? el("table", {},
+            el("thead", {}, el("tr", {}, ["Schedule", "Source", "Pattern", "Time zone", "Next", "Last runs"].map((h) => el("th", {}, h)))),
+            el("tbody", {}, workflow.schedules.map((schedule) =>
+              el("tr", { "data-schedule": schedule.name },
+                el("td", { class: "mono" }, schedule.name),
+                el("td", {}, schedule.source),
+                el("td", { class: "mono" }, schedule.pattern),
+                el("td", {}, schedule.time_zone),
+                el("td", { class: "mono", "data-next": schedule.next.length }, schedule.next.map((t) => el("div", {}, t))),
+                el("td", { "data-last-runs": schedule.last_runs.length },
+                  schedule.last_runs.length
+                    ? schedule.last_runs.map((run) => el("div", {},
+                        el("a", { class: "mono", href: "/runs/" + encodeURIComponent(run.run_id) }, run.run_id), " ", status(run.status)))
+                    : el("span", { class: "muted" }, "none yet")),
+              )))) 
+        : el("p", { class: "muted" }, "No schedule. Add one with `inqubo schedule add`, or give runners one in code."),
+    ));
+  fill(main,
+    el("h1", {}, "Schedules"),
+    sections.length ? sections : el("p", { class: "muted" }, "No workflow announced yet."),
+  );
+}
+
 async function parkedPage(main) {
   const query = new URLSearchParams(location.search);
   const workflows = (await api("/workflows")).workflows.map((w) => w.workflow);
@@ -497,6 +527,7 @@ async function render() {
     if (currentRun()) await runPage(main, currentRun());
     else if (location.pathname === "/workflows") await workflowsPage(main);
     else if (location.pathname === "/parked") await parkedPage(main);
+    else if (location.pathname === "/schedules") await schedulesPage(main);
     else await runsPage(main);
     document.body.dataset.ready = "true";
   } catch (error) {
