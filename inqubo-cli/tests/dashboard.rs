@@ -871,7 +871,12 @@ async fn browser_lists_schedules_with_next_fire_times_and_last_runs() {
     let broker = TestBroker::new();
     let runner = broker
         .runner(&shop())
-        .schedule(inqubo::Schedule::cron("every-second", "* * * * * *").unwrap())
+        .schedule(
+            inqubo::Schedule::cron("every-second", "* * * * * *")
+                .unwrap()
+                .with_input(&2_u64)
+                .unwrap(),
+        )
         .connect()
         .await
         .unwrap();
