@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use inqubo_core::{
-    EventKind, RoutingKey, RunDuplicateBody, RunId, RunOutcome, WorkflowName, protocol,
+    EventKind, Priority, RoutingKey, RunDuplicateBody, RunId, RunOutcome, WorkflowName, protocol,
 };
 use lapin::{
     Channel, Consumer,
@@ -125,6 +125,28 @@ impl Client {
         input: Vec<u8>,
     ) -> Result<RunId> {
         let trigger = protocol::trigger(workflow, &run_id, input).with_trace(&root_traceparent());
+        let trigger = Wire::new(self.inner.topology.names(), trigger, None);
+        let session = self.session().await?;
+        session.publisher.send(&trigger).await?.wait().await?;
+        Ok(run_id)
+    }
+
+    /// Like [`Client::trigger`], for a run of priority class `priority` (`run-priority`):
+    /// in a workflow built with [`priorities`](inqubo_core::WorkflowBuilder::priorities), its
+    /// steps are taken before the backlog of lower classes (see [`Priority`]). Other workflows
+    /// run it as `normal`.
+    #[instrument(skip_all, fields(%workflow, %run_id, %priority))]
+    pub async fn trigger_with_priority(
+        &self,
+        workflow: &WorkflowName,
+        run_id: RunId,
+        input: &impl Serialize,
+        priority: Priority,
+    ) -> Result<RunId> {
+        let body = serde_json::to_vec(input).map_err(Error::Encode)?;
+        let trigger = protocol::trigger(workflow, &run_id, body)
+            .with_trace(&root_traceparent())
+            .with_priority(priority);
         let trigger = Wire::new(self.inner.topology.names(), trigger, None);
         let session = self.session().await?;
         session.publisher.send(&trigger).await?.wait().await?;

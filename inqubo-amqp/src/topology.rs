@@ -7,7 +7,7 @@
 use std::ops::Deref;
 
 use inqubo_core::{
-    RoutingKey, Workflow, WorkflowName,
+    Priority, RoutingKey, Workflow, WorkflowName,
     protocol::{
         BROKER_DELIVERY_LIMIT, DELAY_TICK, DELAY_TIERS, JOIN_SHARDS, JOIN_SLOTS, JOIN_STATE_SLOTS,
         Names, QueueName, RUN_JOIN, argument,
@@ -299,6 +299,23 @@ impl Topology {
                     FieldTable::default(),
                 )
                 .await?;
+            if workflow.has_priorities() {
+                // A lane per class besides the step's own queue (the `normal` lane), fed
+                // through the retry exchange only.
+                for priority in [Priority::High, Priority::Low] {
+                    let lane = self.lane_queue(name, step.name(), priority);
+                    declare_queue(channel, &lane, self.step_queue_args(name)).await?;
+                    channel
+                        .queue_bind(
+                            lane.as_str().into(),
+                            self.retry_exchange().into(),
+                            Names::lane_binding(name, step.name(), priority).into(),
+                            QueueBindOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await?;
+                }
+            }
             if workflow.takes_trigger(step) {
                 // Delayed triggers arrive here once their delay is over.
                 channel
@@ -393,7 +410,13 @@ impl Topology {
     /// Deletes the queues of `workflow`, messages included. For tests and operators.
     pub async fn delete_workflow(&self, channel: &Channel, workflow: &Workflow) -> Result<()> {
         for step in workflow.steps() {
-            delete_queue(channel, &self.step_queue(workflow.name(), step.name())).await?;
+            for priority in Priority::ALL {
+                delete_queue(
+                    channel,
+                    &self.lane_queue(workflow.name(), step.name(), priority),
+                )
+                .await?;
+            }
         }
         for join in Names::joins(workflow) {
             // However many shards it was given, the queues that exist go (deleting a queue that

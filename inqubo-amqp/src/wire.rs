@@ -34,7 +34,7 @@ impl Wire {
     /// `message` addressed under `names`; `received` are the headers of the delivery it
     /// answers, which it starts from if it inherits them.
     pub fn new(names: &Names, message: Outgoing, received: Option<&FieldTable>) -> Self {
-        let address = names.address(&message.destination);
+        let address = message.address(names);
         let mut table = match (message.inherit_headers, received) {
             (true, Some(received)) => inherited(received),
             _ => FieldTable::default(),

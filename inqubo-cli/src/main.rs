@@ -134,6 +134,10 @@ enum Command {
         /// Start the run at this time (RFC 3339, e.g. 2026-12-01T09:00:00Z), like --in.
         #[arg(long, value_name = "TIME", value_parser = humantime::parse_rfc3339_weak, conflicts_with = "wait")]
         at: Option<std::time::SystemTime>,
+        /// The run's priority class (high, normal or low): in a workflow built with
+        /// `.priorities(true)`, its steps are taken before lower classes' backlog.
+        #[arg(long, conflicts_with_all = ["after", "at", "wait"])]
+        priority: Option<inqubo::Priority>,
     },
     /// Follow lifecycle events live (leaves no queue behind).
     Watch {
@@ -338,6 +342,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             timeout,
             after,
             at,
+            priority,
         } => {
             use tracing::Instrument;
             // With OpenTelemetry on, the run's trace starts with this span.
@@ -348,9 +353,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     at.duration_since(std::time::SystemTime::now())
                         .unwrap_or_default(),
                 ),
-                (None, None) => match wait {
-                    true => Start::NowAndWait(Duration::from_secs(timeout)),
-                    false => Start::Now,
+                (None, None) => match (wait, priority) {
+                    (true, _) => Start::NowAndWait(Duration::from_secs(timeout)),
+                    (false, Some(priority)) => Start::Prioritized(priority),
+                    (false, None) => Start::Now,
                 },
             };
             trigger(&context, &workflow, run_id, input, input_file, start)
@@ -436,6 +442,8 @@ enum Start {
     NowAndWait(Duration),
     /// After this delay, held by the broker.
     After(Duration),
+    /// Now, in this priority class.
+    Prioritized(inqubo::Priority),
 }
 
 async fn trigger(
@@ -473,6 +481,20 @@ async fn trigger(
                     "run {run_id} of workflow {workflow} starts at {at} (in {}); `inqubo cancel {run_id}` keeps it from starting",
                     humantime::format_duration(Duration::from_secs(delay.as_secs()))
                 );
+            }
+            return Ok(0);
+        }
+        Start::Prioritized(priority) => {
+            let run_id = client
+                .trigger_with_priority(workflow, run_id, &input, priority)
+                .await?;
+            if context.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"run_id": run_id.as_str(), "priority": priority.as_str()})
+                );
+            } else {
+                println!("{run_id}");
             }
             return Ok(0);
         }

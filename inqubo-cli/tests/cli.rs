@@ -1030,3 +1030,38 @@ async fn schedules_are_listed_added_fired_and_removed() {
     assert_eq!(listed[0]["schedules"].as_array().unwrap().len(), 1);
     runner.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trigger_with_a_priority_runs_in_its_class_lane() {
+    let flow = Workflow::builder("lanes")
+        .priorities(true)
+        .start(Step::new("double", double))
+        .then(Step::new("again", double))
+        .build()
+        .unwrap();
+    let broker = TestBroker::new();
+    let runner = broker.start_runner(&flow).await;
+    let mut events = Events::subscribe(runner.client()).await;
+    for class in ["high", "low"] {
+        let started = stdout_json(&inqubo(
+            &broker,
+            &[
+                "--json",
+                "trigger",
+                "lanes",
+                "--priority",
+                class,
+                "--run-id",
+                class,
+                "--input",
+                "3",
+            ],
+        ));
+        assert_eq!(started["priority"], class);
+        let end = run_event(&mut events, class, EventKind::RunSucceeded).await;
+        assert_eq!(end.body, json!({"again": 12}), "{class}");
+    }
+    let refused = inqubo(&broker, &["trigger", "lanes", "--priority", "urgent"]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    runner.shutdown().await.unwrap();
+}

@@ -34,6 +34,7 @@ mod event;
 pub mod join;
 pub mod journal;
 mod name;
+pub mod priority;
 pub mod protocol;
 mod retry;
 pub mod schedule;
@@ -52,6 +53,7 @@ pub use event::{
 pub use name::{
     MAX_NAME_LEN, MAX_RUN_ID_LEN, NameError, RESERVED_STEP_NAMES, RunId, StepName, WorkflowName,
 };
+pub use priority::Priority;
 pub use protocol::RoutingKey;
 pub use retry::{
     ExponentialBackoff, LimitedRetries, NoRetries, RetryPolicy, RetrySpec, RetryStrategy,

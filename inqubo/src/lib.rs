@@ -40,10 +40,10 @@ pub use inqubo_core::schedule::{Schedule, ScheduleDefinition, ScheduleError};
 pub use inqubo_core::{
     Chain, DEFAULT_STEP_TIMEOUT, DecodeError, EventDecodeError, EventKind, ExponentialBackoff,
     FailedBody, FailureReason, JoinShape, LifecycleEvent, LimitedRetries, MAX_STEP_TIMEOUT,
-    NameError, NoRetries, RetryPolicy, RetrySpec, RetryStrategy, RetryingBody, RunCancelledBody,
-    RunFailedBody, RunId, RunOutcome, SkippedBody, StartedBody, Step, StepContext, StepError,
-    StepFn, StepName, StepNode, Workflow, WorkflowBuilder, WorkflowDefinition, WorkflowError,
-    WorkflowName,
+    NameError, NoRetries, Priority, RetryPolicy, RetrySpec, RetryStrategy, RetryingBody,
+    RunCancelledBody, RunFailedBody, RunId, RunOutcome, SkippedBody, StartedBody, Step,
+    StepContext, StepError, StepFn, StepName, StepNode, Workflow, WorkflowBuilder,
+    WorkflowDefinition, WorkflowError, WorkflowName,
 };
 
 /// The wire protocol in code: names, routing keys, headers, messages, delay tiers;

@@ -12,7 +12,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use inqubo_core::{
-    RunId, RunOutcome, Workflow,
+    Priority, RunId, RunOutcome, Workflow,
     engine::{Engine, Limits},
     protocol::{self, Names, QueueName, argument},
 };
@@ -31,7 +31,7 @@ pub use builder::RunnerBuilder;
 
 use crate::{
     client::Client,
-    consumer::{Pace, Signals, StepWorker, consume, consume_redelivered},
+    consumer::{LaneGate, Pace, Signals, StepWorker, consume, consume_redelivered},
     error::{Error, Result},
     joiner::{HeldShards, JoinShard, consume_shard},
     metric::StepMetrics,
@@ -158,14 +158,46 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
             pace: node.fleet_rate().map(Pace::per_second),
         });
         workers.push(Arc::clone(&worker));
-        consumers.spawn(consume(
-            worker,
-            channel,
-            consumer,
-            signals.clone(),
-            shared.tracker.clone(),
-            Arc::clone(&shared.in_flight),
-        ));
+        if shared.workflow.has_priorities() {
+            // The step's own queue is the `normal` lane; the other lanes beside it, all
+            // under one gate that starts a higher class's input first.
+            let gate = Arc::new(LaneGate::default());
+            for priority in [Priority::High, Priority::Low] {
+                let lane =
+                    shared
+                        .topology
+                        .lane_queue(shared.workflow.name(), node.name(), priority);
+                let (channel, consumer) = consume_on(&session, &lane, prefetch).await?;
+                consumers.spawn(consume(
+                    Arc::clone(&worker),
+                    channel,
+                    consumer,
+                    signals.clone(),
+                    shared.tracker.clone(),
+                    Arc::clone(&shared.in_flight),
+                    Some((priority, Arc::clone(&gate))),
+                ));
+            }
+            consumers.spawn(consume(
+                worker,
+                channel,
+                consumer,
+                signals.clone(),
+                shared.tracker.clone(),
+                Arc::clone(&shared.in_flight),
+                Some((Priority::Normal, gate)),
+            ));
+        } else {
+            consumers.spawn(consume(
+                worker,
+                channel,
+                consumer,
+                signals.clone(),
+                shared.tracker.clone(),
+                Arc::clone(&shared.in_flight),
+                None,
+            ));
+        }
     }
     // Every runner stands for the schedules' leadership: the schedules `inqubo schedule add`
     // stores need a leader as much as those in the code.

@@ -130,6 +130,11 @@ impl Engine {
             );
             return refuse(FailureReason::TooLarge, attempt, error);
         }
+        if lane == Lane::Step && self.is_lane_copy_elsewhere(incoming) {
+            // A prioritized run's input, through its parent's `succeeded` event: the copy in
+            // its class's lane runs it.
+            return Admission::Settle(Effects::default());
+        }
         let node = self.workflow.step(step.as_str());
         let workflow = self.workflow.name();
         let carried = incoming.carried_redeliveries();
@@ -209,6 +214,7 @@ impl Engine {
                 attempt,
                 generation,
                 element: incoming.element(),
+                priority: self.priority_of(incoming),
                 trace: trace.to_owned(),
             };
             let failure = FailedBody {
@@ -244,9 +250,20 @@ impl Engine {
                 attempt,
                 generation,
                 element: incoming.element(),
+                priority: self.priority_of(incoming),
                 trace: trace.to_owned(),
             },
         })
+    }
+
+    /// Whether `incoming` is a `succeeded` event of a run of a class other than `normal`, whose
+    /// children's inputs travel in their class's lane instead.
+    fn is_lane_copy_elsewhere(&self, incoming: &Incoming<'_>) -> bool {
+        self.priority_of(incoming).lane().is_some()
+            && matches!(
+                crate::RoutingKey::from_wire(incoming.routing_key).parse(),
+                Some((_, Some(_), crate::EventKind::Succeeded))
+            )
     }
 
     /// Unique runs: a trigger that reaches a first step goes to the run join first, which

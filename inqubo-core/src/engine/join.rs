@@ -139,9 +139,10 @@ impl Engine {
             }
             JoinDecision::Fire { body, generation } => {
                 if let Ok(step) = StepName::new(join) {
-                    publish.push(protocol::joined_input(
-                        workflow, &step, &run_id, generation, body,
-                    ));
+                    publish.push(
+                        protocol::joined_input(workflow, &step, &run_id, generation, body)
+                            .with_priority(self.priority_of(incoming)),
+                    );
                 }
             }
             JoinDecision::Abort {
@@ -183,7 +184,8 @@ impl Engine {
                         &run_id,
                         incoming.body.to_vec(),
                         &trigger_id,
-                    );
+                    )
+                    .with_priority(self.priority_of(incoming));
                     publish.push(input.with_trace(trigger_trace));
                 }
             }

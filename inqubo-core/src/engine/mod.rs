@@ -185,6 +185,16 @@ impl Engine {
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
+
+    /// The priority class of the run `incoming` belongs to: its `run-priority` for a
+    /// workflow with priorities, `normal` otherwise.
+    pub fn priority_of(&self, incoming: &crate::protocol::Incoming<'_>) -> crate::Priority {
+        if self.workflow.has_priorities() {
+            incoming.priority()
+        } else {
+            crate::Priority::Normal
+        }
+    }
 }
 
 #[cfg(test)]

@@ -152,6 +152,11 @@ impl Engine {
                 messages.push(self.piece_of(id, child.as_str(), output.clone()));
             } else {
                 plain_children = true;
+                if id.priority.lane().is_some() {
+                    // A prioritized run's child takes its input in its class's lane (its
+                    // queue ignores the `succeeded` event's copy).
+                    messages.push(protocol::lane_input(id, child, output.clone()));
+                }
             }
         }
         if node.children().is_empty() {
@@ -203,6 +208,7 @@ impl Engine {
                 false,
             ),
         }
+        .with_priority(id.priority)
     }
 
     /// The piece that brings a failed element's `Err` to `join`, for a map that collects
@@ -239,6 +245,7 @@ impl Engine {
             id.generation,
             list.to_vec(),
         )
+        .map(|fan_out| fan_out.with_priority(id.priority))
         .map_err(|error| {
             let reason = match error {
                 protocol::SplitError::TooLong { .. } => FailureReason::TooLarge,
@@ -301,6 +308,7 @@ impl Engine {
                 attempt: failure.attempt,
                 generation: incoming.generation(),
                 element: incoming.element(),
+                priority: self.priority_of(incoming),
                 trace: trace.to_owned(),
             };
             publish.push(id.notice(EventKind::Failed, &failure));

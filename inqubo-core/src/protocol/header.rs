@@ -75,6 +75,9 @@ pub const JOURNAL_TIME: &str = "journal-time";
 pub const JOURNAL_PART: &str = "journal-part";
 /// On a journal snapshot part: how many parts the snapshot has (integer).
 pub const JOURNAL_PARTS: &str = "journal-parts";
+/// On every message of a run triggered with a priority class other than `normal`: `high` or
+/// `low` (see [`Priority`](crate::Priority)). Absent means `normal`.
+pub const RUN_PRIORITY: &str = "run-priority";
 /// On a map element (its input, its events, its join piece, its retries): the element's place
 /// in the list its map's parent returned (integer, from 0).
 pub const MAP_INDEX: &str = "map-index";

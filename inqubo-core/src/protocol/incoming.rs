@@ -73,6 +73,14 @@ impl Incoming<'_> {
             .unwrap_or(1)
     }
 
+    /// The run's priority class: `run-priority`, `normal` when absent or unknown.
+    pub fn priority(&self) -> crate::Priority {
+        self.headers
+            .text(header::RUN_PRIORITY)
+            .and_then(|text| text.parse().ok())
+            .unwrap_or_default()
+    }
+
     /// The map element this message is, if it is one: `map-index` and `map-size`, both
     /// present, with the index below the size.
     pub fn element(&self) -> Option<Element> {

@@ -123,6 +123,30 @@ pub fn forwarded_piece(
     }
 }
 
+/// The input of `child` (a plain child of attempt `id`'s step) in the lane of `id`'s run's
+/// class, through the retry exchange: a prioritized run's steps never wait in the `normal`
+/// queue.
+pub fn lane_input(id: &super::AttemptId, child: &StepName, output: Vec<u8>) -> Outgoing {
+    let workflow = &id.workflow;
+    let run_id = &id.run_id;
+    Outgoing {
+        destination: Destination::Step {
+            workflow: workflow.clone(),
+            step: child.clone(),
+            delay: Duration::ZERO,
+        },
+        body: output,
+        headers: run_headers(run_id, id.generation),
+        inherit_headers: false,
+        message_id: format!(
+            "{run_id}:{workflow}:{child}:input{}",
+            generation_suffix(id.generation)
+        ),
+        mandatory: true,
+    }
+    .with_priority(id.priority)
+}
+
 /// A join step's assembled input, bound for its queue.
 pub fn joined_input(
     workflow: &WorkflowName,

@@ -90,7 +90,7 @@ pub fn resume(workflow: &WorkflowName, parked: &Incoming<'_>, generation: u32) -
         .text(header::PARKED_STEP)
         .and_then(|name| StepName::new(name).ok())?;
     let mut headers = Headers::new().with(header::RUN_GENERATION, generation);
-    for name in [header::RUN_ID, header::TRACEPARENT] {
+    for name in [header::RUN_ID, header::TRACEPARENT, header::RUN_PRIORITY] {
         if let Some(value) = parked.headers.text(name) {
             headers.insert(name, value);
         }

@@ -88,6 +88,7 @@ pub struct FanOut {
     run_id: RunId,
     generation: u32,
     trace: Option<String>,
+    priority: crate::Priority,
     list: Vec<u8>,
     /// Where each element lies in `list`.
     spans: Vec<std::ops::Range<usize>>,
@@ -130,6 +131,7 @@ impl FanOut {
             run_id: run_id.clone(),
             generation,
             trace: None,
+            priority: crate::Priority::Normal,
             list,
             spans,
         })
@@ -139,6 +141,13 @@ impl FanOut {
     #[must_use]
     pub fn with_trace(mut self, traceparent: &str) -> Self {
         self.trace = Some(traceparent.to_owned());
+        self
+    }
+
+    /// The same inputs, in the lane of class `priority`.
+    #[must_use]
+    pub fn with_priority(mut self, priority: crate::Priority) -> Self {
+        self.priority = priority;
         self
     }
 
@@ -178,6 +187,7 @@ impl FanOut {
                     message_id: format!("{run_id}:{workflow}:{map}[{index}]:element{suffix}"),
                     mandatory: true,
                 }
+                .with_priority(self.priority)
             })
             .collect()
     }

@@ -28,7 +28,7 @@ pub mod header;
 pub use header::{HeaderValue, Headers};
 pub use incoming::{HeaderError, Incoming};
 pub use join_shard::{
-    admitted, forwarded_piece, join_piece, joined_input, journal_record, run_begin,
+    admitted, forwarded_piece, join_piece, joined_input, journal_record, lane_input, run_begin,
 };
 pub use key::RoutingKey;
 pub use lifecycle::{

@@ -164,6 +164,20 @@ impl Names {
         QueueName(format!("{}.{workflow}.{step}", self.prefix))
     }
 
+    /// The queue of `step`'s inputs of runs of class `priority`: the step's own queue for
+    /// `normal`, `<prefix>.<workflow>.<step>.high` or `.low` otherwise.
+    pub fn lane_queue(
+        &self,
+        workflow: &WorkflowName,
+        step: &StepName,
+        priority: crate::Priority,
+    ) -> QueueName {
+        match priority.lane() {
+            Some(lane) => QueueName(format!("{}.{workflow}.{step}.{lane}", self.prefix)),
+            None => self.step_queue(workflow, step),
+        }
+    }
+
     /// The parked queue of `workflow`.
     pub fn parked_queue(&self, workflow: &WorkflowName) -> QueueName {
         QueueName(format!("{}.{workflow}.parked", self.prefix))
@@ -403,6 +417,33 @@ impl Names {
         step: &StepName,
     ) -> DelayRoute {
         self.delayed(delay, &format!("{workflow}.{step}"))
+    }
+
+    /// Like [`Names::delay_route`], to the lane of class `priority` (`<workflow>.<step>.high`
+    /// at the end of the key; `normal` is the step's own queue).
+    pub fn lane_route(
+        &self,
+        delay: Duration,
+        workflow: &WorkflowName,
+        step: &StepName,
+        priority: crate::Priority,
+    ) -> DelayRoute {
+        match priority.lane() {
+            Some(lane) => self.delayed(delay, &format!("{workflow}.{step}.{lane}")),
+            None => self.delay_route(delay, workflow, step),
+        }
+    }
+
+    /// The binding on the retry exchange of the lane queue of class `priority` of `step`.
+    pub fn lane_binding(
+        workflow: &WorkflowName,
+        step: &StepName,
+        priority: crate::Priority,
+    ) -> String {
+        match priority.lane() {
+            Some(lane) => format!("#.{workflow}.{step}.{lane}"),
+            None => format!("#.{workflow}.{step}"),
+        }
     }
 
     /// Where to publish a trigger of `workflow` that starts its run after `delay`: through

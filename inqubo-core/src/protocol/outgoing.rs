@@ -186,6 +186,40 @@ impl Outgoing {
         self
     }
 
+    /// The exchange and routing key the message goes to: its [`Destination`]'s, except that a
+    /// step input of a prioritized run (`run-priority: high` or `low`) goes to its class's
+    /// lane of the step (see [`Names::lane_route`]).
+    pub fn address(&self, names: &Names) -> Address {
+        let priority = self
+            .headers
+            .text(header::RUN_PRIORITY)
+            .and_then(|text| text.parse::<crate::Priority>().ok())
+            .unwrap_or_default();
+        match &self.destination {
+            Destination::Step {
+                workflow,
+                step,
+                delay,
+            } if priority.lane().is_some() => {
+                let route = names.lane_route(*delay, workflow, step, priority);
+                Address {
+                    exchange: route.exchange,
+                    routing_key: route.routing_key,
+                }
+            }
+            other => names.address(other),
+        }
+    }
+
+    /// Sets `run-priority` to `priority`, unless it is `normal` (the header's absence).
+    #[must_use]
+    pub fn with_priority(mut self, priority: crate::Priority) -> Self {
+        if priority.lane().is_some() {
+            self.headers.insert(header::RUN_PRIORITY, priority.as_str());
+        }
+        self
+    }
+
     /// The routing key, for messages on the events exchange.
     pub fn event_key(&self) -> Option<&RoutingKey> {
         match &self.destination {
@@ -259,6 +293,8 @@ pub struct AttemptId {
     pub generation: u32,
     /// For an attempt of a map step: the element it runs on.
     pub element: Option<Element>,
+    /// The run's priority class (always `normal` for a workflow without priorities).
+    pub priority: crate::Priority,
     /// The attempt's `traceparent`: the run's trace, a span of its own.
     pub trace: String,
 }
@@ -269,6 +305,9 @@ impl AttemptId {
         let mut headers = run_headers(&self.run_id, self.generation);
         if let Some(element) = self.element {
             element.mark(&mut headers);
+        }
+        if self.priority.lane().is_some() {
+            headers.insert(header::RUN_PRIORITY, self.priority.as_str());
         }
         headers
     }

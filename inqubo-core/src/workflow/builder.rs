@@ -234,6 +234,17 @@ impl WorkflowBuilder<NotStarted> {
         self
     }
 
+    /// Whether runs of this workflow may be triggered with a priority class (default
+    /// `false`): each step then has a queue per class, `<step>.high` and `<step>.low` besides
+    /// its own, and runners take a higher class's inputs first without starving the lower
+    /// ones (see [`Priority`](crate::Priority)). A run's class is its trigger's `run-priority`
+    /// header; without priorities, the header is ignored.
+    #[must_use]
+    pub fn priorities(mut self, priorities: bool) -> Self {
+        self.rules.priorities = priorities;
+        self
+    }
+
     /// Sets the first stage, which receives the run's input.
     pub fn start<I, S: Stage<I>>(mut self, stage: S) -> WorkflowBuilder<S::Output> {
         self.stages.push(stage.into_spec());

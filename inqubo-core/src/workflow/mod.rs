@@ -210,6 +210,8 @@ struct RunRules {
     fail_fast: bool,
     /// See [`WorkflowBuilder::unique_runs`].
     unique_runs: bool,
+    /// See [`WorkflowBuilder::priorities`].
+    priorities: bool,
 }
 
 impl Default for RunRules {
@@ -217,6 +219,7 @@ impl Default for RunRules {
         Self {
             fail_fast: true,
             unique_runs: true,
+            priorities: false,
         }
     }
 }
@@ -282,6 +285,11 @@ impl Workflow {
     /// [`WorkflowBuilder::fail_fast`]).
     pub fn fails_fast(&self) -> bool {
         self.inner.rules.fail_fast
+    }
+
+    /// Whether runs may have a priority class (see [`WorkflowBuilder::priorities`]).
+    pub fn has_priorities(&self) -> bool {
+        self.inner.rules.priorities
     }
 
     /// Whether a run id names one run only (see [`WorkflowBuilder::unique_runs`]).
