@@ -165,8 +165,10 @@ async fn raising_the_join_shards_moves_every_open_join_and_forwards_old_addresse
     );
 
     // A runner started now counts 8 shards; the retries come back and every join fires once.
+    // (Subscribed first: the retries wait in c's queue, and the runs end at once.)
+    let watcher = broker.client().await;
+    let mut events = Events::subscribe(&watcher).await;
     let runner = broker.start_runner(&flow).await;
-    let mut events = Events::subscribe(runner.client()).await;
     events
         .until(|seen| {
             seen.iter()
