@@ -90,7 +90,10 @@ pub fn resume(workflow: &WorkflowName, parked: &Incoming<'_>, generation: u32) -
         .text(header::PARKED_STEP)
         .and_then(|name| StepName::new(name).ok())?;
     let mut headers = Headers::new().with(header::RUN_GENERATION, generation);
-    for name in [header::RUN_ID, header::TRACEPARENT, header::RUN_PRIORITY] {
+    // Not `run-priority`: this side does not know whether the workflow has lanes (a header a
+    // client put on a trigger of a workflow without them would make the input unroutable),
+    // so a resumed run goes on in the `normal` lane.
+    for name in [header::RUN_ID, header::TRACEPARENT] {
         if let Some(value) = parked.headers.text(name) {
             headers.insert(name, value);
         }
