@@ -10,8 +10,10 @@
 //! 2. add them to the book; publish what fires (a join step's input, `run.succeeded`,
 //!    `run.failed`) and wait for the confirms,
 //! 3. publish the batch's journal record — the pieces it added, nothing else — to the shard's
-//!    journal queue and wait for the confirm,
-//! 4. acknowledge the pieces.
+//!    journal queue,
+//! 4. acknowledge the pieces once that record (and every earlier one) is confirmed; the next
+//!    batch is handled meanwhile, so a join's second piece never waits for the first one's
+//!    record.
 //!
 //! Now and then (see [`journal::SNAPSHOT_AFTER_PIECES`]) it also writes a snapshot of the book
 //! to the journal, in parts, and then deletes the records the snapshot covers, so that the
@@ -370,14 +372,31 @@ pub(crate) async fn consume_shard(
     let mut book: Option<(JoinBook, Holding)> = None;
     let mut journaled = Journaled::default();
     let mut balance = tokio::time::interval(BALANCE_EVERY);
+    // The acknowledgement of the batches handled so far, waiting for their records' confirms:
+    // the next batch starts meanwhile (see `settle_after`).
+    let mut settling: Option<Settling> = None;
     loop {
         let first = tokio::select! {
             biased;
             () = cancel.cancelled() => break,
+            settled = async {
+                match settling.as_mut() {
+                    Some(pending) => pending.await,
+                    None => std::future::pending().await,
+                }
+            }, if settling.is_some() => {
+                settling = None;
+                settled?;
+                continue;
+            }
             // Before the next delivery, which is always ready under load.
             _ = balance.tick(), if book.is_some() => {
                 let over = tokio::time::timeout(BALANCE_EVERY, shard.more_than_share()).await;
                 if let Ok(Some(runners)) = over {
+                    // Everything handled is acknowledged before the shard moves.
+                    if let Some(pending) = settling.take() {
+                        pending.await?;
+                    }
                     if let Some((_, holding)) = book.take() {
                         holding.counted_down();
                     }
@@ -452,15 +471,60 @@ pub(crate) async fn consume_shard(
         journaled.bytes += record.body.len();
         journaled.pieces += applied.len();
         let record = Wire::new(shard.topology.names(), record, None);
-        shard.publisher.send_all(vec![record]).await?;
+        let confirm = shard.publisher.send(&record).await?;
         journaled.records += 1;
+        let pieces = batch.len();
+        settling = Some(settle_after(
+            settling.take(),
+            confirm,
+            batch.pop(),
+            queue.clone(),
+        ));
         if journaled.due(shard.snapshot_every) {
+            // A snapshot covers only batches whose records are confirmed.
+            if let Some(pending) = settling.take() {
+                pending.await?;
+            }
             journaled.last_snapshot_bytes = shard.snapshot(book).await?;
             journaled.pieces = 0;
             journaled.records = 0;
             journaled.bytes = 0;
         }
-        if let Some(last) = batch.last() {
+        debug!(join = %shard.join, shard = shard.shard, pieces, pending = book.pending_runs(), "join batch");
+    }
+    if let Some(pending) = settling.take() {
+        pending.await?;
+    }
+    channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await?;
+    Ok(())
+}
+
+/// The acknowledgement of handled batches, once their journal records are confirmed.
+type Settling = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
+/// Acknowledges a batch (up to its `last` delivery) once `earlier` batches are acknowledged
+/// and its journal record is `confirm`ed.
+///
+/// The next batch is handled meanwhile — its join fires without waiting for this batch's
+/// record — and acknowledged only after this one: a record never says a batch was added while
+/// an earlier batch's record might be missing. If this record is lost (its publish fails) the
+/// consumer stops, every batch not acknowledged comes again, and a new owner replays no record
+/// after the missing one ([`journal::rebuild`]). The price: a crash can make the joins of two
+/// batches fire twice instead of one (with the same `message_id`s).
+fn settle_after(
+    earlier: Option<Settling>,
+    confirm: crate::publisher::PendingConfirm,
+    last: Option<Delivery>,
+    queue: String,
+) -> Settling {
+    Box::pin(async move {
+        if let Some(earlier) = earlier {
+            earlier.await?;
+        }
+        confirm.wait().await?;
+        if let Some(last) = last {
             // Bounded: on a dying connection the ack may never be answered; the pieces are
             // then redelivered and recognised from the journal.
             tokio::time::timeout(
@@ -468,14 +532,8 @@ pub(crate) async fn consume_shard(
                 last.ack(BasicAckOptions { multiple: true }),
             )
             .await
-            .map_err(|_| Error::AckTimeout {
-                queue: queue.clone(),
-            })??;
+            .map_err(|_| Error::AckTimeout { queue })??;
         }
-        debug!(join = %shard.join, shard = shard.shard, pieces = batch.len(), pending = book.pending_runs(), "join batch");
-    }
-    channel
-        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-        .await?;
-    Ok(())
+        Ok(())
+    })
 }

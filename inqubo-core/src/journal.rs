@@ -252,6 +252,10 @@ pub struct Rebuilt {
     pub unreadable: usize,
     /// Snapshots ignored because parts were missing.
     pub incomplete: usize,
+    /// Batch records not replayed because an earlier record of their epoch is missing (its
+    /// publish failed while the next batch's went through): their pieces, never
+    /// acknowledged, come again.
+    pub after_gap: usize,
 }
 
 /// Rebuilds a shard's book from `base` (the newest snapshot of the shard's former state queue,
@@ -307,7 +311,26 @@ pub fn rebuild(
         .filter(|r| r.kind == RecordKind::Batch && r.version > from)
         .collect();
     batches.sort_by_key(|r| r.version);
+    // An owner publishes batch records in order, numbered from 1 in its epoch (or from the
+    // snapshot it started from), and acknowledges a batch only once its record and every
+    // earlier one are confirmed. A record after a missing one is of pieces that were never
+    // acknowledged: replaying it before the missing batch's pieces come again would add
+    // pieces out of order, so the rest of that epoch is left out.
+    let mut last = from;
+    let mut broken_epoch = None;
     for record in batches {
+        let (epoch, seq) = record.version;
+        if record.version == last {
+            // The same record published twice (a retried publish).
+            continue;
+        }
+        let expected = if epoch == last.0 { last.1 + 1 } else { 1 };
+        if broken_epoch == Some(epoch) || seq != expected {
+            broken_epoch = Some(epoch);
+            found.after_gap += 1;
+            continue;
+        }
+        last = record.version;
         match batch_pieces(&record.body) {
             Ok(pieces) => {
                 found.batches += 1;
@@ -380,6 +403,37 @@ mod tests {
                 body: part.to_vec(),
             })
             .collect()
+    }
+
+    #[test]
+    fn records_after_a_missing_one_of_their_epoch_are_left_for_their_pieces_to_come_again() {
+        let shape = shape();
+        let target = JoinTarget::Step(&shape);
+        let mut applied = Vec::new();
+        let records = vec![
+            batch((1, 1), &[(run("r1"), out("b", "1"))]),
+            // (1, 2) was never confirmed; (1, 3) was, and (1, 3) twice.
+            batch((1, 3), &[(run("r1"), out("c", "2"))]),
+            batch((1, 4), &[(run("r2"), out("b", "3"))]),
+            // The next owner, which left the same records out, numbers its batches from 1.
+            batch((2, 1), &[(run("r3"), out("b", "4"))]),
+            batch((2, 1), &[(run("r3"), out("b", "4"))]),
+            batch((2, 2), &[(run("r3"), out("c", "5"))]),
+        ];
+        let (book, found) = rebuild(
+            JoinBook::new(),
+            records,
+            |_, _| {},
+            |book, run, piece| {
+                applied.push(run.to_string());
+                book.add(run, piece, target);
+            },
+        );
+        assert_eq!(applied, ["r1", "r3", "r3"]);
+        assert_eq!(found.after_gap, 2);
+        assert_eq!(found.batches, 3);
+        // r1 waits for the piece that comes again; r3 fired.
+        assert_eq!(book.pending_runs(), 1);
     }
 
     #[test]
