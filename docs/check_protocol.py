@@ -65,7 +65,7 @@ MAP_STEPS = ["list_files", "resize", "index"]
 def cleanup(ch, prefix):
     for workflow, steps, joins in (("simple", STEPS, ["_run"]),
                                    ("thumbnails", MAP_STEPS, ["_run", "index"])):
-        for step in steps + ["parked", "redelivered", "run-states"]:
+        for step in steps + ["parked", "redelivered", "run-states", "scheduler", "schedules"]:
             ch.queue_delete(f"{prefix}.{workflow}.{step}")
         for join in joins:
             for shard in range(4):
