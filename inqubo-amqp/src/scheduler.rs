@@ -26,15 +26,12 @@ use std::{
 use futures_util::StreamExt;
 use inqubo_core::{
     WorkflowName,
-    protocol::{QueueName, argument},
+    protocol::{self, QueueName, argument},
     schedule::{Schedule, ScheduleDefinition},
 };
 use lapin::{
-    BasicProperties, Channel,
-    options::{
-        BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
-        QueueDeclareOptions,
-    },
+    Channel,
+    options::{BasicConsumeOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
 };
 use tokio_util::sync::CancellationToken;
@@ -43,7 +40,8 @@ use tracing::{info, warn};
 use crate::{
     client::Client,
     error::{Error, Result},
-    topology::Topology,
+    publisher::Publisher,
+    wire::Wire,
 };
 
 /// How often each runner drops a probe into the scheduler queue.
@@ -74,14 +72,15 @@ impl Leadership {
 
 /// Leads or stands by until `cancel` fires or the channel fails.
 pub(crate) async fn run(
-    topology: Topology,
     client: Client,
     workflow: WorkflowName,
     schedules: Arc<Vec<Schedule>>,
     channel: Channel,
+    publisher: Publisher,
     leadership: Arc<Leadership>,
     cancel: CancellationToken,
 ) -> Result<()> {
+    let topology = client.topology().clone();
     let queue = topology.scheduler_queue(&workflow);
     let stored_queue = topology.schedules_queue(&workflow);
     let mut probes = follow(&channel, &queue).await?;
@@ -96,15 +95,11 @@ pub(crate) async fn run(
         tokio::select! {
             () = cancel.cancelled() => break Ok(()),
             _ = probe.tick() => {
-                channel
-                    .basic_publish(
-                        "".into(),
-                        queue.as_str().into(),
-                        BasicPublishOptions::default(),
-                        b"",
-                        BasicProperties::default(),
-                    )
-                    .await?;
+                // On the publishing connection, which a memory or disk alarm may block,
+                // never on this one, which consumes and acknowledges.
+                let probe = Wire::new(topology.names(), protocol::scheduler_probe(&workflow), None);
+                // Not confirmed: a lost probe only delays leadership by one interval.
+                drop(publisher.send(&probe).await?);
             }
             delivery = probes.next() => match delivery {
                 Some(Ok(_)) => last_probe = Some(Instant::now()),

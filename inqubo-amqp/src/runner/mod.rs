@@ -203,11 +203,11 @@ async fn start_session(shared: &Shared, cancel: CancellationToken) -> Result<Ses
     // stores need a leader as much as those in the code.
     {
         consumers.spawn(scheduler::run(
-            shared.topology.clone(),
             shared.client.clone(),
             shared.workflow.name().clone(),
             Arc::clone(&shared.schedules),
             session.channel().await?,
+            session.publisher.clone(),
             Arc::clone(&shared.leadership),
             cancel.clone(),
         ));

@@ -41,7 +41,7 @@ pub use names::{
 };
 pub use outgoing::{
     Address, AttemptId, Destination, MAX_MESSAGE_ID_LEN, Outgoing, announcement, announcement_of,
-    delayed_trigger, fit_message_id, json, run_event, run_failed, trigger,
+    delayed_trigger, fit_message_id, json, run_event, run_failed, scheduler_probe, trigger,
 };
 pub use set_aside::{MAX_ERROR_HEADER_LEN, cut_error, parked, recounted, redelivered, unstarted};
 

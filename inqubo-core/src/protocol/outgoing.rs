@@ -71,6 +71,8 @@ pub enum Destination {
     Redelivered(WorkflowName),
     /// The registry of workflow definitions.
     Registry,
+    /// A workflow's scheduler queue, whose single active consumer fires its schedules.
+    Scheduler(WorkflowName),
     /// A queue named by a request's `reply-to` header, through the default exchange.
     Reply(String),
 }
@@ -140,6 +142,10 @@ impl Names {
             Destination::Registry => Address {
                 exchange: String::new(),
                 routing_key: self.registry_queue().as_str().to_owned(),
+            },
+            Destination::Scheduler(workflow) => Address {
+                exchange: String::new(),
+                routing_key: self.scheduler_queue(workflow).as_str().to_owned(),
             },
             Destination::Reply(queue) => Address {
                 exchange: String::new(),
@@ -406,6 +412,19 @@ pub fn run_failed(
         EventKind::RunFailed,
         json(failure),
     )
+}
+
+/// A runner's probe of `workflow`'s scheduler queue: empty; the runner that receives the
+/// probes leads the schedules.
+pub fn scheduler_probe(workflow: &WorkflowName) -> Outgoing {
+    Outgoing {
+        destination: Destination::Scheduler(workflow.clone()),
+        body: Vec::new(),
+        headers: Headers::new(),
+        inherit_headers: false,
+        message_id: format!("probe:{workflow}"),
+        mandatory: false,
+    }
 }
 
 /// A runner's announcement of its workflow's definition, with the schedules it was given.

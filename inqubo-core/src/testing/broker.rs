@@ -182,8 +182,11 @@ impl<'a> Broker<'a> {
                 });
                 return Ok(());
             }
-            // The books live in memory here; nothing reads announcements or replies.
-            Destination::JoinJournal { .. } | Destination::Registry | Destination::Reply(_) => {
+            // The books live in memory here; nothing reads announcements, replies or probes.
+            Destination::JoinJournal { .. }
+            | Destination::Registry
+            | Destination::Reply(_)
+            | Destination::Scheduler(_) => {
                 return Ok(());
             }
         }
