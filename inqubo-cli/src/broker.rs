@@ -40,3 +40,46 @@ impl Context {
         Ok((connection, channel))
     }
 }
+
+/// Takes every message ready in `queue` without acknowledging it (closing the channel, or
+/// [`give_back`], returns them).
+pub(crate) async fn take_all(
+    channel: &Channel,
+    queue: &str,
+) -> anyhow::Result<Vec<lapin::message::Delivery>> {
+    let mut taken = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.into(), lapin::options::BasicGetOptions::default())
+        .await?
+    {
+        taken.push(message.delivery);
+    }
+    Ok(taken)
+}
+
+/// Returns `deliveries` to their queue, in the order given. (Closing the channel would
+/// return them too, and does if this fails.)
+pub(crate) async fn give_back<'a>(
+    deliveries: impl IntoIterator<Item = &'a lapin::message::Delivery>,
+) -> anyhow::Result<()> {
+    for delivery in deliveries {
+        delivery
+            .nack(lapin::options::BasicNackOptions {
+                requeue: true,
+                ..lapin::options::BasicNackOptions::default()
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// Asks `question` on stderr and reads the answer from stdin: `true` for `y` or `yes`. No
+/// answer (stdin closed or empty) is no.
+pub(crate) fn ask(question: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, Write};
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}

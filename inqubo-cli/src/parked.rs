@@ -36,14 +36,18 @@ use lapin::{
     Channel,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
-        ConfirmSelectOptions, QueuePurgeOptions,
+        BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+        QueuePurgeOptions,
     },
     types::{AMQPValue, FieldTable},
 };
 use serde_json::json;
 
-use crate::{EXIT_NOTHING_CHANGED, broker::Context, workflows::queue_stats};
+use crate::{
+    EXIT_NOTHING_CHANGED,
+    broker::{Context, give_back},
+    workflows::queue_stats,
+};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Action {
@@ -170,20 +174,6 @@ async fn take(channel: &Channel, queue: &str, count: usize) -> anyhow::Result<Ve
         }
     }
     Ok(taken)
-}
-
-/// Returns `deliveries` to their queue, in the order given. (Closing the channel would
-/// return them too, and does if this fails.)
-async fn give_back<'a>(deliveries: impl IntoIterator<Item = &'a Delivery>) -> anyhow::Result<()> {
-    for delivery in deliveries {
-        delivery
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
-            .await?;
-    }
-    Ok(())
 }
 
 /// Which parked messages to replay.

@@ -19,8 +19,6 @@
 //! changed for runners and it can run again; after it, the old shards may keep stale copies of
 //! runs that moved (they never fire: those runs' pieces go to their new shard).
 
-use std::io::{BufRead, Write};
-
 use anyhow::Context as _;
 use inqubo::{
     JoinShape, StepName, WorkflowDefinition, WorkflowName,
@@ -33,10 +31,9 @@ use inqubo::{
 };
 use lapin::{
     Channel,
-    message::Delivery,
     options::{
-        BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
-        ConfirmSelectOptions, QueuePurgeOptions,
+        BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+        QueuePurgeOptions,
     },
     types::FieldTable,
 };
@@ -44,7 +41,7 @@ use serde_json::json;
 
 use crate::{
     EXIT_NOTHING_CHANGED,
-    broker::Context,
+    broker::{Context, ask, give_back, take_all},
     topology::join_shards,
     workflows::{announced, queues_stats},
 };
@@ -91,31 +88,6 @@ fn joins_of(definition: &WorkflowDefinition) -> Vec<(String, Wants)> {
         .collect();
     joins.push((RUN_JOIN.to_owned(), Wants::Run(leaves)));
     joins
-}
-
-/// Takes every message of `queue` without acknowledging it.
-async fn take_all(channel: &Channel, queue: &str) -> anyhow::Result<Vec<Delivery>> {
-    let mut taken = Vec::new();
-    while let Some(message) = channel
-        .basic_get(queue.into(), BasicGetOptions::default())
-        .await?
-    {
-        taken.push(message.delivery);
-    }
-    Ok(taken)
-}
-
-/// Gives `taken` back to their queue.
-async fn give_back(taken: &[Delivery]) -> anyhow::Result<()> {
-    for delivery in taken {
-        delivery
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
-            .await?;
-    }
-    Ok(())
 }
 
 /// The book of shard `shard` of `join`, rebuilt from its former state queue and its journal,
@@ -270,16 +242,12 @@ pub(crate) async fn reshard(
     }
     let joins = joins_of(definition);
     if !yes {
-        eprint!(
-            "raise the {} join(s) of `{workflow}` under prefix `{}` from {old} to {shards} shards? \
-             [y/N] ",
+        let question = format!(
+            "raise the {} join(s) of `{workflow}` under prefix `{}` from {old} to {shards} shards?",
             joins.len(),
             context.prefix
         );
-        std::io::stderr().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        if !ask(&question)? {
             eprintln!("nothing changed");
             return Ok(EXIT_NOTHING_CHANGED);
         }

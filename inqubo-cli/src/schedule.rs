@@ -9,18 +9,14 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use inqubo::{Schedule, ScheduleDefinition, WorkflowName, protocol::CONTENT_TYPE};
 use lapin::{
-    BasicProperties, Channel,
-    message::Delivery,
-    options::{
-        BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
-        ConfirmSelectOptions,
-    },
+    BasicProperties,
+    options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions},
 };
 use serde_json::{Value, json};
 
 use crate::{
     EXIT_NOTHING_CHANGED,
-    broker::Context,
+    broker::{Context, take_all},
     workflows::{announced, queue_stats},
 };
 
@@ -106,17 +102,6 @@ pub(crate) async fn stored(
     // Closing the channel without acknowledging gives every message back.
     let _ = connection.close(200, "read".into()).await;
     Ok(Some(found))
-}
-
-async fn take_all(channel: &Channel, queue: &str) -> anyhow::Result<Vec<Delivery>> {
-    let mut taken = Vec::new();
-    while let Some(message) = channel
-        .basic_get(queue.into(), BasicGetOptions::default())
-        .await?
-    {
-        taken.push(message.delivery);
-    }
-    Ok(taken)
 }
 
 /// One schedule as `list` and the dashboard show it: where it comes from, and when it fires

@@ -1,8 +1,6 @@
 //! `inqubo topology`: the queues Inqubo declared under a prefix, what each is for, and how to
 //! remove one workflow's.
 
-use std::io::{BufRead, Write};
-
 use anyhow::Context as _;
 use lapin::options::QueueDeleteOptions;
 use serde_json::json;
@@ -145,16 +143,13 @@ pub(crate) async fn delete(
     }
     let messages: u64 = present.iter().map(|(_, m, _)| u64::from(*m)).sum();
     if !yes {
-        eprint!(
+        let question = format!(
             "delete {} queue(s) of workflow `{workflow}` under prefix `{}`, with the {messages} \
-             message(s) they hold (parked inputs included)? [y/N] ",
+             message(s) they hold (parked inputs included)?",
             present.len(),
             context.prefix
         );
-        std::io::stderr().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        if !crate::broker::ask(&question)? {
             eprintln!("nothing deleted");
             return Ok(crate::EXIT_NOTHING_CHANGED);
         }
