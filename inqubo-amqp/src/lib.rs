@@ -20,6 +20,7 @@ mod consumer;
 mod error;
 mod event_stream;
 mod joiner;
+mod lane;
 mod metric;
 #[cfg(feature = "otel")]
 pub mod otel;

@@ -206,17 +206,17 @@ impl Engine {
             }
             _ => None,
         };
+        let id = AttemptId {
+            workflow: self.workflow.name().clone(),
+            step: step.clone(),
+            run_id,
+            attempt,
+            generation,
+            element: incoming.element(),
+            priority: self.priority_of(incoming),
+            trace: trace.to_owned(),
+        };
         if let Some(reason) = skip {
-            let id = AttemptId {
-                workflow: self.workflow.name().clone(),
-                step: step.clone(),
-                run_id,
-                attempt,
-                generation,
-                element: incoming.element(),
-                priority: self.priority_of(incoming),
-                trace: trace.to_owned(),
-            };
             let failure = FailedBody {
                 error: format!(
                     "not run: the run {}",
@@ -242,18 +242,7 @@ impl Engine {
             let error = format!("workflow `{}` has no step `{step}`", self.workflow.name());
             return refuse(FailureReason::Undecodable, attempt, error);
         }
-        Admission::Run(Attempt {
-            id: AttemptId {
-                workflow: self.workflow.name().clone(),
-                step: step.clone(),
-                run_id,
-                attempt,
-                generation,
-                element: incoming.element(),
-                priority: self.priority_of(incoming),
-                trace: trace.to_owned(),
-            },
-        })
+        Admission::Run(Attempt { id })
     }
 
     /// Whether `incoming` is a `succeeded` event of a run of a class other than `normal`, whose
