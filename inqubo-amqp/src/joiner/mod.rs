@@ -23,13 +23,7 @@
 //! the batch records after it, and receives the unacknowledged pieces again; pieces already in
 //! the book are recognised and ignored. See docs/joins.md for why this is correct.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use futures_util::{FutureExt, StreamExt};
 use inqubo_core::{
@@ -43,11 +37,7 @@ use inqubo_core::{
 use lapin::{
     Channel, Consumer,
     message::Delivery,
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions,
-        BasicNackOptions, QueueDeclareOptions,
-    },
-    types::FieldTable,
+    options::{BasicAckOptions, BasicCancelOptions, BasicGetOptions, BasicNackOptions},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -58,6 +48,11 @@ use crate::{
     topology::Topology,
     wire::{self, Wire},
 };
+
+mod balance;
+
+pub(crate) use balance::HeldShards;
+use balance::{BALANCE_EVERY, Holding};
 
 /// The most pieces handled in one batch.
 const BATCH: usize = 256;
@@ -84,65 +79,6 @@ pub(crate) struct JoinShard {
     /// The join shards this runner holds, over all its joins.
     pub(crate) held: Arc<HeldShards>,
 }
-
-/// How many join shards a runner holds (is the active consumer of, with the book loaded), out
-/// of how many its workflow has.
-#[derive(Debug)]
-pub(crate) struct HeldShards {
-    held: AtomicUsize,
-    total: usize,
-}
-
-impl HeldShards {
-    /// None held yet, of `total`.
-    pub(crate) fn new(total: usize) -> Self {
-        Self {
-            held: AtomicUsize::new(0),
-            total,
-        }
-    }
-
-    /// How many are held.
-    pub(crate) fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
-    }
-
-    fn take(self: &Arc<Self>) -> Holding {
-        self.held.fetch_add(1, Ordering::Relaxed);
-        Holding(Arc::clone(self))
-    }
-
-    /// Gives one shard up if this runner holds more than its share among `runners`: `true`
-    /// for the one caller that may hand its shard over.
-    fn give_up_one(&self, runners: usize) -> bool {
-        let share = self.total.div_ceil(runners.max(1));
-        self.held
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
-                (held > share).then(|| held - 1)
-            })
-            .is_ok()
-    }
-}
-
-/// One shard held; dropping it counts it no longer held.
-#[derive(Debug)]
-struct Holding(Arc<HeldShards>);
-
-impl Holding {
-    /// Forgets the shard without counting it down again (already counted by `give_up_one`).
-    fn counted_down(self) {
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for Holding {
-    fn drop(&mut self) {
-        self.0.held.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// How often a runner holding join shards checks that it holds no more than its share.
-const BALANCE_EVERY: Duration = Duration::from_secs(2);
 
 /// The time now, in milliseconds since the Unix epoch.
 fn now_ms() -> u64 {
@@ -243,72 +179,6 @@ impl JoinShard {
             debug!(join = %self.join, %error, "journal records before a snapshot not deleted yet");
         }
         Ok(bytes)
-    }
-}
-
-impl JoinShard {
-    /// Whether this runner holds more join shards than its share of the runners consuming
-    /// them: the number of runners if it should hand this one over (and it is counted down).
-    async fn more_than_share(&self) -> Option<usize> {
-        // Every runner of the workflow consumes every step queue (the join shard queues have a
-        // single active consumer, and count only it).
-        let workflow = self.engine.workflow();
-        let step = workflow.steps().first()?;
-        let queue = self.topology.step_queue(workflow.name(), step.name());
-        let declared = self
-            .journal_channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .ok()?;
-        let runners = usize::try_from(declared.consumer_count()).unwrap_or(1);
-        self.held.give_up_one(runners).then_some(runners)
-    }
-
-    /// Hands the shard over to the next runner in line: cancels `consumer`, returns what it
-    /// had been sent and not handled, and consumes again, behind the others.
-    async fn hand_over(
-        &self,
-        channel: &Channel,
-        mut consumer: Consumer,
-        runners: usize,
-    ) -> Result<Consumer> {
-        channel
-            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-            .await?;
-        let mut last = None;
-        while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
-            last = Some(delivery);
-        }
-        if let Some(last) = last {
-            last.nack(BasicNackOptions {
-                multiple: true,
-                requeue: true,
-            })
-            .await?;
-        }
-        info!(
-            join = %self.join,
-            shard = self.shard,
-            runners,
-            held = self.held.held(),
-            "join shard handed over: this runner held more than its share"
-        );
-        let queue = consumer.queue().to_string();
-        Ok(channel
-            .basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?)
     }
 }
 
