@@ -16,6 +16,7 @@
 )]
 
 mod client;
+mod confirm;
 mod consumer;
 mod error;
 mod event_stream;

@@ -5,10 +5,7 @@
 //! Sending several messages before awaiting any of them pipelines their confirms, which is how
 //! a step's outcome events cost one round trip instead of one each.
 
-use lapin::{
-    Channel, Confirmation, Connection, PublisherConfirm, options::BasicPublishOptions,
-    options::ConfirmSelectOptions,
-};
+use lapin::{Channel, Connection, options::BasicPublishOptions, options::ConfirmSelectOptions};
 
 use std::{
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -19,6 +16,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::{
+    confirm::{Identity, Ledger, Verdict},
     error::{Error, Result},
     wire::Wire,
 };
@@ -55,11 +53,22 @@ pub(crate) struct Publisher {
     current: Arc<Mutex<Current>>,
 }
 
-/// The channel in use and when it was opened.
+/// The channel in use, the ledger of its confirms, and when it was opened.
 #[derive(Debug)]
 struct Current {
     channel: Channel,
+    ledger: Ledger,
     opened: Instant,
+}
+
+impl Current {
+    fn new(channel: Channel) -> Self {
+        Self {
+            channel,
+            ledger: Ledger::new(),
+            opened: Instant::now(),
+        }
+    }
 }
 
 impl Publisher {
@@ -68,10 +77,7 @@ impl Publisher {
         let channel = confirming_channel(&connection).await?;
         Ok(Self {
             connection,
-            current: Arc::new(Mutex::new(Current {
-                channel,
-                opened: Instant::now(),
-            })),
+            current: Arc::new(Mutex::new(Current::new(channel))),
         })
     }
 
@@ -82,11 +88,14 @@ impl Publisher {
     /// The channel to publish on. One the broker closed (a publish to an exchange that was
     /// deleted, a message over its size limit) is replaced at once while the connection
     /// lives: otherwise every later publish of the runner would fail on it.
-    async fn channel(&self) -> Result<Channel> {
-        let channel = self.lock().channel.clone();
+    async fn channel(&self) -> Result<(Channel, Ledger)> {
+        let (channel, ledger) = {
+            let current = self.lock();
+            (current.channel.clone(), current.ledger.clone())
+        };
         let connection = self.connection.status();
         if channel.status().connected() || !connection.connected() || connection.closing() {
-            return Ok(channel);
+            return Ok((channel, ledger));
         }
         // Bounded: on a connection that is going away, the broker may never answer.
         let fresh = tokio::time::timeout(CONFIRM_TIMEOUT, confirming_channel(&self.connection))
@@ -98,12 +107,11 @@ impl Publisher {
         if !current.channel.status().connected() {
             warn!("the broker closed the publishing channel; publishing on a new one");
             crate::metric::channel_renewed();
-            current.channel = fresh.clone();
-            current.opened = Instant::now();
-            Ok(fresh)
+            *current = Current::new(fresh);
+            Ok((current.channel.clone(), current.ledger.clone()))
         } else {
             // Another task replaced it meanwhile: this one is not needed.
-            let replaced = current.channel.clone();
+            let replaced = (current.channel.clone(), current.ledger.clone());
             drop(current);
             tokio::spawn(async move {
                 let _ = fresh.close(200, "not needed".into()).await;
@@ -125,10 +133,9 @@ impl Publisher {
                 // Another task renewed it while this one opened `fresh`.
                 fresh
             } else {
-                current.opened = Instant::now();
                 warn!("the broker keeps refusing messages; publishing on a new channel");
                 crate::metric::channel_renewed();
-                std::mem::replace(&mut current.channel, fresh)
+                std::mem::replace(&mut *current, Current::new(fresh)).channel
             }
         };
         // Confirms still pending on the retired channel arrive before its close completes.
@@ -141,10 +148,10 @@ impl Publisher {
 
     /// Sends `message`; await the result to learn whether the broker confirmed it.
     pub(crate) async fn send(&self, message: &Wire) -> Result<PendingConfirm> {
+        let (channel, ledger) = self.channel().await?;
         let sent = std::time::Instant::now();
-        let confirm = self
-            .channel()
-            .await?
+        let reservation = ledger.reserve();
+        let confirm = channel
             .basic_publish(
                 message.exchange.as_str().into(),
                 message.routing_key.as_str().into(),
@@ -156,8 +163,17 @@ impl Publisher {
                 message.properties.clone(),
             )
             .await?;
+        let identity = Identity::new(
+            &message.exchange,
+            &message.routing_key,
+            message
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str()),
+        );
         Ok(PendingConfirm {
-            confirm,
+            verdict: reservation.register(identity, confirm),
             exchange: message.exchange.clone(),
             routing_key: message.routing_key.clone(),
             sent,
@@ -270,7 +286,7 @@ async fn confirming_channel(connection: &Connection) -> Result<Channel> {
 /// A published message whose confirm has not been awaited yet.
 #[derive(Debug)]
 pub(crate) struct PendingConfirm {
-    confirm: PublisherConfirm,
+    verdict: tokio::sync::oneshot::Receiver<Verdict>,
     exchange: String,
     routing_key: String,
     sent: std::time::Instant,
@@ -278,30 +294,31 @@ pub(crate) struct PendingConfirm {
 
 impl PendingConfirm {
     /// Waits for the broker's confirm; a negative confirm or a returned mandatory message is
-    /// an error.
+    /// an error. A confirm that does not come in time, or whose ledger stopped (the runtime is
+    /// going down), counts as not confirmed.
     pub(crate) async fn wait(self) -> Result<()> {
         // Bounded: on a connection that died after the publish, a confirm may never come.
-        let Ok(confirmation) = tokio::time::timeout(CONFIRM_TIMEOUT, self.confirm).await else {
+        let Ok(Ok(verdict)) = tokio::time::timeout(CONFIRM_TIMEOUT, self.verdict).await else {
             return Err(Error::ConfirmTimeout {
                 exchange: self.exchange,
                 routing_key: self.routing_key,
                 timeout: CONFIRM_TIMEOUT,
             });
         };
-        match confirmation? {
-            Confirmation::Ack(None) => {
+        match verdict {
+            Verdict::Confirmed => {
                 crate::metric::confirmed(self.sent.elapsed());
                 Ok(())
             }
-            Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_returned)) => Err(Error::Unroutable {
+            Verdict::Returned => Err(Error::Unroutable {
                 exchange: self.exchange,
                 routing_key: self.routing_key,
             }),
-            Confirmation::Nack(_) => Err(Error::Nacked {
+            Verdict::Refused => Err(Error::Nacked {
                 exchange: self.exchange,
                 routing_key: self.routing_key,
             }),
+            Verdict::Failed(error) => Err(error.into()),
         }
     }
 }

@@ -420,3 +420,98 @@ async fn waiting_on_a_workflow_no_runner_declared_fails_at_once() {
     );
     runner.shutdown().await.unwrap();
 }
+
+/// Many attempts publish on one channel at once, and the broker does not say which publish a
+/// return is of: each run whose outcome matched no queue must still fail, once, and no routed
+/// message (a `started` event) may count as returned.
+#[tokio::test]
+async fn unroutable_outcomes_of_many_runs_at_once_each_fail_their_own_run() {
+    use futures_util::StreamExt;
+    use inqubo_core::{FailureReason, RoutingKey};
+    use lapin::types::FieldTable;
+    use std::collections::HashMap;
+
+    const RUNS: usize = 300;
+    let broker = TestBroker::new();
+    let flow = chain("orphans");
+    let runner = broker.runner(&flow).prefetch(64).connect().await.unwrap();
+    let (connection, channel) = broker.raw_channel().await;
+    channel
+        .queue_unbind(
+            broker
+                .topology()
+                .step_queue(flow.name(), flow.step("second").unwrap().name())
+                .as_str()
+                .into(),
+            broker.topology().exchange().into(),
+            RoutingKey::step_input(flow.name(), flow.step("first").map(|s| s.name()))
+                .as_str()
+                .into(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let _ = connection.close(200, "done".into()).await;
+    // Not bound to `first.succeeded`: that would make every outcome routable.
+    let keys = [
+        RoutingKey::run_events(flow.name()),
+        RoutingKey::step_event(
+            flow.name(),
+            flow.step("first").unwrap().name(),
+            EventKind::Started,
+        ),
+    ];
+    let client = runner.client();
+    let mut stream = client
+        .subscribe_to_all(keys.iter().map(RoutingKey::as_str))
+        .await
+        .unwrap();
+    for index in 0..RUNS {
+        client
+            .trigger(flow.name(), run_id(format!("orphan-{index}")), &index)
+            .await
+            .unwrap();
+    }
+
+    let mut starts: HashMap<String, usize> = HashMap::new();
+    let mut failures = HashMap::new();
+    let collected = tokio::time::timeout(Duration::from_secs(60), async {
+        while failures.len() < RUNS {
+            let event = stream.next().await.unwrap().unwrap();
+            let run = event.run_id.as_str().to_owned();
+            match event.kind {
+                EventKind::Started => *starts.entry(run).or_default() += 1,
+                EventKind::RunFailed => {
+                    let Some(RunOutcome::Failed(failure)) = RunOutcome::from_event(&event) else {
+                        panic!("a run failed event that does not decode: {event:?}");
+                    };
+                    assert!(
+                        failures.insert(run, failure).is_none(),
+                        "a run failed twice"
+                    );
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        collected.is_ok(),
+        "only {} of {RUNS} runs failed within a minute",
+        failures.len()
+    );
+    for (run, failure) in &failures {
+        assert_eq!(
+            failure.reason,
+            FailureReason::Unroutable,
+            "{run}: {failure:?}"
+        );
+        assert_eq!(failure.step.as_str(), "first");
+    }
+    let restarted: Vec<_> = starts.iter().filter(|(_, count)| **count != 1).collect();
+    assert!(
+        restarted.is_empty(),
+        "started events not published once: {restarted:?}"
+    );
+    runner.shutdown().await.unwrap();
+}
