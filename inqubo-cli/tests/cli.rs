@@ -1061,6 +1061,13 @@ async fn trigger_with_a_priority_runs_in_its_class_lane() {
         let end = run_event(&mut events, class, EventKind::RunSucceeded).await;
         assert_eq!(end.body, json!({"again": 12}), "{class}");
     }
+    // The child takes the lane's copy of its input and ignores the `succeeded` event's: it
+    // runs once. (The high run's events are all in by the time the low one has ended.)
+    for class in ["high", "low"] {
+        let trail = events.trail(class);
+        let starts = trail.iter().filter(|e| *e == "again.started").count();
+        assert_eq!(starts, 1, "{class}: {trail:?}");
+    }
     let refused = inqubo(&broker, &["trigger", "lanes", "--priority", "urgent"]);
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
     runner.shutdown().await.unwrap();
