@@ -193,6 +193,12 @@ impl Topology {
     /// (consecutive from 0), or [`JOIN_SHARDS`] for a workflow not declared yet. Every runner
     /// asks when it connects, so that raising the count (`inqubo topology reshard`) reaches
     /// the whole fleet without a setting to keep in step.
+    ///
+    /// Runners that start together may count while another one declares: shards are
+    /// declared from the highest down, the run join's last, so that shard 0 of the run join
+    /// exists only once all do and a count never stops part-way. A probe the broker answers
+    /// with anything but "not found" fails the count rather than shortening it: a runner that
+    /// counted too few shards would bind slots to the wrong queues.
     pub async fn join_shards(
         &self,
         connection: &Connection,
@@ -203,7 +209,7 @@ impl Topology {
         let mut found = 0;
         while found < JOIN_SLOTS {
             let queue = self.join_queue(workflow, RUN_JOIN, found);
-            let exists = channel
+            let probe = channel
                 .queue_declare(
                     queue.as_str().into(),
                     QueueDeclareOptions {
@@ -212,12 +218,12 @@ impl Topology {
                     },
                     FieldTable::default(),
                 )
-                .await
-                .is_ok();
-            if !exists {
-                break;
+                .await;
+            match probe {
+                Ok(_) => found += 1,
+                Err(error) if is_not_found(&error) => break,
+                Err(error) => return Err(error.into()),
             }
-            found += 1;
         }
         if channel.status().connected() {
             let _ = channel.close(200, "probed".into()).await;
@@ -352,8 +358,9 @@ impl Topology {
         if !joins.is_empty() {
             declare_exchange(channel, &self.join_exchange(), ExchangeKind::Direct).await?;
         }
+        // Highest shard first, the run join last (see `join_shards`).
         for join in joins {
-            for shard in 0..join_shards {
+            for shard in (0..join_shards).rev() {
                 self.declare_join_shard(channel, name, &join, shard, join_shards)
                     .await?;
             }
@@ -521,6 +528,11 @@ async fn delete_queue(channel: &Channel, queue: &QueueName) -> Result<()> {
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;
     Ok(())
+}
+
+/// Whether the broker answered "not found" (404): a passive declaration of a missing queue.
+fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == 404)
 }
 
 fn mismatch_or_amqp(name: &str, source: lapin::Error) -> Error {

@@ -432,3 +432,48 @@ async fn join_shards_spread_over_the_runners_and_move_when_one_stops() {
         runner.shutdown().await.unwrap();
     }
 }
+
+/// Runners that start together: one counts the join shards while another declares them. A
+/// count that stopped part-way would make its runner bind every slot to too few queues, so
+/// each count must be all of them, or none (the default for a workflow not declared yet).
+#[tokio::test]
+async fn a_runner_counting_join_shards_while_another_declares_them_sees_all_or_none() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const SHARDS: u32 = 8;
+    let broker = TestBroker::new();
+    let flow = diamond();
+    // Registers the workflow, so that the fixture deletes its queues.
+    let _ = broker.runner(&flow);
+    let topology = broker.topology();
+    let (declaring, channel) = broker.raw_channel().await;
+    let (counting, _) = broker.raw_channel().await;
+    topology.declare_shared(&channel).await.unwrap();
+    let declared = AtomicBool::new(false);
+    let declare = async {
+        topology
+            .declare_workflow(&channel, &flow, SHARDS)
+            .await
+            .unwrap();
+        declared.store(true, Ordering::SeqCst);
+    };
+    let count = async {
+        let mut counts = Vec::new();
+        while !declared.load(Ordering::SeqCst) {
+            counts.push(topology.join_shards(&counting, flow.name()).await.unwrap());
+        }
+        counts.push(topology.join_shards(&counting, flow.name()).await.unwrap());
+        counts
+    };
+    let ((), counts) = tokio::join!(declare, count);
+    assert!(counts.len() > 2, "the count ran {} times", counts.len());
+    assert!(
+        counts
+            .iter()
+            .all(|n| *n == SHARDS || *n == inqubo_core::protocol::JOIN_SHARDS),
+        "{counts:?}"
+    );
+    assert_eq!(counts.last(), Some(&SHARDS));
+    let _ = declaring.close(200, "done".into()).await;
+    let _ = counting.close(200, "done".into()).await;
+}

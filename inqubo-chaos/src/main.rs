@@ -533,6 +533,12 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
             break;
         }
     }
+    // Nothing is parked unless runs fail on purpose: anything else there (a join piece that
+    // reached a shard that does not own its run, say) is a fault the runs may have hidden.
+    let parked_unexpectedly = match parked {
+        Some(count) if count > 0 && cli.fail_every.is_none() => count,
+        _ => 0,
+    };
     let parked = parked.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
     let mut stranded = Vec::new();
     for url in &urls {
@@ -648,6 +654,10 @@ async fn orchestrate(cli: Cli) -> anyhow::Result<()> {
             (verdict.lost.len(), "runs lost"),
             (violations.len(), "terminal-event violations"),
             (verdict.mismatches.len(), "lifecycle mismatches"),
+            (
+                parked_unexpectedly as usize,
+                "messages parked though no run fails on purpose",
+            ),
         ] {
             if count > 0 {
                 problems.push(format!("{count} {what}"));

@@ -299,7 +299,8 @@ pub(crate) async fn reshard(
             )
             .await?;
         }
-        for shard in 0..shards {
+        // Highest first: a runner counting shards sees the new count only once all exist.
+        for shard in (0..shards).rev() {
             topology
                 .declare_join_shard(&channel, &name, join, shard, shards)
                 .await?;
