@@ -7,7 +7,10 @@ use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, info, instrument};
 
-use super::{Runner, Shared, start_session, supervise};
+use super::{
+    Runner, Shared,
+    supervisor::{start_session, supervise},
+};
 use crate::run_state::RunStates;
 use crate::{
     client::Client,
