@@ -21,6 +21,7 @@
 
 mod builder;
 mod join_shape;
+mod stage;
 #[cfg(test)]
 mod tests;
 
@@ -29,8 +30,9 @@ use std::{fmt, sync::Arc, time::Duration};
 use serde::{Deserialize, Serialize};
 
 pub use self::{
-    builder::{Chain, NotStarted, Stage, StageSpec, WorkflowBuilder},
+    builder::{NotStarted, WorkflowBuilder},
     join_shape::JoinShape,
+    stage::{Chain, Stage, StageSpec},
 };
 use crate::{
     name::{NameError, StepName, WorkflowName},
