@@ -5,18 +5,17 @@
 //! a retry policy; the workflow builder checks that each step's input type is its parent's
 //! output type.
 
-use std::{
-    error::Error as StdError, fmt, future::Future, marker::PhantomData, pin::Pin, sync::Arc,
-    time::Duration,
-};
+use std::{fmt, future::Future, marker::PhantomData, pin::Pin, sync::Arc, time::Duration};
 
 use serde::{Serialize, de::DeserializeOwned};
-use tokio_util::sync::CancellationToken;
 
-use crate::{
-    name::{RunId, StepName, WorkflowName},
-    retry::RetryPolicy,
-};
+use crate::retry::RetryPolicy;
+
+mod context;
+mod error;
+
+pub use context::StepContext;
+pub use error::StepError;
 
 /// How long a step attempt may run before it counts as failed, unless the step sets its own.
 ///
@@ -29,196 +28,6 @@ pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// the broker takes its input back. [`WorkflowBuilder::build`](crate::WorkflowBuilder::build)
 /// refuses a longer one ([`WorkflowError::TimeoutTooLong`](crate::WorkflowError::TimeoutTooLong)).
 pub const MAX_STEP_TIMEOUT: Duration = Duration::from_secs(25 * 60);
-
-/// The error a step returns.
-///
-/// `?` on any error makes a *retryable* error, which goes through the step's retry policy.
-/// [`StepError::fatal`] makes an error that fails the step at once, without retries.
-///
-/// ```
-/// use inqubo_core::StepError;
-///
-/// fn parse(input: &str) -> Result<u32, StepError> {
-///     let n: u32 = input.parse()?; // retryable
-///     if n == 0 {
-///         return Err(StepError::fatal("zero is never valid")); // no retry
-///     }
-///     Ok(n)
-/// }
-/// assert!(!parse("x").unwrap_err().is_fatal());
-/// assert!(parse("0").unwrap_err().is_fatal());
-/// ```
-pub struct StepError {
-    fatal: bool,
-    error: Box<dyn StdError + Send + Sync>,
-}
-
-impl StepError {
-    /// A failure worth retrying.
-    pub fn retryable(error: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
-        Self {
-            fatal: false,
-            error: error.into(),
-        }
-    }
-
-    /// A failure that no retry can fix: the step fails at once and its input is parked.
-    pub fn fatal(error: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
-        Self {
-            fatal: true,
-            error: error.into(),
-        }
-    }
-
-    /// Whether the error skips the retry policy.
-    pub fn is_fatal(&self) -> bool {
-        self.fatal
-    }
-
-    /// The error and its chain of sources, joined by `: `.
-    pub fn message(&self) -> String {
-        let mut message = self.error.to_string();
-        let mut source = self.error.source();
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        message
-    }
-
-    /// The underlying error.
-    pub fn inner(&self) -> &(dyn StdError + Send + Sync + 'static) {
-        &*self.error
-    }
-}
-
-impl<E> From<E> for StepError
-where
-    E: Into<Box<dyn StdError + Send + Sync>>,
-{
-    fn from(error: E) -> Self {
-        Self::retryable(error)
-    }
-}
-
-impl fmt::Display for StepError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message())
-    }
-}
-
-impl fmt::Debug for StepError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StepError")
-            .field("fatal", &self.fatal)
-            .field("message", &self.message())
-            .finish()
-    }
-}
-
-/// What a step knows about the attempt it is running.
-#[derive(Debug, Clone)]
-pub struct StepContext {
-    /// The run this attempt belongs to.
-    pub run_id: RunId,
-    /// The workflow being run.
-    pub workflow: WorkflowName,
-    /// The step being run.
-    pub step: StepName,
-    /// The attempt number, from 1.
-    pub attempt: u32,
-    /// For a map step: the element's place in its list, from 0.
-    element: Option<u32>,
-    /// Fires when the run is cancelled, or fails elsewhere in a workflow that fails fast.
-    cancel: CancellationToken,
-}
-
-impl PartialEq for StepContext {
-    fn eq(&self, other: &Self) -> bool {
-        (
-            &self.run_id,
-            &self.workflow,
-            &self.step,
-            self.attempt,
-            self.element,
-        ) == (
-            &other.run_id,
-            &other.workflow,
-            &other.step,
-            other.attempt,
-            other.element,
-        )
-    }
-}
-
-impl StepContext {
-    /// The context of `attempt` of `step` in run `run_id`, never cancelled.
-    pub fn new(run_id: RunId, workflow: WorkflowName, step: StepName, attempt: u32) -> Self {
-        Self {
-            run_id,
-            workflow,
-            step,
-            attempt,
-            element: None,
-            cancel: CancellationToken::new(),
-        }
-    }
-
-    /// The same context, for the map element at `index` (the runtime sets it).
-    #[must_use]
-    pub fn with_element(mut self, index: Option<u32>) -> Self {
-        self.element = index;
-        self
-    }
-
-    /// For an attempt of a map step: the element's place in the list the map's parent
-    /// returned, from 0. `None` for any other step.
-    pub fn element(&self) -> Option<u32> {
-        self.element
-    }
-
-    /// The same context, cancelled when `cancel` is (the runtime passes the run's token).
-    #[must_use]
-    pub fn with_cancel(mut self, cancel: CancellationToken) -> Self {
-        self.cancel = cancel;
-        self
-    }
-
-    /// Whether the run has ended elsewhere: cancelled, or failed in a workflow that fails
-    /// fast. A long step may stop early; whatever it returns is still recorded.
-    pub fn is_cancelled(&self) -> bool {
-        self.cancel.is_cancelled()
-    }
-
-    /// Completes when the run ends elsewhere (see [`StepContext::is_cancelled`]):
-    /// `tokio::select!` on it to stop a long step.
-    ///
-    /// ```
-    /// # use inqubo_core::{StepContext, StepError};
-    /// async fn crunch(n: u64, ctx: StepContext) -> Result<u64, StepError> {
-    ///     tokio::select! {
-    ///         () = ctx.cancelled() => Err(StepError::fatal("run cancelled")),
-    ///         sum = async { (0..n).sum::<u64>() } => Ok(sum),
-    ///     }
-    /// }
-    /// ```
-    pub async fn cancelled(&self) {
-        self.cancel.cancelled().await;
-    }
-
-    /// A key that is the same for every attempt and redelivery of this step in this run (of
-    /// this element, for a map step: `<workflow>:<step>[<index>]:<run>`).
-    ///
-    /// Pass it to external systems that deduplicate requests, so that an at-least-once
-    /// redelivery does not do the work twice.
-    pub fn idempotency_key(&self) -> String {
-        match self.element {
-            Some(index) => format!("{}:{}[{index}]:{}", self.workflow, self.step, self.run_id),
-            None => format!("{}:{}:{}", self.workflow, self.step, self.run_id),
-        }
-    }
-}
 
 /// A boxed, sendable future, as returned by type-erased steps.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -510,6 +319,7 @@ impl<I, O> Step<I, O> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::name::{RunId, StepName, WorkflowName};
 
     fn ctx() -> StepContext {
         StepContext::new(
