@@ -191,13 +191,34 @@ fn lock(sending: &Mutex<Sending>) -> MutexGuard<'_, Sending> {
     sending.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-type Completion = (u64, lapin::Result<Confirmation>);
+/// A confirm with the number of its publish.
+struct Numbered<C> {
+    number: u64,
+    confirm: C,
+}
+
+impl<C> Future for Numbered<C>
+where
+    C: Future<Output = lapin::Result<Confirmation>> + Unpin,
+{
+    type Output = (u64, lapin::Result<Confirmation>);
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let number = self.number;
+        Pin::new(&mut self.confirm)
+            .poll(cx)
+            .map(|confirmation| (number, confirmation))
+    }
+}
 
 /// The ledger's task: the confirms it holds, the returns filed, the verdicts not yet told.
 struct Book<C> {
     registrations: mpsc::UnboundedReceiver<Registration<C>>,
     sending: Arc<Mutex<Sending>>,
-    confirms: FuturesUnordered<Pin<Box<dyn Future<Output = Completion> + Send>>>,
+    confirms: FuturesUnordered<Numbered<C>>,
     waiting: HashMap<u64, (Identity, oneshot::Sender<Verdict>)>,
     /// Completed confirms, each with the first publish number not yet reserved when it was
     /// taken in: every publish before that one must be held before its verdict is told.
@@ -235,8 +256,7 @@ where
         } = registration
         {
             self.waiting.insert(number, (identity, verdict));
-            self.confirms
-                .push(Box::pin(confirm.map(move |result| (number, result))));
+            self.confirms.push(Numbered { number, confirm });
         }
     }
 
