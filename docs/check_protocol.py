@@ -81,6 +81,28 @@ def cleanup(ch, prefix):
     print(f"deleted the topology of prefix {prefix}")
 
 
+def trigger(ch, exchange, routing_key, body, run_id, deadline):
+    """Publishes a trigger with `mandatory`. A runner declares a step's queue a moment before
+    it binds it to the trigger's key: until then the broker returns the trigger (delivered
+    nowhere), so it is sent again until `deadline`."""
+    while True:
+        try:
+            ch.basic_publish(
+                exchange=exchange,
+                routing_key=routing_key,
+                body=body,
+                properties=pika.BasicProperties(
+                    headers={"run-id": run_id}, delivery_mode=2,
+                    content_type="application/json"),
+                mandatory=True,
+            )
+            return
+        except pika.exceptions.UnroutableError:
+            if time.monotonic() > deadline:
+                fail(f"the trigger of {run_id} stayed unroutable: no runner bound {routing_key}")
+            time.sleep(0.2)
+
+
 def check_map(ch, prefix, timeout):
     """A run of `thumbnails` (list_files, then resize once per file, then index), as
     docs/protocol.md's "Maps" says: every event of an element carries `map-index` and
@@ -102,14 +124,8 @@ def check_map(ch, prefix, timeout):
     for key in ["thumbnails.step.#", "thumbnails.run.succeeded", "thumbnails.run.failed"]:
         ch.queue_bind(events, prefix, routing_key=key)
     run_id = str(uuid.uuid4())
-    ch.basic_publish(
-        exchange=prefix,
-        routing_key="thumbnails.run.triggered",
-        body=json.dumps({"folder": "check", "files": files}),
-        properties=pika.BasicProperties(
-            headers={"run-id": run_id}, delivery_mode=2, content_type="application/json"),
-        mandatory=True,
-    )
+    trigger(ch, prefix, "thumbnails.run.triggered",
+            json.dumps({"folder": "check", "files": files}), run_id, deadline)
     elements = set()
     for method, props, body in ch.consume(events, auto_ack=True, inactivity_timeout=timeout):
         if method is None:
@@ -201,14 +217,8 @@ def main():
         pass
 
     run_id = str(uuid.uuid4())
-    ch.basic_publish(
-        exchange=exchange,
-        routing_key="simple.run.triggered",
-        body=json.dumps({"fail_times": 1}),
-        properties=pika.BasicProperties(
-            headers={"run-id": run_id}, delivery_mode=2, content_type="application/json"),
-        mandatory=True,
-    )
+    trigger(ch, exchange, "simple.run.triggered", json.dumps({"fail_times": 1}), run_id,
+            max(deadline, time.monotonic() + 5))
 
     seen = []
     remaining = set(LAST_STEPS)
