@@ -121,10 +121,13 @@ pub(super) async fn start_session(shared: &Shared, cancel: CancellationToken) ->
             pace: node.fleet_rate().map(Pace::per_second),
         });
         workers.push(Arc::clone(&worker));
-        if shared.workflow.has_priorities() {
-            // The step's own queue is the `normal` lane; the other lanes beside it, all
-            // under one gate that starts a higher class's input first.
-            let gate = Arc::new(LaneGate::default());
+        // With priorities, the step's own queue is the `normal` lane; the other lanes beside
+        // it, all under one gate that starts a higher class's input first.
+        let gate = shared
+            .workflow
+            .has_priorities()
+            .then(|| Arc::new(LaneGate::default()));
+        if let Some(gate) = &gate {
             for priority in [Priority::High, Priority::Low] {
                 let lane =
                     shared
@@ -138,29 +141,19 @@ pub(super) async fn start_session(shared: &Shared, cancel: CancellationToken) ->
                     signals.clone(),
                     shared.tracker.clone(),
                     Arc::clone(&shared.in_flight),
-                    Some((priority, Arc::clone(&gate))),
+                    Some((priority, Arc::clone(gate))),
                 ));
             }
-            consumers.spawn(consume(
-                worker,
-                channel,
-                consumer,
-                signals.clone(),
-                shared.tracker.clone(),
-                Arc::clone(&shared.in_flight),
-                Some((Priority::Normal, gate)),
-            ));
-        } else {
-            consumers.spawn(consume(
-                worker,
-                channel,
-                consumer,
-                signals.clone(),
-                shared.tracker.clone(),
-                Arc::clone(&shared.in_flight),
-                None,
-            ));
         }
+        consumers.spawn(consume(
+            worker,
+            channel,
+            consumer,
+            signals.clone(),
+            shared.tracker.clone(),
+            Arc::clone(&shared.in_flight),
+            gate.map(|gate| (Priority::Normal, gate)),
+        ));
     }
     // Every runner stands for the schedules' leadership: the schedules `inqubo schedule add`
     // stores need a leader as much as those in the code.

@@ -122,14 +122,7 @@ impl Topology {
                 argument::DEAD_LETTER_ROUTING_KEY.into(),
                 long_string(parked.as_str()),
             );
-            args.insert(
-                argument::DEAD_LETTER_STRATEGY.into(),
-                long_string(argument::AT_LEAST_ONCE),
-            );
-            args.insert(
-                argument::OVERFLOW.into(),
-                long_string(argument::REJECT_PUBLISH),
-            );
+            dead_letter_at_least_once(&mut args);
         }
         args
     }
@@ -143,15 +136,7 @@ impl Topology {
             long_string(&self.delay_next(tier)),
         );
         if self.queue_type == QueueType::Quorum {
-            // Without reject-publish the broker silently falls back to at-most-once.
-            args.insert(
-                argument::DEAD_LETTER_STRATEGY.into(),
-                long_string(argument::AT_LEAST_ONCE),
-            );
-            args.insert(
-                argument::OVERFLOW.into(),
-                long_string(argument::REJECT_PUBLISH),
-            );
+            dead_letter_at_least_once(&mut args);
         }
         args
     }
@@ -233,6 +218,19 @@ fn run_state_args() -> FieldTable {
     args.insert(argument::QUEUE_TYPE.into(), long_string(argument::STREAM));
     args.insert(argument::MAX_AGE.into(), long_string(RUN_STATE_RETENTION));
     args
+}
+
+/// Quorum-queue dead-lettering that loses nothing: at-least-once, which needs
+/// `reject-publish` overflow (without it the broker silently falls back to at-most-once).
+fn dead_letter_at_least_once(args: &mut FieldTable) {
+    args.insert(
+        argument::DEAD_LETTER_STRATEGY.into(),
+        long_string(argument::AT_LEAST_ONCE),
+    );
+    args.insert(
+        argument::OVERFLOW.into(),
+        long_string(argument::REJECT_PUBLISH),
+    );
 }
 
 fn long_string(value: &str) -> AMQPValue {

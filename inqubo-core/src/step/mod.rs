@@ -99,10 +99,7 @@ where
         input: &[u8],
         ctx: StepContext,
     ) -> Result<BoxFuture<Result<Vec<u8>, StepError>>, DecodeError> {
-        let input: I = serde_json::from_slice(input).map_err(|source| DecodeError {
-            expected: std::any::type_name::<I>(),
-            source,
-        })?;
+        let input: I = decode_input(input)?;
         let attempt = self.function.call(input, ctx);
         Ok(Box::pin(async move { encode_output(&attempt.await?) }))
     }
@@ -124,10 +121,7 @@ where
         input: &[u8],
         ctx: StepContext,
     ) -> Result<BoxFuture<Result<Vec<u8>, StepError>>, DecodeError> {
-        let input: I = serde_json::from_slice(input).map_err(|source| DecodeError {
-            expected: std::any::type_name::<I>(),
-            source,
-        })?;
+        let input: I = decode_input(input)?;
         let function = Arc::clone(&self.function);
         Ok(Box::pin(async move {
             let output = tokio::task::spawn_blocking(move || function(input, ctx))
@@ -136,6 +130,14 @@ where
             encode_output(&output)
         }))
     }
+}
+
+/// `input` decoded as a step's input type `I`.
+fn decode_input<I: DeserializeOwned>(input: &[u8]) -> Result<I, DecodeError> {
+    serde_json::from_slice(input).map_err(|source| DecodeError {
+        expected: std::any::type_name::<I>(),
+        source,
+    })
 }
 
 fn encode_output<O: Serialize>(output: &O) -> Result<Vec<u8>, StepError> {
