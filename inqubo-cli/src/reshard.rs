@@ -19,7 +19,6 @@
 //! changed for runners and it can run again; after it, the old shards may keep stale copies of
 //! runs that moved (they never fire: those runs' pieces go to their new shard).
 
-use anyhow::Context as _;
 use inqubo::{
     JoinShape, StepName, WorkflowDefinition, WorkflowName,
     join::{JoinBook, JoinTarget, RunMemory},
@@ -43,7 +42,7 @@ use crate::{
     EXIT_NOTHING_CHANGED,
     broker::{Context, ask, give_back, take_all},
     topology::join_shards,
-    workflows::{announced, queues_stats},
+    workflows::{announced_workflow, queues_stats},
 };
 
 /// What a join waits for, from the announced definition: enough to replay its journal.
@@ -206,13 +205,7 @@ pub(crate) async fn reshard(
     yes: bool,
 ) -> anyhow::Result<i32> {
     let topology = context.topology()?;
-    let workflows = announced(context).await?;
-    let definition = workflows.get(workflow).with_context(|| {
-        format!(
-            "no runner announced workflow `{workflow}` under prefix `{}`",
-            context.prefix
-        )
-    })?;
+    let definition = &announced_workflow(context, workflow).await?;
     let name: WorkflowName = workflow.parse()?;
     anyhow::ensure!(
         (1..=JOIN_SLOTS).contains(&shards),

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::{
     EXIT_NOTHING_CHANGED,
     broker::{Context, take_all},
-    workflows::{announced, queue_stats},
+    workflows::{announced, announced_workflow, queue_stats},
 };
 
 /// What `inqubo schedule` does.
@@ -190,13 +190,7 @@ async fn list(context: &Context, only: Option<&str>) -> anyhow::Result<i32> {
 
 async fn add(context: &Context, workflow: &str, schedule: &Schedule) -> anyhow::Result<i32> {
     let name: WorkflowName = workflow.parse()?;
-    let workflows = announced(context).await?;
-    let definition = workflows.get(workflow).with_context(|| {
-        format!(
-            "no runner announced workflow `{workflow}` under prefix `{}`",
-            context.prefix
-        )
-    })?;
+    let definition = &announced_workflow(context, workflow).await?;
     anyhow::ensure!(
         !definition
             .schedules

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::{
     broker::Context,
-    workflows::{announced, queues_stats},
+    workflows::{announced, announced_workflow, queues_stats},
 };
 
 /// One queue as the command shows it.
@@ -112,13 +112,7 @@ pub(crate) async fn delete(
     force: bool,
 ) -> anyhow::Result<i32> {
     let topology = context.topology()?;
-    let workflows = announced(context).await?;
-    let definition = workflows.get(workflow).with_context(|| {
-        format!(
-            "no runner announced workflow `{workflow}` under prefix `{}`",
-            context.prefix
-        )
-    })?;
+    let definition = &announced_workflow(context, workflow).await?;
     let shards = join_shards(context, workflow).await?;
     let queues = topology.workflow_queues(definition, shards);
     let names: Vec<&str> = queues.iter().map(|(q, _)| q.as_str()).collect();

@@ -70,6 +70,19 @@ pub(crate) async fn announced(
     definitions
 }
 
+/// The announced definition of `workflow`; an error that says so when no runner announced it.
+pub(crate) async fn announced_workflow(
+    context: &Context,
+    workflow: &str,
+) -> anyhow::Result<WorkflowDefinition> {
+    announced(context).await?.remove(workflow).with_context(|| {
+        format!(
+            "no runner announced workflow `{workflow}` under prefix `{}`",
+            context.prefix
+        )
+    })
+}
+
 /// The most announcements the registry keeps (its `x-max-length`).
 const REGISTRY_MAX: u32 = 1000;
 
@@ -139,13 +152,7 @@ pub(crate) async fn list(context: &Context) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn show(context: &Context, workflow: &str, dot: bool) -> anyhow::Result<()> {
-    let workflows = announced(context).await?;
-    let definition = workflows.get(workflow).with_context(|| {
-        format!(
-            "no runner announced workflow `{workflow}` under prefix `{}`",
-            context.prefix
-        )
-    })?;
+    let definition = &announced_workflow(context, workflow).await?;
     if context.json {
         println!("{}", serde_json::to_string_pretty(definition)?);
     } else if dot {
