@@ -196,17 +196,19 @@ impl Outgoing {
     /// step input of a prioritized run (`run-priority: high` or `low`) goes to its class's
     /// lane of the step (see [`Names::lane_route`]).
     pub fn address(&self, names: &Names) -> Address {
-        let priority = self
-            .headers
-            .text(header::RUN_PRIORITY)
-            .and_then(|text| text.parse::<crate::Priority>().ok())
-            .unwrap_or_default();
         match &self.destination {
             Destination::Step {
                 workflow,
                 step,
                 delay,
-            } if priority.lane().is_some() => {
+            } => {
+                // Only a step input reads the header: events, pieces and the rest go where
+                // their destination says.
+                let priority = self
+                    .headers
+                    .text(header::RUN_PRIORITY)
+                    .and_then(|text| text.parse::<crate::Priority>().ok())
+                    .unwrap_or_default();
                 let route = names.lane_route(*delay, workflow, step, priority);
                 Address {
                     exchange: route.exchange,
